@@ -1,0 +1,151 @@
+"""MEMConfig: every knob of Multi-step Error Minimization in one validated, serialisable place."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+_LEVEL_TOLERANCE = 1e-6
+
+
+@dataclass
+class MEMConfig:
+    """Settings of MEM (Algorithm 1 of Liu et al., ACM MM 2024) and of the surrogate training.
+
+    Pixel quantities are in [0, 1] pixel space; the image noise lives on the 1/255 grid, so
+    ``epsilon`` and ``pgd_step_size`` are turned into whole 8-bit levels
+    (``epsilon_levels = floor(epsilon * 255)``, ``step_levels = round(pgd_step_size * 255)``).
+
+    Args:
+        epsilon: l_inf budget of the image noise (default 8/255).
+        pgd_steps: S, PGD steps per batch and round (Eq. 5).
+        pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
+        trigger_length: k, trigger tokens inserted after the start token; 0 means EM (no trigger).
+        hotflip_candidates: K, candidate tokens scored per trigger position (Eq. 6).
+        trigger_rounds: rounds (from the first) in which triggers are updated.
+        surrogate_steps: M, surrogate training steps per round.
+        max_rounds: upper bound on rounds.
+        stop_loss: lambda; stop once the protected loss is below it (None: run all rounds).
+        batch_size: samples per batch for surrogate training, HotFlip and PGD.
+        learning_rate: AdamW learning rate of the surrogate.
+        weight_decay: AdamW weight decay of the surrogate (not applied to norms, biases, logit scale).
+        shuffle_captions: PGD sees caption bodies shuffled inside the batch, triggers kept with
+            their images, so the noise binds to the trigger rather than to the caption content.
+        image_noise: optimise the image noise (False: trigger-only baseline).
+        max_caption_tokens: token budget per caption including start/end and trigger
+            (None: the surrogate's text context length).
+        online_rounds: rounds of HotFlip + PGD for rows the transform was not fitted on.
+        mixed_precision: "no", "bf16" or "fp16", handed to Accelerate (autocast on capable devices).
+        seed: seeds every random choice (trigger init, batch order, caption sampling).
+    """
+
+    epsilon: float = 8 / 255
+    pgd_steps: int = 8
+    pgd_step_size: float = 1 / 255
+    trigger_length: int = 3
+    hotflip_candidates: int = 16
+    trigger_rounds: int = 5
+    surrogate_steps: int = 200
+    max_rounds: int = 20
+    stop_loss: float | None = None
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.1
+    shuffle_captions: bool = True
+    image_noise: bool = True
+    max_caption_tokens: int | None = None
+    online_rounds: int = 5
+    mixed_precision: str = "no"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    # -- derived integer quantities -------------------------------------------------------
+    @property
+    def epsilon_levels(self) -> int:
+        """The budget in whole 8-bit levels (never above epsilon * 255)."""
+        return int(math.floor(self.epsilon * 255 + _LEVEL_TOLERANCE))
+
+    @property
+    def step_levels(self) -> int:
+        """One PGD step in whole 8-bit levels."""
+        return int(round(self.pgd_step_size * 255))
+
+    # -- validation -----------------------------------------------------------------------
+    def validate(self) -> None:
+        """Raise ValueError naming the first field outside its allowed range."""
+
+        def bad(name: str, allowed: str) -> ValueError:
+            return ValueError(f"MEMConfig.{name}={getattr(self, name)!r} is invalid: it must be {allowed}.")
+
+        def check_int(name: str, low: int, high: int | None = None) -> None:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise bad(name, f"an integer >= {low}" + (f" and <= {high}" if high is not None else ""))
+            if value < low or (high is not None and value > high):
+                raise bad(name, f"an integer in [{low}, {high if high is not None else 'inf'}]")
+
+        if not isinstance(self.epsilon, (int, float)) or not (0 < self.epsilon <= 1):
+            raise bad("epsilon", "in (0, 1] (pixel space; 8/255 is the paper's budget)")
+        if self.epsilon_levels < 1:
+            raise bad("epsilon", ">= 1/255: a smaller budget cannot change an 8-bit pixel")
+        if not isinstance(self.pgd_step_size, (int, float)) or not (0 < self.pgd_step_size <= 1):
+            raise bad("pgd_step_size", "in (0, 1]")
+        if self.step_levels < 1 or abs(self.pgd_step_size * 255 - self.step_levels) > 1e-4:
+            raise bad("pgd_step_size", "a whole multiple of 1/255 (e.g. 1/255 or 2/255) so noise stays on the 8-bit grid")
+        check_int("pgd_steps", 0)
+        check_int("trigger_length", 0, 64)
+        check_int("hotflip_candidates", 1)
+        check_int("trigger_rounds", 0)
+        check_int("surrogate_steps", 0)
+        check_int("max_rounds", 1)
+        check_int("batch_size", 2)
+        check_int("online_rounds", 1)
+        check_int("seed", 0)
+        if self.max_caption_tokens is not None:
+            check_int("max_caption_tokens", 3)
+        if self.stop_loss is not None and (not isinstance(self.stop_loss, (int, float)) or self.stop_loss < 0):
+            raise bad("stop_loss", "None or a number >= 0")
+        if not isinstance(self.learning_rate, (int, float)) or not (0 <= self.learning_rate < 1):
+            raise bad("learning_rate", "in [0, 1)")
+        if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
+            raise bad("weight_decay", ">= 0")
+        if self.mixed_precision not in ("no", "bf16", "fp16"):
+            raise bad("mixed_precision", 'one of "no", "bf16", "fp16"')
+        for name in ("shuffle_captions", "image_noise"):
+            if not isinstance(getattr(self, name), bool):
+                raise bad(name, "True or False")
+        if not self.image_noise and self.trigger_length == 0:
+            raise ValueError(
+                "MEMConfig has image_noise=False and trigger_length=0: nothing would be optimised. "
+                "Set trigger_length >= 1 or image_noise=True."
+            )
+
+    # -- serialisation --------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "MEMConfig":
+        """Build from ``to_dict`` output; unknown keys are an error (a typo must not be ignored)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"MEMConfig.from_dict got unknown field(s) {unknown}; known fields: {sorted(known)}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "MEMConfig":
+        return cls.from_dict(json.loads(text))
+
+    def replace(self, **changes: Any) -> "MEMConfig":
+        """A validated copy with some fields changed."""
+        return dataclasses.replace(self, **changes)

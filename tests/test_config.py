@@ -1,0 +1,62 @@
+"""MEMConfig: defaults, serialisation and validation messages."""
+
+import json
+
+import pytest
+
+from hf_unlearnable import MEMConfig
+
+
+def test_defaults_are_the_papers():
+    config = MEMConfig()
+    assert config.epsilon == 8 / 255 and config.epsilon_levels == 8
+    assert config.pgd_steps == 8 and config.pgd_step_size == 1 / 255 and config.step_levels == 1
+    assert config.trigger_length == 3 and config.hotflip_candidates == 16 and config.trigger_rounds == 5
+    assert config.surrogate_steps == 200 and config.max_rounds == 20 and config.stop_loss is None
+    assert config.learning_rate == 1e-4 and config.shuffle_captions and config.seed == 0
+
+
+def test_round_trip_through_dict_and_json():
+    config = MEMConfig(epsilon=4 / 255, trigger_length=5, stop_loss=0.1, seed=7)
+    assert MEMConfig.from_dict(config.to_dict()) == config
+    assert MEMConfig.from_json(config.to_json()) == config
+    assert json.loads(config.to_json())["trigger_length"] == 5
+
+
+def test_unknown_key_is_an_error():
+    with pytest.raises(ValueError, match="unknown field.*epsilom"):
+        MEMConfig.from_dict({"epsilom": 0.1})
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"epsilon": 0}, "epsilon"),
+        ({"epsilon": -0.1}, "epsilon"),
+        ({"epsilon": 1.5}, "epsilon"),
+        ({"epsilon": 0.5 / 255}, "epsilon"),
+        ({"pgd_step_size": 1.5 / 255}, "pgd_step_size"),
+        ({"pgd_steps": -1}, "pgd_steps"),
+        ({"trigger_length": -1}, "trigger_length"),
+        ({"trigger_length": 2.5}, "trigger_length"),
+        ({"hotflip_candidates": 0}, "hotflip_candidates"),
+        ({"max_rounds": 0}, "max_rounds"),
+        ({"batch_size": 1}, "batch_size"),
+        ({"stop_loss": -1.0}, "stop_loss"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"shuffle_captions": "yes"}, "shuffle_captions"),
+    ],
+)
+def test_invalid_values_name_the_field_and_range(changes, field):
+    with pytest.raises(ValueError, match=rf"MEMConfig\.{field}=.*must be"):
+        MEMConfig(**changes)
+
+
+def test_epsilon_levels_never_exceed_the_budget():
+    assert MEMConfig(epsilon=0.03).epsilon_levels == 7  # 7.65 levels: floor, never above 0.03
+    assert MEMConfig(epsilon=1.0).epsilon_levels == 255
+
+
+def test_nothing_to_optimise_is_refused():
+    with pytest.raises(ValueError, match="nothing would be optimised"):
+        MEMConfig(trigger_length=0, image_noise=False)
