@@ -1,0 +1,131 @@
+"""Eq. 6 of MEM: HotFlip search for the per-sample text triggers."""
+
+from __future__ import annotations
+
+import torch
+
+from ..surrogate import ContrastiveLoss, Surrogate, frozen
+
+_batch_loss = ContrastiveLoss(gather=False)
+
+
+def loss_with_text_replaced(
+    image_features: torch.Tensor, text_features: torch.Tensor, candidates: torch.Tensor, logit_scale: torch.Tensor
+) -> torch.Tensor:
+    """Exact batch contrastive loss when text b alone is replaced by candidate (b, c).
+
+    image_features, text_features: (B, D) unit-norm; candidates: (B, C, D) unit-norm.
+    Returns (B, C): the symmetric InfoNCE of the whole batch for each single replacement.
+    """
+    batch = image_features.shape[0]
+    logits = logit_scale * image_features @ text_features.T  # (image m, text n)
+    eye = torch.eye(batch, dtype=torch.bool, device=logits.device)
+    positives = logits.diagonal()
+    # log-sum-exp of image m's row without text b: (m, b); computed directly, stable when softmax -> 1
+    row_without = torch.logsumexp(logits.unsqueeze(1).masked_fill(eye.unsqueeze(0), float("-inf")), dim=2)
+    text_terms = torch.logsumexp(logits, dim=0) - positives  # text-to-image CE per text n
+    new_column = logit_scale * torch.einsum("md,bcd->bcm", image_features, candidates)  # (b, c, m)
+    # image-to-text: every image's softmax now contains the candidate in column b
+    image_lse = torch.logaddexp(row_without.T.unsqueeze(1), new_column)  # (b, c, m)
+    image_positive = positives.view(1, 1, batch).expand_as(new_column).clone()
+    index = torch.arange(batch, device=logits.device)
+    image_positive[index, :, index] = new_column[index, :, index]
+    image_loss = (image_lse - image_positive).mean(dim=2)
+    # text-to-image: only text b's row changes
+    new_text_term = torch.logsumexp(new_column, dim=2) - new_column[index, :, index]
+    text_loss = (text_terms.sum() - text_terms.unsqueeze(1) + new_text_term) / batch
+    return (image_loss + text_loss) / 2
+
+
+class HotFlip:
+    r"""HotFlip trigger search (Ebrahimi et al. 2018) as MEM Eq. 6, error-minimising.
+
+    For each trigger position j, the first-order loss change of putting token w there is
+    (e_w - e_cur) . grad_{e_j} L; the K allowed tokens with the lowest value are candidates. Every
+    candidate is then scored with a real forward pass of the text tower (image features are fixed
+    and computed once per batch), and each sample keeps its best candidate only if it lowers the
+    exact batch loss. If accepting all samples' choices together would raise the loss, only the
+    single best change is kept, so the loss never goes up.
+
+    Arguments:
+        surrogate (Surrogate): frozen during the search.
+        allowed (torch.BoolTensor): (V,) tokens a trigger may use (round-trip-safe words).
+        candidates (int): K, candidates per position. Default: 16.
+
+    Shape:
+        - image_features: (B, D) unit-norm features of x + d, fixed.
+        - input_ids, attention_mask: (B, L) with the trigger at positions 1..k.
+        - output: the new input_ids (B, L).
+
+    Examples::
+        >>> search = HotFlip(surrogate, vocabulary.mask, candidates=16)
+        >>> input_ids = search(image_features, input_ids, attention_mask, trigger_length=3)
+    """
+
+    def __init__(self, surrogate: Surrogate, allowed: torch.Tensor, candidates: int = 16):
+        self.surrogate = surrogate
+        self.allowed = allowed
+        self.candidates = min(candidates, int(allowed.sum()))
+
+    def _text_and_gradient(self, image_features, input_ids, attention_mask, logit_scale):
+        """Text features (B, D) and d loss / d token-embedding output (B, L, E): one forward and backward."""
+        captured = {}
+
+        def hook(_module, _inputs, output):
+            output = output.detach().requires_grad_(True)
+            captured["embeddings"] = output
+            return output
+
+        handle = self.surrogate.token_embedding.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                text = self.surrogate.text_features(input_ids, attention_mask)
+                loss = _batch_loss(image_features, text, logit_scale)
+                (gradient,) = torch.autograd.grad(loss, captured["embeddings"])
+        finally:
+            handle.remove()
+        return text.detach(), loss.detach(), gradient
+
+    @torch.no_grad()
+    def __call__(
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trigger_length: int
+    ) -> torch.Tensor:
+        batch = input_ids.shape[0]
+        input_ids = input_ids.clone()
+        index = torch.arange(batch, device=input_ids.device)
+        with frozen(self.surrogate):
+            logit_scale = self.surrogate.logit_scale()
+            table = self.surrogate.token_embedding.weight  # (V, E)
+            allowed = self.allowed.to(table.device)[: table.shape[0]]
+            for position in range(1, 1 + trigger_length):
+                current_text, batch_loss, gradient = self._text_and_gradient(
+                    image_features, input_ids, attention_mask, logit_scale
+                )
+                gradient = gradient[:, position]
+                first_order = gradient.float() @ table.float().T  # (B, V); e_cur . g is constant per row
+                first_order[:, ~allowed] = float("inf")
+                first_order[index, input_ids[:, position]] = float("inf")  # the current token is scored apart
+                candidates = first_order.topk(self.candidates, dim=1, largest=False).indices  # (B, K)
+
+                trial = input_ids.unsqueeze(1).repeat(1, self.candidates, 1)  # (B, K, L)
+                trial[:, :, position] = candidates
+                trial_mask = attention_mask.unsqueeze(1).expand_as(trial)
+                trial_text = self.surrogate.text_features(trial.flatten(0, 1), trial_mask.flatten(0, 1))
+                trial_text = trial_text.view(batch, self.candidates, -1)
+
+                trial_loss = loss_with_text_replaced(image_features, current_text, trial_text, logit_scale)  # (B, K)
+                # the current loss through the same formula, so the comparison is like for like
+                current_loss = loss_with_text_replaced(image_features, current_text, current_text[:, None], logit_scale)[:, 0]
+                best_loss, best = trial_loss.min(dim=1)
+                improves = best_loss < current_loss
+                if not improves.any():
+                    continue
+                chosen_text = torch.where(improves[:, None], trial_text[index, best], current_text)
+                joint_loss = _batch_loss(image_features, chosen_text, logit_scale)
+                if joint_loss > batch_loss:  # interactions between samples: keep the single best change
+                    single = best_loss.argmin()
+                    improves = torch.zeros_like(improves)
+                    improves[single] = True
+                new_tokens = candidates[index, best]
+                input_ids[:, position] = torch.where(improves, new_tokens, input_ids[:, position])
+        return input_ids

@@ -1,0 +1,53 @@
+"""Eq. 5 of MEM: error-minimising PGD on the image noise, on the 8-bit grid."""
+
+from __future__ import annotations
+
+import torch
+
+from ..surrogate import ContrastiveLoss, Surrogate, frozen
+
+
+class PGD:
+    r"""Error-minimising projected gradient descent (MEM Eq. 5; Madry et al. 2018 with the sign flipped).
+
+    d <- clip(d - alpha * sign(grad_d L(x + d, T_shuffled + t)), -eps, eps), then x + d is clipped to
+    [0, 1]. Everything is done in whole 8-bit levels, so from d = 0 the noise stays exactly on the
+    1/255 grid and a PNG of x + d reproduces it bit for bit.
+
+    Arguments:
+        surrogate (Surrogate): frozen during the attack; only input gradients are computed.
+        epsilon_levels (int): l_inf budget in levels (8 for eps = 8/255). Default: 8.
+        step_levels (int): alpha in levels (1 for 1/255). Default: 1.
+        steps (int): S, number of sign steps. Default: 8.
+
+    Shape:
+        - images: uint8 (B, H, W, 3), the clean base x in levels 0..255.
+        - noise: int8 (B, H, W, 3), d in levels, |d| <= epsilon_levels.
+        - text_features: float (B, D) unit-norm, fixed: trigger t_i with a (shuffled) caption body.
+        - output: int8 (B, H, W, 3), the new d.
+
+    Examples::
+        >>> attack = PGD(surrogate, epsilon_levels=8, step_levels=1, steps=8)
+        >>> noise = attack(images, noise, text_features)
+    """
+
+    def __init__(self, surrogate: Surrogate, epsilon_levels: int = 8, step_levels: int = 1, steps: int = 8):
+        self.surrogate = surrogate
+        self.epsilon_levels = epsilon_levels
+        self.step_levels = step_levels
+        self.steps = steps
+        self.loss = ContrastiveLoss(gather=False)
+
+    def __call__(self, images: torch.Tensor, noise: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        clean = images.permute(0, 3, 1, 2).to(torch.int16)
+        delta = noise.permute(0, 3, 1, 2).to(torch.int16)
+        with frozen(self.surrogate):
+            logit_scale = self.surrogate.logit_scale().detach()
+            for _ in range(self.steps):
+                pixels = (clean + delta).float().div_(255.0).requires_grad_(True)
+                loss = self.loss(self.surrogate.image_features(pixels), text_features, logit_scale)
+                (gradient,) = torch.autograd.grad(loss, pixels)
+                delta = delta - self.step_levels * torch.sign(gradient).to(torch.int16)
+                delta = delta.clamp(-self.epsilon_levels, self.epsilon_levels)
+                delta = (clean + delta).clamp(0, 255) - clean
+        return delta.permute(0, 2, 3, 1).to(torch.int8)

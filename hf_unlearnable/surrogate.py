@@ -1,0 +1,155 @@
+"""The surrogate CLIP: differentiable normalisation, unit-norm features, the contrastive loss.
+
+Images enter as float pixels in [0, 1] (N, 3, H, W); the CLIP mean/std normalisation happens
+here, inside the graph, so gradients are taken in pixel space where the 8/255 budget lives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from transformers import CLIPModel
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_LOGIT_SCALE = 100.0
+
+
+def gather_features(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All processes' features, concatenated by rank; gradients flow through the local part only.
+
+    With one process (or no process group) the inputs come back unchanged.
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return image_features, text_features
+    rank, world = dist.get_rank(), dist.get_world_size()
+    gathered_images = [torch.zeros_like(image_features) for _ in range(world)]
+    gathered_texts = [torch.zeros_like(text_features) for _ in range(world)]
+    dist.all_gather(gathered_images, image_features.contiguous())
+    dist.all_gather(gathered_texts, text_features.contiguous())
+    gathered_images[rank], gathered_texts[rank] = image_features, text_features
+    return torch.cat(gathered_images), torch.cat(gathered_texts)
+
+
+class ContrastiveLoss(nn.Module):
+    """Symmetric InfoNCE of CLIP; with ``gather=True`` the negatives come from every process.
+
+    Inputs: unit-norm image and text features (B, D), pair i <-> i, and the logit scale (a scalar).
+    """
+
+    def __init__(self, gather: bool = False):
+        super().__init__()
+        self.gather = gather
+
+    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+        offset = 0
+        all_images, all_texts = image_features, text_features
+        if self.gather:
+            all_images, all_texts = gather_features(image_features, text_features)
+            if all_images.shape[0] != image_features.shape[0]:
+                offset = dist.get_rank() * image_features.shape[0]
+        logits_per_image = logit_scale * image_features @ all_texts.T
+        logits_per_text = logit_scale * text_features @ all_images.T
+        labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
+        return (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
+
+
+class Surrogate(nn.Module):
+    """A `transformers.CLIPModel` with pixel-space inputs and unit-norm features.
+
+    Args:
+        model: the CLIPModel (trained from scratch or pretrained).
+        image_mean, image_std: the processor's normalisation (OpenAI CLIP's by default).
+    """
+
+    def __init__(
+        self,
+        model: CLIPModel,
+        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        image_std: Sequence[float] = OPENAI_CLIP_STD,
+    ):
+        super().__init__()
+        self.model = model
+        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        # CLIPModel.get_input_embeddings() raises in transformers 5; this is the text token table.
+        return self.model.text_model.embeddings.token_embedding
+
+    def logit_scale(self) -> torch.Tensor:
+        return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], (N, 3, H, W) -> unit-norm image features (N, D)."""
+        normalised = (pixels - self.image_mean) / self.image_std
+        features = self.model.get_image_features(pixel_values=normalised).pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (N, L) -> unit-norm text features (N, D)."""
+        features = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers at once (what DDP wraps during surrogate training)."""
+        return self.image_features(pixels), self.text_features(input_ids, attention_mask)
+
+    def clamp_logit_scale(self) -> None:
+        """Keep exp(logit_scale) <= 100, as CLIP does."""
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+
+
+def pixels_from_uint8(images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    """uint8 (N, H, W, 3) images plus optional int8 noise levels -> float pixels (N, 3, H, W) in [0, 1]."""
+    levels = images.to(torch.int16)
+    if noise is not None:
+        levels = (levels + noise.to(torch.int16)).clamp_(0, 255)
+    return levels.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+@contextlib.contextmanager
+def frozen(module: nn.Module) -> Iterator[nn.Module]:
+    """Parameters stop requiring gradients inside the block (PGD and HotFlip need input gradients only)."""
+    flags = [(p, p.requires_grad) for p in module.parameters()]
+    for parameter, _ in flags:
+        parameter.requires_grad_(False)
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        for parameter, flag in flags:
+            parameter.requires_grad_(flag)
+        module.train(was_training)
+
+
+def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay for norms, biases, embeddings' scales and the logit scale."""
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if parameter.ndim < 2 or "norm" in name or "bias" in name or "logit_scale" in name:
+            no_decay.append(parameter)
+        else:
+            decay.append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
