@@ -1,0 +1,57 @@
+"""Baselines honour the budget and come out shaped like ProtectTransform.protect's output."""
+
+import datasets
+import numpy as np
+import pytest
+
+from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
+from hf_unlearnable.images import decode_png, prepare_image
+
+from .conftest import FAST_CONFIG
+
+CONFIG = FAST_CONFIG.replace(max_rounds=2)
+
+
+def pixels(ds):
+    raw = ds.cast_column("image", datasets.Image(decode=False))
+    return np.stack([decode_png(row["image"]["bytes"]) if row["image"]["bytes"][:4] == b"\x89PNG" else prepare_image(row["image"], 32) for row in raw]).astype(np.int16)
+
+
+def check_shape(out, ds):
+    assert len(out) == len(ds) and out.column_names == ds.column_names
+    assert isinstance(out.features["image"], datasets.Image)
+    assert out["row_id"][:] == ds["row_id"][:] and out["note"][:] == ds["note"][:]
+
+
+@pytest.fixture(scope="module")
+def data(dataset):
+    return dataset.select(range(24))
+
+
+def test_random_noise(data):
+    out = random_noise(data, 32, seed=3)
+    check_shape(out, data)
+    difference = pixels(out) - pixels(data)
+    assert np.abs(difference).max() == 8
+    assert set(np.unique(difference)) <= set(range(-8, 9))
+    assert out["caption"][:] == data["caption"][:]
+    assert (pixels(random_noise(data, 32, seed=3)) == pixels(out)).all()  # seeded
+    assert (pixels(random_noise(data, 32, seed=4)) != pixels(out)).any()
+
+
+def test_em_is_mem_without_trigger(clip, data):
+    model, processor = clip
+    out = error_minimizing_noise(data, model, processor, CONFIG, progress=False)
+    check_shape(out, data)
+    difference = pixels(out) - pixels(data)
+    assert 0 < np.abs(difference).max() <= 8
+    assert out["caption"][:] == data["caption"][:]
+
+
+def test_trigger_only_has_no_image_noise(clip, data):
+    model, processor = clip
+    out = trigger_only(data, model, processor, CONFIG, progress=False)
+    check_shape(out, data)
+    assert (pixels(out) == pixels(data)).all()
+    for protected, clean in zip(out["caption"][:], data["caption"][:]):
+        assert protected.endswith(" " + clean) and len(protected.split()) == len(clean.split()) + 3
