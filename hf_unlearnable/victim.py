@@ -1,0 +1,483 @@
+"""The victim: train a CLIP on a (possibly protected) data set, measure retrieval on a clean split.
+
+This is how the MEM paper measures protection: an unauthorised trainer fits a CLIP to the
+published copy; if the copy is unlearnable, that model retrieves no better than chance on clean
+test data, while the same model trained on the clean copy does well.
+
+    result = train_victim(protected["train"], clean["test"], tiny_clip_config(), processor, epochs=10)
+    result.final["t2i_r1"], result.history  # one entry per evaluation (epoch 0 = before training)
+
+`retrieval_scores` is the evaluation alone (Recall@1/5/10, MedR, MeanR in both directions).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import numpy as np
+import torch
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
+
+from .images import prepare_image
+from .metrics import retrieval_metrics
+from .surrogate import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    ContrastiveLoss,
+    Surrogate,
+    parameter_groups,
+    pixels_from_uint8,
+)
+from .transform import load_surrogate
+
+__all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
+
+logger = logging.getLogger(__name__)
+
+#: ``defense(pixels, captions, generator) -> (pixels, captions)``; see `train_victim`.
+Defense = Callable[[torch.Tensor, list[str], torch.Generator], tuple[torch.Tensor, list[str]]]
+
+_READ_BATCH = 256
+# CLIP's AdamW settings (Radford et al. 2021; open_clip's defaults for ViTs).
+_ADAM_BETAS = (0.9, 0.98)
+_ADAM_EPS = 1e-6
+
+
+@dataclass
+class VictimResult:
+    """What `train_victim` returns.
+
+    Attributes:
+        history: one dict per evaluation (epoch 0 = before training, then after every epoch) with
+            ``epoch``, ``train_loss`` (mean over the epoch's steps; NaN for epoch 0), ``seconds``
+            (training wall time of that epoch; 0 for epoch 0), ``eval_seconds`` and every key
+            of `hf_unlearnable.metrics.retrieval_metrics`.
+        model: the trained `CLIPModel` (unwrapped, in eval mode, on the training device).
+    """
+
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: CLIPModel | None = None
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last evaluation (after the last epoch)."""
+        return self.history[-1]
+
+
+# ---------------------------------------------------------------------------------------- reading
+
+
+def _check_dataset(ds: Any, name: str, image_column: str, caption_column: str) -> None:
+    if not isinstance(ds, datasets.Dataset):
+        raise TypeError(
+            f"{name} must be a datasets.Dataset, got {type(ds).__name__}. For a DatasetDict pick a split "
+            f"({name}['train']); an IterableDataset must be materialised first (Dataset.from_generator)."
+        )
+    for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
+        if column not in ds.column_names:
+            raise ValueError(
+                f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}. "
+                f"Pass {argument}= with the right name."
+            )
+    if len(ds) == 0:
+        raise ValueError(f"{name} is empty (0 rows); pass a data set with image-caption rows.")
+
+
+def _caption_text(value: Any, row: int, column: str) -> str:
+    if not isinstance(value, str):
+        kind = "None" if value is None else type(value).__name__
+        raise ValueError(
+            f"Caption column {column!r} holds {kind} at row {row}; expected a string or a list of strings. "
+            "Fix or drop that row (e.g. ds.filter)."
+        )
+    if not value.strip():
+        raise ValueError(f"Caption column {column!r} is empty at row {row}; fill or drop that row (e.g. ds.filter).")
+    return value
+
+
+def _read_captions(ds: datasets.Dataset, column: str) -> list[list[str]]:
+    """Every row's captions as a list (one element for a plain string column)."""
+    captions = []
+    for row, value in enumerate(ds.select_columns([column]).to_dict()[column]):
+        if isinstance(value, (list, tuple)):
+            if not value:
+                raise ValueError(f"Caption column {column!r} holds an empty list at row {row}; fill or drop that row.")
+            captions.append([_caption_text(text, row, column) for text in value])
+        else:
+            captions.append([_caption_text(value, row, column)])
+    return captions
+
+
+def _iter_images(ds: datasets.Dataset, column: str, image_size: int, chunk: int = _READ_BATCH) -> Iterator[np.ndarray]:
+    """uint8 (n, image_size, image_size, 3) chunks of the image column, decoded with `prepare_image`."""
+    source = ds.select_columns([column])
+    feature = source.features[column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        # Read the stored bytes/paths and decode ourselves, so a broken file names its row.
+        source = source.cast_column(column, datasets.Image(decode=False))
+    for start in range(0, len(source), chunk):
+        values = source[start : start + chunk][column]
+        yield np.stack([prepare_image(value, image_size, start + offset) for offset, value in enumerate(values)])
+
+
+def _read_images(ds: datasets.Dataset, column: str, image_size: int) -> np.ndarray:
+    return np.concatenate(list(_iter_images(ds, column, image_size)))
+
+
+def _pad_token_id(tokenizer: Any) -> int:
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad to the longest sequence: (input_ids, attention_mask), both (n, longest) int64."""
+    longest = max(len(ids) for ids in token_ids)
+    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
+    for row, ids in enumerate(token_ids):
+        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+        attention_mask[row, : len(ids)] = 1
+    return input_ids, attention_mask
+
+
+def _tokenize(tokenizer: Any, texts: list[str], context_length: int) -> list[list[int]]:
+    """Token ids of each text, truncated to the context length, unpadded."""
+    return list(tokenizer(texts, truncation=True, max_length=context_length)["input_ids"])
+
+
+def _normalisation(processor: Any) -> tuple[Sequence[float], Sequence[float]]:
+    image_processor = getattr(processor, "image_processor", None)
+    mean = getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN
+    std = getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD
+    return mean, std
+
+
+# ---------------------------------------------------------------------------------------- evaluation
+
+
+@dataclass
+class _RetrievalSet:
+    """An evaluation split decoded and tokenised once: images, caption ids, image of each caption."""
+
+    images: np.ndarray  # uint8 (num_images, H, W, 3)
+    token_ids: list[list[int]]  # one unpadded list per caption
+    image_index: np.ndarray  # int64 (num_captions,)
+
+    @classmethod
+    def read(
+        cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
+    ) -> "_RetrievalSet":
+        captions = _read_captions(ds, caption_column)  # cheap checks before the costly decode
+        images = _read_images(ds, image_column, image_size)
+        texts = [text for row_captions in captions for text in row_captions]
+        image_index = np.repeat(np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions])
+        return cls(images, _tokenize(tokenizer, texts, context_length), image_index)
+
+
+def _embed_and_rank(surrogate: Surrogate, data: _RetrievalSet, pad_id: int, batch_size: int, device: torch.device) -> dict[str, float]:
+    """Cosine similarity of every caption with every image, then the retrieval metrics."""
+    model = surrogate.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            image_features = torch.cat(
+                [
+                    surrogate.image_features(pixels_from_uint8(torch.from_numpy(data.images[start : start + batch_size])).to(device))
+                    for start in range(0, len(data.images), batch_size)
+                ]
+            )
+            text_features = []
+            for start in range(0, len(data.token_ids), batch_size):
+                input_ids, attention_mask = _pad(data.token_ids[start : start + batch_size], pad_id)
+                text_features.append(surrogate.text_features(input_ids.to(device), attention_mask.to(device)))
+            similarity = torch.cat(text_features).float() @ image_features.float().T
+    finally:
+        model.train(was_training)
+    return retrieval_metrics(similarity.cpu(), data.image_index)
+
+
+def retrieval_scores(
+    model: CLIPModel,
+    processor: CLIPProcessor,
+    ds: datasets.Dataset,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    *,
+    batch_size: int = 256,
+    device: str | torch.device | None = None,
+) -> dict[str, float]:
+    """Image-text retrieval of `model` on `ds`: Recall@1/5/10, MedR and MeanR in both directions.
+
+    Every image is resized/cropped to the model's input size (`prepare_image`) and normalised with
+    the processor's mean/std; every caption is embedded (a caption column may hold one string or a
+    list of strings per image: all of them count, each caption a query of text-to-image retrieval
+    and a candidate of image-to-text retrieval). Scores are cosine similarities.
+
+    Args:
+        model: a `transformers.CLIPModel`; evaluated in eval mode without gradients (its training
+            mode is restored afterwards).
+        processor: its `CLIPProcessor` (tokenizer, image mean/std).
+        ds: the evaluation split (a `datasets.Dataset`).
+        image_column, caption_column: column names.
+        batch_size: images or captions embedded at a time.
+        device: where to compute (default: the model's device); the model is moved there.
+
+    Returns:
+        The dict of `hf_unlearnable.metrics.retrieval_metrics` (``i2t_r1 ... t2i_meanr``).
+
+    Example:
+        >>> model, processor = tiny_clip()
+        >>> retrieval_scores(model, processor, synthetic_captions(100))["t2i_r1"]
+    """
+    _check_dataset(ds, "ds", image_column, caption_column)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    surrogate = Surrogate(model, *_normalisation(processor)).to(device)
+    data = _RetrievalSet.read(ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column)
+    return _embed_and_rank(surrogate, data, _pad_token_id(processor.tokenizer), batch_size, device)
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+def _epoch_batches(order: np.ndarray, batch_size: int, num_processes: int) -> list[np.ndarray]:
+    """Consecutive global batches of `order`; each trimmed to a multiple of the process count,
+    and dropped only when fewer than 2 samples remain (a contrastive batch needs a negative)."""
+    batches = []
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        batch = batch[: len(batch) - len(batch) % num_processes]
+        if len(batch) >= 2:
+            batches.append(batch)
+    return batches
+
+
+def _apply_defense(defense: Defense, pixels: torch.Tensor, captions: list[str], generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+    shape = tuple(pixels.shape)
+    result = defense(pixels, captions, generator)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise TypeError(f"defense must return a (pixels, captions) tuple, got {type(result).__name__}.")
+    new_pixels, new_captions = result
+    if not isinstance(new_pixels, torch.Tensor) or tuple(new_pixels.shape) != shape:
+        got = tuple(new_pixels.shape) if isinstance(new_pixels, torch.Tensor) else type(new_pixels).__name__
+        raise ValueError(f"defense must return pixels of the shape it was given, {shape}; got {got}.")
+    new_captions = list(new_captions)
+    if len(new_captions) != shape[0] or not all(isinstance(text, str) for text in new_captions):
+        raise ValueError(f"defense must return a list of {shape[0]} caption strings, one per image.")
+    return new_pixels.float(), new_captions
+
+
+def _check_arguments(**values: Any) -> None:
+    def integer(name: str, low: int) -> None:
+        value = values[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+
+    integer("epochs", 0)
+    integer("batch_size", 2)
+    integer("eval_batch_size", 1)
+    integer("seed", 0)
+    if not (isinstance(values["learning_rate"], (int, float)) and values["learning_rate"] > 0):
+        raise ValueError(f"learning_rate must be a positive number, got {values['learning_rate']!r}.")
+    if not (isinstance(values["weight_decay"], (int, float)) and values["weight_decay"] >= 0):
+        raise ValueError(f"weight_decay must be a number >= 0, got {values['weight_decay']!r}.")
+    if not (isinstance(values["warmup_ratio"], (int, float)) and 0 <= values["warmup_ratio"] <= 1):
+        raise ValueError(f"warmup_ratio must be in [0, 1], got {values['warmup_ratio']!r}.")
+    if values["mixed_precision"] not in ("auto", "no", "fp16", "bf16", "fp8"):
+        raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16', 'fp16' or 'fp8', got {values['mixed_precision']!r}.")
+    if values["defense"] is not None and not callable(values["defense"]):
+        raise TypeError(f"defense must be a callable (pixels, captions, generator) -> (pixels, captions) or None, got {type(values['defense']).__name__}.")
+
+
+def train_victim(
+    train_ds: datasets.Dataset,
+    eval_ds: datasets.Dataset,
+    model: CLIPModel | CLIPConfig | str | os.PathLike,
+    processor: CLIPProcessor | None = None,
+    *,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 5e-4,
+    weight_decay: float = 0.2,
+    warmup_ratio: float = 0.1,
+    seed: int = 0,
+    defense: Defense | None = None,
+    mixed_precision: str = "no",
+    progress: bool = True,
+    eval_batch_size: int = 256,
+) -> VictimResult:
+    """Train a CLIP contrastively on `train_ds`; evaluate retrieval on the clean `eval_ds` per epoch.
+
+    The victim of the MEM paper: trained on the protected copy, it should stay near chance on
+    clean data. Training is CLIP's: symmetric InfoNCE over the batch (negatives gathered from all
+    processes under ``accelerate launch``), AdamW (betas 0.9/0.98, eps 1e-6; no weight decay for
+    norms, biases and the logit scale), linear warm-up then cosine decay per step, logit scale
+    clamped at 100. Train images are decoded once to uint8 at the model's resolution; each epoch
+    visits them in a seeded random order (a last batch of a single sample is dropped). When the
+    caption column holds lists, each step uses one randomly chosen caption per image (seeded);
+    evaluation uses all of them.
+
+    Args:
+        train_ds: the (possibly protected) training set.
+        eval_ds: the clean evaluation split; evaluated before training (epoch 0) and after
+            every epoch with `retrieval_scores`.
+        model: a `CLIPModel` (fine-tuned; a deep copy, the caller's model is untouched), a
+            `CLIPConfig` (trained from scratch as in the paper, weights initialised from `seed`)
+            or a Hub id / local path (`from_pretrained`, safetensors only).
+        processor: the `CLIPProcessor`; required for a CLIPModel/CLIPConfig, loaded from the path
+            otherwise.
+        image_column, caption_column: column names (the same in both data sets).
+        epochs: passes over `train_ds` (0: evaluate only).
+        batch_size: the global contrastive batch (split over processes); at least 2.
+        learning_rate, weight_decay, warmup_ratio: AdamW peak rate, decoupled weight decay and the
+            fraction of all steps spent in linear warm-up.
+        seed: model init (CLIPConfig), epoch order, caption choice, the defense's generator and
+            torch's global RNG during training (restored afterwards).
+        defense: what an unauthorised trainer might do to each training batch before the forward
+            pass, called as ``defense(pixels, captions, generator) -> (pixels, captions)`` with
+            ``pixels`` a float CPU tensor (B, 3, H, W) in [0, 1] (this process's share of the
+            batch, the model's resolution), ``captions`` the B caption strings of those images
+            and ``generator`` a seeded CPU `torch.Generator` for any randomness. It returns pixels
+            of the same shape (values are used as given; keep them in [0, 1]) and B captions;
+            the captions are re-tokenised, so text defenses may edit the strings. It may modify
+            its inputs in place. None: no defense.
+        mixed_precision: Accelerate's setting ("no", "bf16", "fp16"; "auto" = bf16 on a GPU that
+            supports it, else "no", as in `MEMConfig`). One value per process: Accelerate refuses
+            a second, different value in the same process (e.g. after protecting with another).
+        progress: show a tqdm bar over epochs (main process only).
+        eval_batch_size: batch size of the evaluations.
+
+    Returns:
+        `VictimResult` with the per-epoch ``history`` and the trained ``model``. For the same seed,
+        data, process count and machine, the history (all but the ``*seconds`` keys) is identical.
+
+    Raises:
+        ValueError: a missing column, an empty training or evaluation set (or a training set of
+            one row), a bad caption or image (naming its row), ``batch_size < 2``, ``epochs < 0``
+            or another argument out of range.
+        TypeError: data sets that are not a `datasets.Dataset`, a model of the wrong type, a
+            defense that is not callable or returns the wrong thing.
+
+    Example:
+        >>> model, processor = tiny_clip()
+        >>> result = train_victim(synthetic_captions(2000), synthetic_captions(1000, seed=1),
+        ...                       model.config, processor, epochs=5)
+        >>> [entry["t2i_r1"] for entry in result.history]
+    """
+    _check_arguments(
+        epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, learning_rate=learning_rate,
+        weight_decay=weight_decay, warmup_ratio=warmup_ratio, mixed_precision=mixed_precision, defense=defense,
+    )
+    _check_dataset(train_ds, "train_ds", image_column, caption_column)
+    _check_dataset(eval_ds, "eval_ds", image_column, caption_column)
+    if len(train_ds) < 2:
+        raise ValueError("train_ds has 1 row; contrastive training needs at least 2 (each batch needs a negative).")
+    clip, processor = load_surrogate(model, processor, seed)
+    tokenizer = processor.tokenizer
+    pad_id = _pad_token_id(tokenizer)
+    surrogate = Surrogate(clip, *_normalisation(processor))
+    image_size, context_length = surrogate.image_size, surrogate.context_length
+
+    # Data, once: uint8 images, unpadded token ids of every caption, caption ranges per image.
+    captions = _read_captions(train_ds, caption_column)
+    eval_data = _RetrievalSet.read(eval_ds, tokenizer, image_size, context_length, image_column, caption_column)
+    images = _read_images(train_ds, image_column, image_size)
+    texts = [text for row_captions in captions for text in row_captions]  # flat; image i owns offsets[i]:+counts[i]
+    token_ids = _tokenize(tokenizer, texts, context_length)
+    counts = np.array([len(row_captions) for row_captions in captions], dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+
+    if mixed_precision == "auto":  # as MEMConfig: bf16 on a bf16-capable GPU, else none
+        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+    try:
+        accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
+    except ValueError as error:
+        if "already been initialized" not in str(error):
+            raise
+        raise ValueError(
+            f"mixed_precision={mixed_precision!r} differs from the setting this process already uses "
+            "(Accelerate allows one per process); pass the same value, or train in a new process."
+        ) from error
+    num_processes, rank = accelerator.num_processes, accelerator.process_index
+    if batch_size % num_processes:
+        logger.warning("batch_size=%d is not a multiple of the %d processes; batches are trimmed to %d.",
+                       batch_size, num_processes, batch_size - batch_size % num_processes)
+    steps_per_epoch = len(_epoch_batches(np.arange(len(images)), batch_size, num_processes))
+    if epochs and steps_per_epoch == 0:
+        raise ValueError(
+            f"train_ds has {len(images)} rows, too few for one batch of at least 2 on each of {num_processes} processes."
+        )
+    total_steps = epochs * steps_per_epoch
+    optimizer = torch.optim.AdamW(parameter_groups(surrogate, weight_decay), lr=learning_rate, betas=_ADAM_BETAS, eps=_ADAM_EPS)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
+    loss_function = ContrastiveLoss(gather=num_processes > 1)
+    surrogate, optimizer, scheduler = accelerator.prepare(surrogate, optimizer, scheduler)
+    unwrapped: Surrogate = accelerator.unwrap_model(surrogate)
+    device = accelerator.device
+
+    def evaluate(epoch: int, train_loss: float, seconds: float) -> dict[str, float]:
+        start = time.perf_counter()
+        with accelerator.autocast():
+            metrics = _embed_and_rank(unwrapped, eval_data, pad_id, eval_batch_size, device)
+        entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, "eval_seconds": time.perf_counter() - start}
+        entry.update(metrics)
+        logger.info(
+            "victim epoch %d: train loss %.4f, i2t R@1 %.2f, t2i R@1 %.2f, t2i MedR %.1f (%.1f s)",
+            epoch, train_loss, metrics["i2t_r1"], metrics["t2i_r1"], metrics["t2i_medr"], seconds,
+        )
+        return entry
+
+    rng = np.random.default_rng([seed, 0x71C7])  # epoch order and caption choice: identical on every process
+    generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)  # the defense's randomness
+    rng_devices = [device] if device.type == "cuda" else []
+    history = []
+    with torch.random.fork_rng(devices=rng_devices):
+        torch.manual_seed(seed)  # dropout, if the config has any
+        history.append(evaluate(0, math.nan, 0.0))
+        bar = tqdm(range(1, epochs + 1), desc="victim", unit="epoch", disable=not progress or not accelerator.is_main_process)
+        for epoch in bar:
+            start = time.perf_counter()
+            surrogate.train()
+            loss_sum = torch.zeros((), device=device)
+            batches = _epoch_batches(rng.permutation(len(images)), batch_size, num_processes)
+            for batch in batches:
+                chosen = offsets[batch] + rng.integers(0, counts[batch])  # one caption per image
+                share = len(batch) // num_processes
+                local, chosen = batch[rank * share : (rank + 1) * share], chosen[rank * share : (rank + 1) * share]
+                pixels = pixels_from_uint8(torch.from_numpy(images[local]))
+                if defense is not None:
+                    pixels, batch_texts = _apply_defense(defense, pixels, [texts[c] for c in chosen], generator)
+                    input_ids, attention_mask = _pad(_tokenize(tokenizer, batch_texts, context_length), pad_id)
+                else:
+                    input_ids, attention_mask = _pad([token_ids[c] for c in chosen], pad_id)
+                image_features, text_features = surrogate(pixels.to(device), input_ids.to(device), attention_mask.to(device))
+                loss = loss_function(image_features, text_features, unwrapped.logit_scale())
+                optimizer.zero_grad(set_to_none=True)
+                accelerator.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                unwrapped.clamp_logit_scale()
+                loss_sum += loss.detach()
+            train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
+            seconds = time.perf_counter() - start
+            history.append(evaluate(epoch, train_loss, seconds))
+            bar.set_postfix(loss=f"{train_loss:.3f}", t2i_r1=f"{history[-1]['t2i_r1']:.1f}")
+        bar.close()
+    trained = unwrapped.model.eval()
+    accelerator.free_memory()
+    return VictimResult(history=history, model=trained)
