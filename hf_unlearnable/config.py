@@ -38,7 +38,8 @@ class MEMConfig:
         max_caption_tokens: token budget per caption including start/end and trigger
             (None: the surrogate's text context length).
         online_rounds: rounds of HotFlip + PGD for rows the transform was not fitted on.
-        mixed_precision: "no", "bf16" or "fp16", handed to Accelerate (autocast on capable devices).
+        mixed_precision: "auto" (bf16 autocast on a GPU that supports it, else none), "no", "bf16"
+            or "fp16"; handed to Accelerate.
         seed: seeds every random choice (trigger init, batch order, caption sampling).
     """
 
@@ -58,7 +59,7 @@ class MEMConfig:
     image_noise: bool = True
     max_caption_tokens: int | None = None
     online_rounds: int = 5
-    mixed_precision: str = "no"
+    mixed_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -76,6 +77,14 @@ class MEMConfig:
         return int(round(self.pgd_step_size * 255))
 
     # -- validation -----------------------------------------------------------------------
+    def resolved_mixed_precision(self) -> str:
+        """What to hand to Accelerate: "auto" becomes bf16 on a bf16-capable GPU, else "no"."""
+        if self.mixed_precision != "auto":
+            return self.mixed_precision
+        import torch
+
+        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
     def validate(self) -> None:
         """Raise ValueError naming the first field outside its allowed range."""
 
@@ -114,8 +123,8 @@ class MEMConfig:
             raise bad("learning_rate", "in [0, 1)")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise bad("weight_decay", ">= 0")
-        if self.mixed_precision not in ("no", "bf16", "fp16"):
-            raise bad("mixed_precision", 'one of "no", "bf16", "fp16"')
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise bad("mixed_precision", 'one of "auto", "no", "bf16", "fp16"')
         for name in ("shuffle_captions", "image_noise"):
             if not isinstance(getattr(self, name), bool):
                 raise bad(name, "True or False")

@@ -163,7 +163,7 @@ class ProtectTransform:
     @property
     def accelerator(self) -> Accelerator:
         if self._accelerator is None:
-            self._accelerator = Accelerator(mixed_precision=self.config.mixed_precision)
+            self._accelerator = Accelerator(mixed_precision=self.config.resolved_mixed_precision())
             self.surrogate.to(self._accelerator.device)
         return self._accelerator
 

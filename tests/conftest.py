@@ -7,6 +7,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# torch's OpenMP threads spin while waiting; on a shared 2-core machine that costs 10x. Sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import datasets
 import pytest
