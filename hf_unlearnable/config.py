@@ -77,14 +77,6 @@ class MEMConfig:
         return int(round(self.pgd_step_size * 255))
 
     # -- validation -----------------------------------------------------------------------
-    def resolved_mixed_precision(self) -> str:
-        """What to hand to Accelerate: "auto" becomes bf16 on a bf16-capable GPU, else "no"."""
-        if self.mixed_precision != "auto":
-            return self.mixed_precision
-        import torch
-
-        return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
     def validate(self) -> None:
         """Raise ValueError naming the first field outside its allowed range."""
 

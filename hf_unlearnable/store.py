@@ -3,6 +3,12 @@
 Every array is a memory-mapped ``.npy`` file under one folder, so RAM does not grow with the
 number of rows and the state survives the process (it is what `save_pretrained` copies).
 Noise costs one byte per pixel and channel; the reference keeps float32 noise in RAM.
+
+Crash safety: a batch's new noise and triggers are first written to a small journal file
+(atomically renamed into place), then applied to the arrays, then the progress record moves on
+and the journal is removed. After a SIGKILL anywhere in between, `recover` re-applies a complete
+journal (setting values is idempotent) or ignores an incomplete one, so a resumed run sees
+exactly the state an uninterrupted run had at that batch.
 """
 
 from __future__ import annotations
@@ -61,8 +67,9 @@ class SampleStore:
     def create(cls, directory: str | os.PathLike, layout: StoreLayout) -> "SampleStore":
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / "layout.json").write_text(json.dumps(asdict(layout), indent=2))
-        return cls(directory, layout, "w+")
+        store = cls(directory, layout, "w+")
+        _atomic_write(directory / "layout.json", json.dumps(asdict(layout), indent=2).encode())
+        return store
 
     @classmethod
     def open(cls, directory: str | os.PathLike, mode: str = "r+") -> "SampleStore":
@@ -107,10 +114,68 @@ class SampleStore:
             "lengths": torch.from_numpy(np.ascontiguousarray(self.caption_lengths[captions])).long(),
         }
 
-    def write(self, indices: np.ndarray, noise: torch.Tensor | None = None, triggers: torch.Tensor | None = None) -> None:
-        """Store a batch's new noise and/or triggers."""
+    def write(self, indices: np.ndarray, noise: torch.Tensor | np.ndarray | None = None, triggers: torch.Tensor | np.ndarray | None = None) -> None:
+        """Store a batch's new noise and/or triggers (no journal: use `commit` inside a sweep)."""
         indices = np.asarray(indices, dtype=np.int64)
+        if noise is not None and len(noise):
+            self.noise[indices] = _numpy(noise).astype(np.int8)
+        if triggers is not None and len(triggers):
+            self.triggers[indices] = _numpy(triggers).astype(np.int32)
+
+    # ------------------------------------------------------------------ progress and crash safety
+    def _journal(self, rank: int) -> Path:
+        return self.directory / f"journal-rank{rank}.npz"
+
+    def _progress_file(self, rank: int) -> Path:
+        return self.directory / f"progress-rank{rank}.json"
+
+    def read_progress(self, rank: int) -> dict | None:
+        """The last committed progress record of this process, or None."""
+        path = self._progress_file(rank)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def write_progress(self, rank: int, record: dict) -> None:
+        _atomic_write(self._progress_file(rank), json.dumps(record).encode())
+
+    def commit(
+        self, rank: int, indices: np.ndarray, noise: torch.Tensor | None, triggers: torch.Tensor | None, record: dict
+    ) -> None:
+        """Journal, apply and record one batch's update so that a crash at any point is recoverable."""
+        payload = {"indices": np.asarray(indices, dtype=np.int64), "record": np.frombuffer(json.dumps(record).encode(), np.uint8)}
         if noise is not None:
-            self.noise[indices] = noise.detach().cpu().numpy().astype(np.int8)
+            payload["noise"] = _numpy(noise).astype(np.int8)
         if triggers is not None:
-            self.triggers[indices] = triggers.detach().cpu().numpy().astype(np.int32)
+            payload["triggers"] = _numpy(triggers).astype(np.int32)
+        journal = self._journal(rank)
+        temporary = journal.with_suffix(".tmp.npz")
+        np.savez(temporary, **payload)
+        os.replace(temporary, journal)
+        self._apply_journal(rank)
+
+    def _apply_journal(self, rank: int) -> None:
+        journal = self._journal(rank)
+        with np.load(journal) as saved:
+            self.write(saved["indices"], saved["noise"] if "noise" in saved else None, saved["triggers"] if "triggers" in saved else None)
+            record = json.loads(saved["record"].tobytes().decode())
+        self.flush()
+        self.write_progress(rank, record)
+        journal.unlink()
+
+    def recover(self, rank: int) -> dict | None:
+        """Finish a batch commit interrupted by a crash; return the progress record."""
+        if self._journal(rank).exists():
+            self._apply_journal(rank)
+        leftover = self._journal(rank).with_suffix(".tmp.npz")
+        if leftover.exists():
+            leftover.unlink()  # a journal that was never completed: that batch is simply redone
+        return self.read_progress(rank)
+
+
+def _numpy(value: torch.Tensor | np.ndarray) -> np.ndarray:
+    return value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_bytes(data)
+    os.replace(temporary, path)

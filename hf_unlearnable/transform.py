@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from .captions import CaptionCodec, TriggerVocabulary, check_caption
 from .config import MEMConfig
+from .devices import build_accelerator
 from .images import encode_png, prepare_image
 from .mem.loop import MEMLoop, MEMStep
 from .store import SampleStore, StoreLayout
@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 _CONFIG_FILE = "protect_config.json"
 _SURROGATE_DIR = "surrogate"
 _STATE_DIR = "state"
+_CHECKPOINT_DIR = "checkpoint"
+_IDENTITY_FILE = "identity.json"
+_HASH_ROWS = 1024
 _READ_BATCH = 256
 
 
@@ -113,7 +116,8 @@ class ProtectTransform:
         processor: the `CLIPProcessor` (tokenizer and image normalisation); loaded with the model
             when ``model`` is a path.
         config: MEM settings (`MEMConfig()` when None).
-        work_dir: folder for the per-sample state during `fit` (a temporary folder when None).
+        work_dir: folder for the per-sample state and checkpoints of `fit` (None: a folder in the
+            `datasets` cache named after the data set and this transform); rerun to resume.
         progress: show tqdm progress bars.
     """
 
@@ -154,7 +158,6 @@ class ProtectTransform:
         self.progress = progress
         self.history: list[dict] = []
         self._store: SampleStore | None = None
-        self._temporary: tempfile.TemporaryDirectory | None = None
         self._digest_rows: dict[int, int] | None = None
         self._accelerator: Accelerator | None = None
         self._fingerprint: str | None = None
@@ -163,7 +166,7 @@ class ProtectTransform:
     @property
     def accelerator(self) -> Accelerator:
         if self._accelerator is None:
-            self._accelerator = Accelerator(mixed_precision=self.config.resolved_mixed_precision())
+            self._accelerator = build_accelerator(self.config.mixed_precision)
             self.surrogate.to(self._accelerator.device)
         return self._accelerator
 
@@ -173,17 +176,78 @@ class ProtectTransform:
         return self._store is not None
 
     def fit(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> "ProtectTransform":
-        """Run Algorithm 1 on the whole data set; keep the per-sample noise and triggers."""
+        """Run Algorithm 1 on the whole data set; keep the per-sample noise and triggers.
+
+        The state lives in ``work_dir`` (default: a folder in the `datasets` cache named after the
+        data set's fingerprint and this transform's config and weights). Run again with the same
+        work_dir after an interruption and it resumes; a finished work_dir is reused as it is.
+        """
         self._check_dataset(ds, image_column, caption_column)
         self.image_column, self.caption_column = image_column, caption_column
         if len(ds) < 2:
             raise ValueError(f"fit needs at least 2 rows (the contrastive loss needs negatives); got {len(ds)}.")
-        store = self._ingest(ds, image_column, caption_column)
+        accelerator = self.accelerator
+        identity = {
+            "format": 1,
+            "dataset_fingerprint": ds._fingerprint,
+            "rows": len(ds),
+            "transform": self.fingerprint,
+        }
+        work_dir = self._work_dir_for(identity)
+        store = self._open_or_ingest(ds, work_dir, identity)
         torch.manual_seed(self.config.seed)
-        loop = MEMLoop(self.surrogate, store, self.codec, self.vocabulary, self.config, self.accelerator, self.progress)
+        loop = MEMLoop(
+            self.surrogate, store, self.codec, self.vocabulary, self.config, accelerator, self.progress,
+            checkpoint_dir=work_dir / _CHECKPOINT_DIR,
+        )
         self.history = loop.run()
         self._store, self._digest_rows, self._fingerprint = store, None, None
         return self
+
+    def _work_dir_for(self, identity: dict) -> Path:
+        """The given work_dir, or one in the datasets cache; decided on the main process for all."""
+        if self.work_dir is not None:
+            return self.work_dir
+        key = hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=10).hexdigest()
+        chosen = [str(Path(datasets.config.HF_DATASETS_CACHE) / "hf_unlearnable" / f"mem-{key}")]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(chosen, from_process=0)
+        return Path(chosen[0])
+
+    def _open_or_ingest(self, ds: datasets.Dataset, work_dir: Path, identity: dict) -> SampleStore:
+        """Reuse the state of an earlier (possibly interrupted) run with the same identity, else ingest."""
+        accelerator = self.accelerator
+        identity_file = work_dir / _IDENTITY_FILE
+        processes = accelerator.num_processes
+        if identity_file.exists():
+            saved = json.loads(identity_file.read_text())
+            if {k: saved.get(k) for k in identity} != identity:
+                raise ValueError(
+                    f"work_dir {work_dir} holds the state of another data set or config "
+                    f"(saved {saved.get('rows')} rows, data set fingerprint {saved.get('dataset_fingerprint')}). "
+                    "Use a new work_dir for this run, or delete that folder to start over."
+                )
+            if saved.get("processes") != processes and (work_dir / _CHECKPOINT_DIR / "state.json").exists():
+                raise ValueError(
+                    f"work_dir {work_dir} was started with {saved.get('processes')} processes; resume it with "
+                    f"the same number (now {processes}) or use a new work_dir."
+                )
+            if saved.get("ingested"):
+                accelerator.wait_for_everyone()
+                return SampleStore.open(work_dir / _STATE_DIR)
+        if accelerator.is_main_process:
+            work_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint = work_dir / _CHECKPOINT_DIR
+            if checkpoint.exists():
+                shutil.rmtree(checkpoint)
+            store = self._ingest(ds, self.image_column, self.caption_column, work_dir / _STATE_DIR)
+            temporary = identity_file.with_suffix(".tmp")
+            temporary.write_text(json.dumps({**identity, "processes": processes, "ingested": True}, indent=2))
+            os.replace(temporary, identity_file)
+        accelerator.wait_for_everyone()
+        return store if accelerator.is_main_process else SampleStore.open(work_dir / _STATE_DIR)
 
     def protect(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> datasets.Dataset:
         """Fit on ``ds`` and return its protected copy: same rows, order and other columns;
@@ -318,8 +382,8 @@ class ProtectTransform:
                 raise ValueError(f"{name}={column!r} is not a column of the data set; its columns are {ds.column_names}.")
         _caption_is_list(ds.features[caption_column], caption_column)
 
-    def _ingest(self, ds: datasets.Dataset, image_column: str, caption_column: str) -> SampleStore:
-        """Decode, resize and tokenise every row into a fresh `SampleStore`."""
+    def _ingest(self, ds: datasets.Dataset, image_column: str, caption_column: str, directory: Path) -> SampleStore:
+        """Decode, resize and tokenise every row into a fresh `SampleStore` in ``directory``."""
         caption_lists = _caption_is_list(ds.features[caption_column], caption_column)
         source = _undecoded(ds.select_columns([image_column, caption_column]), image_column)
         if caption_lists:
@@ -334,13 +398,8 @@ class ProtectTransform:
             body_budget=self.codec.body_budget,
             caption_lists=caption_lists,
         )
-        if self.work_dir is not None:
-            directory = self.work_dir / _STATE_DIR
-            if directory.exists():
-                shutil.rmtree(directory)
-        else:
-            self._temporary = tempfile.TemporaryDirectory(prefix="hf_unlearnable-")
-            directory = Path(self._temporary.name) / _STATE_DIR
+        if directory.exists():
+            shutil.rmtree(directory)
         store = SampleStore.create(directory, layout)
         caption_row = 0
         store.caption_offsets[0] = 0
@@ -381,7 +440,9 @@ class ProtectTransform:
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             if self._store is not None:
                 for name in ("digests", "noise", "triggers"):
-                    digest.update(np.ascontiguousarray(getattr(self._store, name)).tobytes())
+                    array = getattr(self._store, name)
+                    for start in range(0, len(array), _HASH_ROWS):  # in chunks: RAM stays bounded
+                        digest.update(np.ascontiguousarray(array[start : start + _HASH_ROWS]).tobytes())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -389,7 +450,6 @@ class ProtectTransform:
         # for `map(num_proc=...)`: reopen the memory maps in the worker; no Accelerator across processes
         state = self.__dict__.copy()
         state["_store"] = str(self._store.directory) if self._store is not None else None
-        state["_temporary"] = None
         state["_accelerator"] = None
         state["_digest_rows"] = None
         return state
@@ -443,11 +503,14 @@ class ProtectTransform:
         """Rows, budget used and the last round's losses."""
         info: dict[str, Any] = {"fitted": self.is_fitted, "epsilon_levels": self.config.epsilon_levels}
         if self._store is not None:
-            noise = np.asarray(self._store.noise)
+            noise, largest, total = self._store.noise, 0, 0.0
+            for start in range(0, len(noise), _HASH_ROWS):
+                chunk = np.abs(np.asarray(noise[start : start + _HASH_ROWS], dtype=np.int16))
+                largest, total = max(largest, int(chunk.max(initial=0))), total + float(chunk.sum())
             info.update(
                 rows=len(self._store),
-                max_noise_levels=int(np.abs(noise.astype(np.int16)).max()) if noise.size else 0,
-                mean_abs_noise_levels=float(np.abs(noise.astype(np.float32)).mean()) if noise.size else 0.0,
+                max_noise_levels=largest,
+                mean_abs_noise_levels=total / max(noise.size, 1),
             )
         if self.history:
             last = self.history[-1]

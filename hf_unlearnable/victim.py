@@ -23,10 +23,11 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from accelerate import Accelerator
+
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
+from .devices import build_accelerator
 from .images import prepare_image
 from .metrics import retrieval_metrics
 from .surrogate import (
@@ -402,17 +403,7 @@ def train_victim(
     counts = np.array([len(row_captions) for row_captions in captions], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
-    if mixed_precision == "auto":  # as MEMConfig: bf16 on a bf16-capable GPU, else none
-        mixed_precision = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    try:
-        accelerator = Accelerator(mixed_precision=mixed_precision, step_scheduler_with_optimizer=False)
-    except ValueError as error:
-        if "already been initialized" not in str(error):
-            raise
-        raise ValueError(
-            f"mixed_precision={mixed_precision!r} differs from the setting this process already uses "
-            "(Accelerate allows one per process); pass the same value, or train in a new process."
-        ) from error
+    accelerator = build_accelerator(mixed_precision, step_scheduler_with_optimizer=False)
     num_processes, rank = accelerator.num_processes, accelerator.process_index
     if batch_size % num_processes:
         logger.warning("batch_size=%d is not a multiple of the %d processes; batches are trimmed to %d.",

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
+# MEM state goes to the datasets cache by default: give each test session a fresh one.
+os.environ["HF_DATASETS_CACHE"] = tempfile.mkdtemp(prefix="hf_unlearnable-tests-cache-")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

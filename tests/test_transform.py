@@ -96,12 +96,13 @@ def test_map_after_fit_equals_protect(fitted, dataset):
         assert decode_png(a["image"]["bytes"]).tobytes() == decode_png(b["image"]["bytes"]).tobytes()
 
 
-def test_determinism_same_seed_same_output(clip, dataset):
+def test_determinism_same_seed_same_output(clip, dataset, tmp_path):
     model, processor = clip
     small = dataset.select(range(24))
     config = FAST_CONFIG.replace(max_rounds=2)
-    first = ProtectTransform(model, processor, config, progress=False).protect(small)
-    second = ProtectTransform(model, processor, config, progress=False).protect(small)
+    # separate work dirs: the second run must compute, not reuse the first one's state
+    first = ProtectTransform(model, processor, config, work_dir=tmp_path / "a", progress=False).protect(small)
+    second = ProtectTransform(model, processor, config, work_dir=tmp_path / "b", progress=False).protect(small)
     assert first["caption"][:] == second["caption"][:]
     raw_first = first.cast_column("image", datasets.Image(decode=False))["image"]
     raw_second = second.cast_column("image", datasets.Image(decode=False))["image"]

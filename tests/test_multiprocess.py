@@ -1,0 +1,91 @@
+"""Two real processes (torchrun, gloo on CPU): sharded sweeps, DDP surrogate, one output."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import datasets
+import numpy as np
+
+from hf_unlearnable.images import decode_png, prepare_image
+from hf_unlearnable.testing import clip_tokenizer, synthetic_captions
+
+ROWS = 36  # 5 batches of 7-8: rank 0 sweeps 3, rank 1 sweeps 2 (uneven shards)
+
+WORKER = textwrap.dedent(
+    """
+    import hashlib, json, os, sys
+    import datasets
+    import torch.distributed as dist
+    from hf_unlearnable import MEMConfig, ProtectTransform
+    from hf_unlearnable.testing import synthetic_captions, tiny_clip
+    datasets.disable_progress_bars()
+    out_dir = sys.argv[1]
+    model, processor = tiny_clip(seed=0)
+    ds = synthetic_captions(ROWS, seed=0)
+    ds = ds.add_column("row_id", list(range(len(ds))))
+    config = MEMConfig(max_rounds=2, surrogate_steps=3, batch_size=8, pgd_steps=2, trigger_rounds=1,
+                       hotflip_candidates=4, learning_rate=5e-4)
+    transform = ProtectTransform(model, processor, config, work_dir=os.path.join(out_dir, "work"), progress=False)
+    protected = transform.protect(ds)
+    accelerator = transform.accelerator
+    if accelerator.is_main_process:
+        protected.save_to_disk(os.path.join(out_dir, "protected"))
+    digest = hashlib.sha256(json.dumps(protected["caption"][:]).encode()).hexdigest()
+    report = {
+        "rank": accelerator.process_index,
+        "world": accelerator.num_processes,
+        "distributed": dist.is_initialized(),
+        "rows": len(protected),
+        "captions_sha256": digest,
+        "history": transform.history,
+    }
+    with open(os.path.join(out_dir, f"rank{accelerator.process_index}.json"), "w") as handle:
+        json.dump(report, handle)
+    accelerator.wait_for_everyone()
+    """
+).replace("ROWS", str(ROWS))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_shard_the_work_and_agree(tmp_path):
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["rank"] for r in reports] == [0, 1] and all(r["world"] == 2 and r["distributed"] for r in reports)
+    assert reports[0]["captions_sha256"] == reports[1]["captions_sha256"]  # every process got the same Dataset
+    losses = [[{k: v for k, v in r.items() if k != "seconds"} for r in report["history"]] for report in reports]
+    assert losses[0] == losses[1] and len(losses[0]) == 2  # losses reduced over both processes
+    # both processes wrote their share of the sweep
+    progress = [json.loads((tmp_path / "work" / "state" / f"progress-rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [p["done"] for p in progress] == [3, 2] and sum(p["rows"] for p in progress) == ROWS
+
+    out = datasets.load_from_disk(str(tmp_path / "protected"))
+    clean = synthetic_captions(ROWS, seed=0)
+    assert out["row_id"][:] == list(range(ROWS))  # every row exactly once, in order
+    tokenizer = clip_tokenizer()
+    raw = out.cast_column("image", datasets.Image(decode=False))
+    clean_raw = clean.cast_column("image", datasets.Image(decode=False))
+    changed = 0
+    for row, clean_row, text, clean_text in zip(raw, clean_raw, out["caption"][:], clean["caption"][:]):
+        difference = decode_png(row["image"]["bytes"]).astype(int) - prepare_image(clean_row["image"], 32)
+        assert np.abs(difference).max() <= 8
+        changed += bool(np.abs(difference).max())
+        assert text.endswith(clean_text) and len(tokenizer(text)["input_ids"]) == len(tokenizer(clean_text)["input_ids"]) + 3
+    assert changed == ROWS  # rows of both shards were perturbed
