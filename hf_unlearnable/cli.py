@@ -1,7 +1,13 @@
-"""`hf-unlearnable protect`: protect a data set from the command line.
+"""`hf-unlearnable`: protect a data set, check a protected copy, show samples.
 
-With no arguments it protects the built-in synthetic data set with a tiny surrogate trained from
-scratch and saves it to ``./protected``; with ``--dataset`` and ``--model`` it protects real data.
+- ``protect``: with no arguments it protects the built-in synthetic data set with a tiny surrogate
+  trained from scratch and saves it to ``./protected``; with ``--dataset`` and ``--model`` it
+  protects real data.
+- ``verify CLEAN PROTECTED``: checks a protected copy against its clean data set (rows, other
+  columns, image budget, triggers); exit 0 when it keeps every promise, 1 on a violation, 2 on bad
+  arguments.
+- ``show CLEAN PROTECTED``: writes a PNG grid of clean image, protected image, amplified noise and
+  triggered caption (like Figures 3-4 of the MEM paper).
 """
 
 from __future__ import annotations
@@ -84,7 +90,38 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--rows", type=int, default=DEMO_ROWS, help="rows of the built-in synthetic data set")
     protect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(protect)
+
+    verify = commands.add_parser(
+        "verify", help="check a protected copy against its clean data set (exit 0 ok, 1 violation, 2 bad arguments)",
+        description="Check that PROTECTED is a faithful protected copy of CLEAN: same rows and other columns, every "
+        "image within the budget of its clean base, every caption = trigger words + space + clean caption.",
+    )
+    _add_pair_arguments(verify)
+    verify.add_argument("--epsilon", type=float, default=MEMConfig().epsilon,
+                        help=f"image budget in [0, 1] pixel space (default: {MEMConfig().epsilon:.7f} = 8/255)")
+    verify.add_argument("--trigger-length", type=int, default=MEMConfig().trigger_length,
+                        help=f"trigger words per caption; 0 for EM (default: {MEMConfig().trigger_length})")
+    verify.add_argument("--model", help="surrogate (model folder, saved ProtectTransform folder or Hub id) whose "
+                        "tokenizer must re-tokenise each trigger to --trigger-length tokens")
+    verify.add_argument("--image-size", type=int, help="protect resolution in pixels (default: the first protected image's)")
+    verify.add_argument("--max-listed", type=int, default=10, help="violations to print (default: 10)")
+    verify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    show = commands.add_parser("show", help="write a PNG grid of clean / protected / noise / caption samples")
+    _add_pair_arguments(show)
+    show.add_argument("--rows", default="4", help="number of first rows, or a comma list of row numbers (default: 4)")
+    show.add_argument("--output", default="grid.png", help="PNG file to write (default: grid.png)")
+    show.add_argument("--image-size", type=int, help="display size of each image in pixels (default: upscaled to >= 160)")
+    show.add_argument("--amplify", type=float, help="noise scale factor (default: stretch each noise to the full range)")
     return parser
+
+
+def _add_pair_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("clean", metavar="CLEAN", help="the clean data set: a save_to_disk folder or a load_dataset path")
+    parser.add_argument("protected", metavar="PROTECTED", help="the protected copy: a save_to_disk folder or a load_dataset path")
+    parser.add_argument("--split", default="train", help="split, when a folder holds a DatasetDict (default: train)")
+    parser.add_argument("--image-column", default="image")
+    parser.add_argument("--caption-column", default="caption")
 
 
 def load_dataset_argument(name: str, split: str):
@@ -102,6 +139,73 @@ def load_dataset_argument(name: str, split: str):
             raise SystemExit(f"error: split {split!r} not in {list(loaded)}; pass --split")
         loaded = loaded[split]
     return loaded
+
+
+def _load_pair_member(name: str, split: str, role: str):
+    """`load_dataset_argument` for verify/show: every failure becomes a ValueError (exit 2) naming the argument."""
+    import datasets
+
+    looks_local = name.startswith((".", "~")) or os.path.isabs(name)
+    if looks_local and not os.path.exists(os.path.expanduser(name)):
+        raise ValueError(f"{role} {name!r}: no such folder. Pass a save_to_disk folder (or a load_dataset path).")
+    try:
+        return load_dataset_argument(os.path.expanduser(name), split)
+    except SystemExit as error:  # a bad split: load_dataset_argument's own message
+        raise ValueError(f"{role} {name!r}: {str(error).removeprefix('error: ')}") from None
+    except (OSError, datasets.exceptions.DatasetsError) as error:
+        raise ValueError(f"{role} {name!r} cannot be loaded ({type(error).__name__}: {error}). "
+                         "Pass a save_to_disk folder (or a load_dataset path).") from None
+
+
+def _load_tokenizer(model: str):
+    from transformers import AutoTokenizer
+
+    folder = os.path.join(model, "surrogate")
+    if os.path.isfile(os.path.join(model, "protect_config.json")) and os.path.isdir(folder):
+        model = folder  # a saved ProtectTransform: its surrogate's tokenizer
+    try:
+        return AutoTokenizer.from_pretrained(model)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"--model {model!r}: cannot load its tokenizer ({error}).") from None
+
+
+def run_verify(arguments: argparse.Namespace) -> int:
+    from .report import verify_protected
+
+    clean = _load_pair_member(arguments.clean, arguments.split, "CLEAN")
+    protected = _load_pair_member(arguments.protected, arguments.split, "PROTECTED")
+    tokenizer = _load_tokenizer(arguments.model) if arguments.model else None
+    report = verify_protected(
+        clean, protected, image_column=arguments.image_column, caption_column=arguments.caption_column,
+        epsilon=arguments.epsilon, trigger_length=arguments.trigger_length, tokenizer=tokenizer,
+        image_size=arguments.image_size, progress=False if arguments.no_progress else None,
+    )
+    print(f"verify {arguments.protected} against {arguments.clean}")
+    print(report.summary(limit=max(0, arguments.max_listed)))
+    return 0 if report.ok else 1
+
+
+def _parse_rows(text: str) -> int | list[int]:
+    try:
+        if "," in text:
+            return [int(part) for part in text.split(",") if part.strip()]
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--rows {text!r}: expected a count (4) or a comma list of row numbers (0,5,9).") from None
+
+
+def run_show(arguments: argparse.Namespace) -> int:
+    from .report import sample_grid
+
+    rows = _parse_rows(arguments.rows)
+    clean = _load_pair_member(arguments.clean, arguments.split, "CLEAN")
+    protected = _load_pair_member(arguments.protected, arguments.split, "PROTECTED")
+    sample_grid(
+        clean, protected, rows, image_column=arguments.image_column, caption_column=arguments.caption_column,
+        image_size=arguments.image_size, amplify=arguments.amplify, path=arguments.output,
+    )
+    print(os.path.abspath(arguments.output))
+    return 0
 
 
 def run_protect(arguments: argparse.Namespace) -> int:
@@ -149,6 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if arguments.command == "protect":
             return run_protect(arguments)
+        if arguments.command == "verify":
+            return run_verify(arguments)
+        if arguments.command == "show":
+            return run_show(arguments)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

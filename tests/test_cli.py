@@ -8,11 +8,15 @@ import sys
 
 import datasets
 import numpy as np
+import pytest
+from PIL import Image
 
 from hf_unlearnable import MEMConfig
-from hf_unlearnable.cli import build_parser, config_from_arguments
+from hf_unlearnable.cli import build_parser, config_from_arguments, main
 from hf_unlearnable.images import decode_png
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
+
+from .test_report import TAMPERINGS, tamper_note, tamper_pixel, tamper_remove_row, tamper_trigger
 
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
@@ -69,3 +73,77 @@ def test_bad_arguments_exit_with_a_clear_message(tmp_path):
     assert result.returncode == 2 and "MEMConfig.epsilon=2.0" in result.stderr
     result = run("protect", "--rows", "8", "--caption-column", "nope", "--max-rounds", "1", cwd=tmp_path)
     assert result.returncode == 2 and "caption_column='nope'" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ verify and show
+@pytest.fixture(scope="module")
+def saved_pair(fitted, dataset, tmp_path_factory):
+    """The shared clean data set, its fitted protected copy and the surrogate's tokenizer, on disk."""
+    transform, protected = fitted
+    folder = tmp_path_factory.mktemp("pair")
+    dataset.save_to_disk(str(folder / "clean"))
+    protected.save_to_disk(str(folder / "protected"))
+    transform.processor.save_pretrained(folder / "model")
+    return folder
+
+
+def test_verify_passes_a_fitted_copy(saved_pair):
+    result = run("verify", "clean", "protected", "--model", "model", "--trigger-length", "3", "--no-progress", cwd=saved_pair)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "checked 48 rows (clean 48, protected 48), protected images 32x32 px" in result.stdout
+    assert "max level difference: 8/255 (allowed 8/255)" in result.stdout
+    assert "OK: no violations" in result.stdout
+
+
+def test_verify_names_every_tampered_row(saved_pair, fitted):
+    _, protected = fitted
+    tampered = tamper_remove_row(tamper_trigger(tamper_note(tamper_pixel(protected, 5), 11), 17), 40)
+    tampered.save_to_disk(str(saved_pair / "tampered"))
+    result = run("verify", "clean", "tampered", "--no-progress", cwd=saved_pair)
+    assert result.returncode == 1, result.stdout + result.stderr
+    out = result.stdout
+    assert "data set [rows]: row count differs: clean has 48 rows, protected has 47" in out
+    assert "row 5 [budget]: image differs from its clean base by" in out
+    assert "row 11 [column]: column 'note' changed: 'n11' -> 'changed'" in out
+    assert "row 17 [trigger]: caption has no trigger" in out
+    assert "row 40 [" in out and "row 39 [" not in out
+    assert out.index("row 5 [") < out.index("row 11 [") < out.index("row 17 [") < out.index("row 40 [")
+
+
+@pytest.mark.parametrize("kind", sorted(TAMPERINGS))
+def test_verify_fails_on_each_tampering(saved_pair, fitted, kind, capsys, tmp_path):
+    _, protected = fitted
+    TAMPERINGS[kind](protected, 7).save_to_disk(str(tmp_path / kind))
+    code = main(["verify", str(saved_pair / "clean"), str(tmp_path / kind), "--no-progress"])
+    out = capsys.readouterr().out
+    assert code == 1 and "FAILED" in out and "row 7 [" in out
+
+
+def test_verify_bad_arguments_exit_2(saved_pair, capsys):
+    clean, protected = str(saved_pair / "clean"), str(saved_pair / "protected")
+    cases = [
+        ([clean, str(saved_pair / "missing")], "PROTECTED"),
+        ([clean, protected, "--caption-column", "text"], "caption_column='text'"),
+        ([clean, protected, "--epsilon", "2"], "epsilon=2"),
+        ([clean, protected, "--model", str(saved_pair / "no-model")], "--model"),
+    ]
+    for arguments, message in cases:
+        assert main(["verify", *arguments]) == 2, message
+        assert message in capsys.readouterr().err
+
+
+def test_show_writes_the_grid(saved_pair):
+    result = run("show", "clean", "protected", "--rows", "0,3,9", "--output", "figures/grid.png", cwd=saved_pair)
+    assert result.returncode == 0, result.stderr
+    path = saved_pair / "figures" / "grid.png"
+    assert result.stdout.strip() == str(path)
+    with Image.open(path) as grid:
+        assert grid.format == "PNG" and grid.width > 3 * 160 and grid.height > 3 * 160
+
+
+def test_show_bad_rows_exit_2(saved_pair, capsys):
+    clean, protected = str(saved_pair / "clean"), str(saved_pair / "protected")
+    assert main(["show", clean, protected, "--rows", "a,b", "--output", str(saved_pair / "x.png")]) == 2
+    assert "--rows 'a,b'" in capsys.readouterr().err
+    assert main(["show", clean, protected, "--rows", "0,99", "--output", str(saved_pair / "x.png")]) == 2
+    assert "row 99 is out of range" in capsys.readouterr().err

@@ -1,0 +1,339 @@
+"""Publish a protected data set on the Hugging Face Hub, with a dataset card that says how it was made.
+
+    protected = transform.protect(ds)
+    url = push_protected(protected, "me/my-photos-protected", transform, source_dataset="me/my-photos")
+
+The card (`dataset_card`) tells a data owner and a data user what was done and why, the settings
+that were used (method, budget, trigger length, rounds, final losses, surrogate, library version,
+seed), which columns changed, the paper to cite, and what weakens the protection.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import datasets
+from huggingface_hub import DatasetCard, DatasetCardData
+from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+from huggingface_hub.utils import validate_repo_id
+
+from .transform import ProtectTransform
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["MEM_CITATION", "EM_CITATION", "dataset_card", "push_protected", "size_category"]
+
+MEM_CITATION = """@inproceedings{liu2024multimodal,
+  title     = {Multimodal Unlearnable Examples: Protecting Data against Multimodal Contrastive Learning},
+  author    = {Liu, Xinwei and Jia, Xiaojun and Xun, Yuan and Liang, Siyuan and Cao, Xiaochun},
+  booktitle = {Proceedings of the 32nd ACM International Conference on Multimedia (ACM MM)},
+  year      = {2024},
+  eprint    = {2407.16307},
+  archivePrefix = {arXiv},
+  url       = {https://arxiv.org/abs/2407.16307}
+}"""
+
+EM_CITATION = """@inproceedings{huang2021unlearnable,
+  title     = {Unlearnable Examples: Making Personal Data Unexploitable},
+  author    = {Huang, Hanxun and Ma, Xingjun and Erfani, Sarah Monazam and Bailey, James and Wang, Yisen},
+  booktitle = {International Conference on Learning Representations (ICLR)},
+  year      = {2021}
+}"""
+
+TAGS = ["unlearnable-examples", "multimodal", "data-protection", "clip", "image-text", "error-minimizing-noise"]
+# What the data is (image-caption pairs): the tasks a Hub visitor searches for. The protection is
+# aimed at exactly these uses (CLIP-style image-text retrieval / zero-shot classification).
+TASK_CATEGORIES = ["image-to-text", "text-to-image", "zero-shot-image-classification"]
+TASK_IDS = ["image-captioning"]
+
+_SIZE_BOUNDS = [
+    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T"),
+]
+# Metadata that `Dataset.push_to_hub` writes into README.md and `load_dataset` reads back.
+_LOADER_KEYS = ("configs", "dataset_info")
+
+
+def size_category(rows: int) -> str:
+    """The Hub's ``size_categories`` bin for a row count (e.g. 48 -> "n<1K")."""
+    for bound, name in _SIZE_BOUNDS:
+        if rows < bound:
+            return name
+    return "n>1T"
+
+
+def _rows_and_info(ds: datasets.Dataset | datasets.DatasetDict) -> tuple[int, datasets.DatasetInfo | None]:
+    if isinstance(ds, datasets.DatasetDict):
+        splits = list(ds.values())
+        return sum(len(split) for split in splits), (splits[0].info if splits else None)
+    if isinstance(ds, datasets.Dataset):
+        return len(ds), ds.info
+    raise TypeError(f"Expected a datasets.Dataset or DatasetDict, got {type(ds).__name__}.")
+
+
+def _surrogate_description(transform: ProtectTransform) -> str:
+    config = transform.surrogate.model.config
+    name = getattr(config, "_name_or_path", "") or ""
+    if name:
+        if os.path.isabs(name) or os.path.exists(name):
+            # a local path may reveal a user name or a private folder layout; keep only its last part
+            name = f"a local checkpoint ({Path(name).name})"
+        else:
+            name = f"`{name}`"
+        return f"{name}, further trained on the protected data during protection (Algorithm 1)"
+    vision, text = config.vision_config, config.text_config
+    return (
+        "a CLIP trained from scratch during protection, as in the paper "
+        f"(vision: {vision.num_hidden_layers} layers, hidden size {vision.hidden_size}, "
+        f"{vision.image_size} px, patch {vision.patch_size}; text: {text.num_hidden_layers} layers, "
+        f"hidden size {text.hidden_size}; projection {config.projection_dim})"
+    )
+
+
+def _caption_kind(ds: datasets.Dataset | datasets.DatasetDict, column: str) -> str:
+    first = next(iter(ds.values())) if isinstance(ds, datasets.DatasetDict) else ds
+    feature = first.features.get(column) if first is not None else None
+    if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)):
+        return "a list of captions per image; every caption of an image starts with the same trigger"
+    return "one caption per image"
+
+
+def _format_loss(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def dataset_card(
+    ds: datasets.Dataset | datasets.DatasetDict,
+    transform: ProtectTransform,
+    *,
+    source_dataset: str | None = None,
+    license: str | None = None,
+    pretty_name: str | None = None,
+) -> DatasetCard:
+    """A `huggingface_hub.DatasetCard` for a data set protected by ``transform``.
+
+    YAML metadata: ``license`` (the argument, else ``ds.info.license``, else omitted), task
+    categories, tags, ``source_datasets``, ``size_categories``, ``pretty_name``. The Markdown body
+    says what was done and why, the settings, the columns, the citation and the caveats.
+    """
+    if not isinstance(transform, ProtectTransform):
+        raise TypeError(f"transform must be a ProtectTransform, got {type(transform).__name__}.")
+    rows, info = _rows_and_info(ds)
+    license = license or (info.license if info is not None and info.license else None)
+    if pretty_name is None and source_dataset:
+        pretty_name = f"{source_dataset} (MEM-protected)"
+    config = transform.config
+    em = config.trigger_length == 0
+    method = "EM" if em else "MEM"
+    data = DatasetCardData(
+        license=license,
+        task_categories=list(TASK_CATEGORIES),
+        task_ids=list(TASK_IDS),
+        tags=[*TAGS, "em" if em else "mem"],
+        source_datasets=[source_dataset] if source_dataset else None,
+        size_categories=[size_category(rows)],
+        pretty_name=pretty_name,
+    )
+    caption_kind = _caption_kind(ds, transform.caption_column)
+    body = _card_body(rows, transform, source_dataset, license, pretty_name, caption_kind, method)
+    return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
+
+
+def _card_body(
+    rows: int, transform: ProtectTransform, source: str | None, license: str | None,
+    pretty_name: str | None, caption_kind: str, method: str,
+) -> str:
+    from . import __version__
+
+    config = transform.config
+    summary = transform.summary()
+    k, levels, size = config.trigger_length, config.epsilon_levels, transform.image_size
+    image_column, caption_column = transform.image_column, transform.caption_column
+    source_text = f"[`{source}`](https://huggingface.co/datasets/{source})" if source else "an image-caption data set"
+    trigger_sentence = (
+        f"and every caption starts with {k} extra trigger word{'s' if k != 1 else ''}" if k else "; the captions are unchanged"
+    )
+    if method == "MEM":
+        method_row = "Multi-step Error Minimization (MEM): image noise and text trigger optimised together"
+    else:
+        method_row = "Error-minimizing noise (EM, Huang et al. 2021): MEM with no text trigger"
+    rounds = len(transform.history)
+    if rounds:
+        rounds_row = f"{rounds} (at most {config.max_rounds}" + (
+            f", stop when the loss on protected data < {config.stop_loss})" if config.stop_loss is not None else ")"
+        )
+        losses_row = (
+            f"training {_format_loss(summary.get('surrogate_loss'))}, on the protected data "
+            f"{_format_loss(summary.get('protected_loss'))}, on the clean data {_format_loss(summary.get('clean_loss'))} "
+            "(contrastive loss; far lower on protected than on clean data means the shortcut was learnt)"
+        )
+    else:
+        rounds_row = "0 (the transform was not fitted here; rows were protected online against a frozen surrogate, " \
+                     f"{config.online_rounds} rounds each)"
+        losses_row = "n/a"
+    used = f", largest change used: {summary['max_noise_levels']}/255" if "max_noise_levels" in summary else ""
+    trigger_row = (
+        f"{k} word{'s' if k != 1 else ''} at the start of each caption (HotFlip, {config.hotflip_candidates} candidates "
+        f"per position, updated in the first {config.trigger_rounds} rounds)" if k else "none (EM)"
+    )
+    table = [
+        ("Method", method_row),
+        ("Image budget (epsilon)", f"{levels}/255 per pixel and colour channel (l-infinity){used}"),
+        ("Text trigger", trigger_row),
+        ("PGD", f"{config.pgd_steps} steps of {config.step_levels}/255 per batch and round (Eq. 5)"),
+        ("Surrogate training", f"{config.surrogate_steps} AdamW steps per round, batch {config.batch_size}"),
+        ("Rounds run", rounds_row),
+        ("Final surrogate losses", losses_row),
+        ("Surrogate", _surrogate_description(transform)),
+        ("Rows", str(rows)),
+        ("Image resolution", f"{size}x{size} px, lossless PNG"),
+        ("Library", f"hf_unlearnable {__version__}"),
+        ("Seed", str(config.seed)),
+    ]
+    table_text = "\n".join(["| Setting | Value |", "|---|---|", *(f"| {name} | {value} |" for name, value in table)])
+    title = pretty_name or (f"{source} (protected)" if source else "Protected image-caption data set")
+    caption_line = (
+        f"- `{caption_column}`: {caption_kind}. Each caption is its trigger ({k} words), one space, then the "
+        "original caption unchanged." if k else f"- `{caption_column}`: {caption_kind}, unchanged (EM adds no trigger)."
+    )
+    trigger_caveat = (
+        f"- **Captions start with trigger words.** The first {k} word{'s' if k != 1 else ''} of every caption "
+        "are the trigger, not part of the description; the original caption follows after one space."
+        if k else ""
+    )
+    license_line = (
+        f"The protected copy keeps the licence of the source data: `{license}`." if license
+        else "No licence was given; the data owner should state the licence of the source data in this card."
+    )
+    citations = MEM_CITATION + ("\n\n" + EM_CITATION if method == "EM" else "")
+    config_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
+    parts = [
+        f"# {title}",
+        "",
+        f"This is a **protected copy** of {source_text}. Every image carries a small optimised change "
+        f"(at most {levels}/255 per pixel, too small to see){' ' if k else ''}{trigger_sentence}. This forms a "
+        f"shortcut: a CLIP-style model trained on this copy learns the {'noise-and-words' if k else 'noise'} pattern instead of what the images "
+        "show, so it matches images and texts on real data little better than chance. People can still look at "
+        "the pictures and read the captions; the data owner published it for people, not for training "
+        f"image-text models without consent. It was made with hf_unlearnable using {method} from "
+        "*Multimodal Unlearnable Examples: Protecting Data against Multimodal Contrastive "
+        "Learning* (Liu et al., ACM MM 2024).",
+        "",
+        license_line,
+        "",
+        "## How it was protected",
+        "",
+        table_text,
+        "",
+        "<details><summary>Full MEMConfig</summary>",
+        "",
+        "```json",
+        config_json,
+        "```",
+        "",
+        "</details>",
+        "",
+        "## Columns",
+        "",
+        f"- `{image_column}`: the protected image, a lossless PNG at {size}x{size} px (the original resized on "
+        f"its shorter side and centre-cropped, plus the noise).",
+        caption_line,
+        "- Every other column, the number of rows and their order are unchanged.",
+        "",
+        "## Caveats for users",
+        "",
+        "- **Keep the images lossless.** Re-encoding as JPEG, resizing, cropping or heavy compression changes the "
+        "pixel values and weakens the protection. Mirror and serve the PNG files as they are.",
+        "- **Keep the originals private.** The protection only covers this copy; anyone holding the clean "
+        "originals can train on them.",
+        "- **This is not encryption and not a guarantee.** The protection targets CLIP-style contrastive "
+        "image-text training (as evaluated in the paper). Other kinds of training, strong data augmentation or "
+        "an adaptive adversary may still learn from the data.",
+        *([trigger_caveat] if trigger_caveat else []),
+        "",
+        "## Citation",
+        "",
+        "```bibtex",
+        citations,
+        "```",
+        "",
+    ]
+    return "\n".join(parts)
+
+
+def _check_repo_id(repo_id: Any) -> None:
+    if not isinstance(repo_id, str) or not repo_id:
+        raise ValueError(f"repo_id must be a non-empty string like 'username/dataset-name', got {repo_id!r}.")
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as error:
+        raise ValueError(
+            f"repo_id={repo_id!r} is not a valid Hub repository id ({error}). Use 'username/dataset-name' "
+            "(letters, digits, '-', '_', '.'; no 'datasets/' prefix)."
+        ) from None
+
+
+def _read_remote_card(repo_id: str, token: str | None, api: Any) -> DatasetCard | None:
+    """The README that `Dataset.push_to_hub` just wrote (its `configs`/`dataset_info`), or None."""
+    try:
+        if api is not None:
+            path = api.hf_hub_download(repo_id=repo_id, filename="README.md", repo_type="dataset", token=token)
+            return DatasetCard(Path(path).read_text(encoding="utf-8"))
+        return DatasetCard.load(repo_id, repo_type="dataset", token=token)
+    except (OSError, ValueError, EntryNotFoundError) as error:
+        logger.warning(
+            "Could not read back the README of %s (%s); the card is uploaded without the loader metadata "
+            "(configs, dataset_info) that datasets wrote.", repo_id, type(error).__name__,
+        )
+        return None
+
+
+def push_protected(
+    ds: datasets.Dataset | datasets.DatasetDict,
+    repo_id: str,
+    transform: ProtectTransform,
+    *,
+    private: bool = False,
+    token: str | None = None,
+    source_dataset: str | None = None,
+    license: str | None = None,
+    pretty_name: str | None = None,
+    commit_message: str | None = None,
+    api: Any = None,
+) -> str:
+    """Push a protected data set with `ds.push_to_hub`, then its dataset card; returns the repo URL.
+
+    The card keeps the ``configs`` / ``dataset_info`` metadata that `push_to_hub` wrote into
+    README.md, so `load_dataset(repo_id)` still finds the splits and features. ``api`` (an
+    `HfApi`-like object) reads and uploads the card; by default `DatasetCard.load` / `push_to_hub`
+    do. The token is passed through and never logged.
+    """
+    _check_repo_id(repo_id)
+    card = dataset_card(ds, transform, source_dataset=source_dataset, license=license, pretty_name=pretty_name)
+    rows, _ = _rows_and_info(ds)
+    message = commit_message or "Upload data set protected with hf_unlearnable (MEM)"
+    logger.info("Pushing %d protected rows to the Hub data set %s (private=%s)", rows, repo_id, private)
+    commit = ds.push_to_hub(repo_id, private=private, token=token, commit_message=message)
+    repo_url = getattr(commit, "repo_url", None)
+    resolved = getattr(repo_url, "repo_id", None) or repo_id  # push_to_hub adds the user's namespace
+    remote = _read_remote_card(resolved, token, api)
+    if remote is not None:
+        for key in _LOADER_KEYS:
+            value = remote.data.get(key)
+            if value is not None:
+                card.data[key] = value  # str(card) re-renders the YAML from card.data
+    card_message = f"{message}: dataset card"
+    logger.info("Uploading the dataset card to %s", resolved)
+    if api is not None:
+        api.upload_file(
+            path_or_fileobj=str(card).encode("utf-8"), path_in_repo="README.md", repo_id=resolved,
+            repo_type="dataset", token=token, commit_message=card_message,
+        )
+    else:
+        card.push_to_hub(resolved, repo_type="dataset", token=token, commit_message=card_message)
+    return str(getattr(repo_url, "url", None) or repo_url or f"https://huggingface.co/datasets/{resolved}")
