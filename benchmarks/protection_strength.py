@@ -1,0 +1,193 @@
+"""Does the protection protect? The paper's main comparison at CPU scale.
+
+Protects a synthetic training set with each method (clean, random noise, EM, trigger-only, MEM-3,
+MEM-5), trains a CLIP victim from scratch on each copy, and evaluates retrieval on a clean test set
+after every epoch. A transfer row trains a victim of another architecture on the MEM-3 copy.
+Writes a Markdown table, a CSV, the per-epoch histories (JSON) and a figure of training loss and
+MedR per epoch (like the paper's Figures 1-2).
+
+    python benchmarks/protection_strength.py                       # the recorded run (~1 h, 2 cores)
+    python benchmarks/protection_strength.py --smoke               # tiny sizes, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+
+from hf_unlearnable import MEMConfig, ProtectTransform
+from hf_unlearnable.baselines import random_noise
+from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
+from hf_unlearnable.victim import train_victim
+
+KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--train", type=int, default=2000, help="training pairs")
+    parser.add_argument("--test", type=int, default=500, help="clean test images (one caption each)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=12, help="victim epochs")
+    parser.add_argument("--victim-batch", type=int, default=64)
+    parser.add_argument("--victim-lr", type=float, default=1e-3)
+    parser.add_argument("--rounds", type=int, default=10, help="MEM max_rounds")
+    parser.add_argument("--surrogate-steps", type=int, default=60, help="MEM M")
+    parser.add_argument("--pgd-steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32, help="MEM batch size")
+    parser.add_argument("--methods", default="clean,random,em,trigger,mem3,mem5,transfer")
+    parser.add_argument("--output", default="benchmarks/results/protection_strength")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs")
+    arguments = parser.parse_args(argv)
+    if arguments.smoke:
+        arguments.train, arguments.test, arguments.epochs = 48, 24, 1
+        arguments.rounds, arguments.surrogate_steps, arguments.pgd_steps, arguments.batch_size = 1, 2, 1, 16
+        arguments.victim_batch = 16
+    return arguments
+
+
+# The surrogate and the victim share an architecture (as in the paper); the transfer victim differs
+# in width, depth and patch size.
+SURROGATE = dict(hidden_size=64, num_layers=2, num_heads=2, projection_dim=32)
+TRANSFER = dict(hidden_size=96, num_layers=3, num_heads=3, projection_dim=48)
+
+
+def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple[datasets.Dataset, list[dict]]:
+    """The training copy for one method, and the protection history (empty for clean/random)."""
+    if method == "clean":
+        return train, []
+    if method == "random":
+        return random_noise(train, arguments.image_size, seed=arguments.seed), []
+    trigger_length = {"em": 0, "trigger": 3, "mem3": 3, "mem5": 5}[method]
+    config = MEMConfig(
+        trigger_length=trigger_length,
+        image_noise=method != "trigger",
+        max_rounds=arguments.rounds,
+        surrogate_steps=arguments.surrogate_steps,
+        pgd_steps=arguments.pgd_steps,
+        batch_size=arguments.batch_size,
+        learning_rate=5e-4,
+        seed=arguments.seed,
+    )
+    surrogate = tiny_clip_config(arguments.image_size, **SURROGATE)  # trained from scratch, as in the paper
+    transform = ProtectTransform(surrogate, processor, config, progress=False)
+    return transform.protect(train), transform.history
+
+
+def chance_row(test_size: int) -> dict:
+    """A model that ranks at random: R@K = 100 K / N, MedR = (N + 1) / 2 (one caption per image)."""
+    row = {}
+    for direction in ("i2t", "t2i"):
+        for k in (1, 5, 10):
+            row[f"{direction}_r{k}"] = 100.0 * min(k, test_size) / test_size
+        row[f"{direction}_medr"] = (test_size + 1) / 2
+    return row
+
+
+def write_outputs(results: dict, arguments, seconds: dict, output: Path) -> str:
+    output.mkdir(parents=True, exist_ok=True)
+    names = {
+        "chance": "Chance", "clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only",
+        "mem3": "MEM-3", "mem5": "MEM-5", "transfer": "MEM-3, transfer victim",
+    }
+    header = "| Method | " + " | ".join(KEYS) + " | protect s | victim s |"
+    lines = [header, "|" + "---|" * (len(KEYS) + 3)]
+    csv = ["method," + ",".join(KEYS) + ",protect_seconds,victim_seconds"]
+    for method, result in results.items():
+        final = result["final"]
+        cells = [f"{final[k]:.1f}" for k in KEYS]
+        protect_s, victim_s = seconds.get(method, (0.0, 0.0))
+        lines.append(f"| {names[method]} | " + " | ".join(cells) + f" | {protect_s:.0f} | {victim_s:.0f} |")
+        csv.append(f"{method}," + ",".join(f"{final[k]:.4f}" for k in KEYS) + f",{protect_s:.1f},{victim_s:.1f}")
+    table = "\n".join(lines)
+    (output / "table.md").write_text(table + "\n")
+    (output / "table.csv").write_text("\n".join(csv) + "\n")
+    (output / "results.json").write_text(json.dumps({"arguments": vars(arguments), "results": results}, indent=1))
+    plot(results, names, output / "curves.png")
+    return table
+
+
+def plot(results: dict, names: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, (loss_axis, medr_axis) = plt.subplots(1, 2, figsize=(11, 4))
+    for method, result in results.items():
+        history = result.get("history")
+        if not history:
+            continue
+        epochs = [h["epoch"] for h in history]
+        loss_axis.plot(epochs[1:], [h["train_loss"] for h in history[1:]], marker="o", label=names[method])
+        medr_axis.plot(epochs, [h["t2i_medr"] for h in history], marker="o", label=names[method])
+    if "chance" in results:
+        medr_axis.axhline(results["chance"]["final"]["t2i_medr"], color="gray", linestyle="--", label="Chance")
+    loss_axis.set(xlabel="epoch", ylabel="victim training loss", title="Training loss")
+    medr_axis.set(xlabel="epoch", ylabel="text-to-image MedR (clean test)", title="MedR on clean data (higher = protected)")
+    medr_axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    torch.set_num_threads(arguments.threads)
+    datasets.disable_progress_bars()
+    output = Path(arguments.output)
+    started = time.perf_counter()
+    train = synthetic_captions(arguments.train, arguments.image_size, seed=arguments.seed)
+    test = synthetic_captions(arguments.test, arguments.image_size, seed=arguments.seed + 1000)
+    _, processor = tiny_clip(arguments.image_size, seed=arguments.seed, **SURROGATE)
+    methods = [m for m in arguments.methods.split(",") if m]
+    results: dict = {"chance": {"final": chance_row(arguments.test), "history": []}}
+    seconds: dict = {}
+    copies: dict = {}
+    for method in methods:
+        source = "mem3" if method == "transfer" else method
+        protect_started = time.perf_counter()
+        if source not in copies:
+            copies[source] = protect(source, train, arguments, processor)
+        protect_seconds = time.perf_counter() - protect_started
+        protected, protect_history = copies[source]
+        victim_config = tiny_clip_config(arguments.image_size, **(TRANSFER if method == "transfer" else SURROGATE))
+        victim_started = time.perf_counter()
+        victim = train_victim(
+            protected, test, victim_config, processor,
+            epochs=arguments.epochs, batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
+            seed=arguments.seed, progress=False,
+        )
+        victim_seconds = time.perf_counter() - victim_started
+        seconds[method] = (protect_seconds, victim_seconds)
+        results[method] = {"final": victim.history[-1], "history": victim.history, "protection": protect_history}
+        final = victim.history[-1]
+        print(
+            f"{method:9s} protect {protect_seconds:6.0f}s victim {victim_seconds:6.0f}s  "
+            + "  ".join(f"{k} {final[k]:.1f}" for k in KEYS),
+            flush=True,
+        )
+    table = write_outputs(results, arguments, seconds, output)
+    total = time.perf_counter() - started
+    print(f"\n{table}\n")
+    print(
+        f"train {arguments.train} pairs, test {arguments.test} clean images, {arguments.image_size}px, "
+        f"victim {arguments.epochs} epochs; total {total / 60:.1f} min on {os.cpu_count()} CPU cores "
+        f"({platform.processor() or platform.machine()}), torch {torch.__version__}, {arguments.threads} threads"
+    )
+    print(f"wrote {output}/table.md, table.csv, results.json, curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
