@@ -87,6 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
                          "with the built-in data set, a tiny CLIP trained from scratch)")
     protect.add_argument("--output", default="protected", help="output folder for save_to_disk (default: ./protected)")
     protect.add_argument("--save-transform", help="also save the fitted ProtectTransform here")
+    protect.add_argument("--work-dir", help="folder for the per-sample state and checkpoints (default: a folder in "
+                         "the datasets cache named after the data and settings); rerunning with it resumes")
+    protect.add_argument("--resume", action="store_true", help="require that --work-dir holds an earlier run of the "
+                         "same data and settings, and continue it (an error otherwise, rather than starting over)")
     protect.add_argument("--rows", type=int, default=DEMO_ROWS, help="rows of the built-in synthetic data set")
     protect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(protect)
@@ -228,7 +232,12 @@ def run_protect(arguments: argparse.Namespace) -> int:
         ds = load_dataset_argument(arguments.dataset, arguments.split)
         model, processor = arguments.model or DEFAULT_MODEL, None
         source = f"{arguments.dataset} [{arguments.split}]"
-    transform = ProtectTransform(model, processor, config, progress=not arguments.no_progress)
+    if arguments.resume:
+        if not arguments.work_dir:
+            raise ValueError("--resume needs --work-dir: the folder of the run to continue.")
+        if not os.path.exists(os.path.join(arguments.work_dir, "identity.json")):
+            raise ValueError(f"--resume: {arguments.work_dir} holds no earlier run; drop --resume to start one.")
+    transform = ProtectTransform(model, processor, config, work_dir=arguments.work_dir, progress=not arguments.no_progress)
     protected = transform.protect(ds, image_column=arguments.image_column, caption_column=arguments.caption_column)
     protected.save_to_disk(arguments.output)
     if arguments.save_transform:

@@ -1,8 +1,10 @@
 """Per-sample MEM state on disk: clean images (uint8), noise (int8 levels), triggers (int32), captions.
 
-Every array is a memory-mapped ``.npy`` file under one folder, so RAM does not grow with the
-number of rows and the state survives the process (it is what `save_pretrained` copies).
-Noise costs one byte per pixel and channel; the reference keeps float32 noise in RAM.
+Every array is a ``.npy`` file under one folder, read and written by rows with pread/pwrite
+(`RowArray`), so the process's memory does not grow with the number of rows (a memory map would
+keep every touched page resident) and the state survives the process (it is what
+`save_pretrained` copies). Noise costs one byte per pixel and channel on disk; the reference
+keeps float32 noise for the whole data set in RAM.
 
 Crash safety: a batch's new noise and triggers are first written to a small journal file
 (atomically renamed into place), then applied to the arrays, then the progress record moves on
@@ -24,6 +26,106 @@ import torch
 _ARRAYS = ("images", "noise", "triggers", "caption_ids", "caption_lengths", "caption_offsets", "digests")
 
 
+class RowArray:
+    """A ``.npy`` file accessed by rows through pread/pwrite; indexing returns numpy arrays.
+
+    Supports ``a[i]``, ``a[start:stop]`` and ``a[index_array]`` for reading and writing, and
+    ``len``, ``shape``, ``dtype``, ``size``. Nothing is mapped, so resident memory holds only
+    the rows of the current request. Files are created sparse, i.e. all zeros.
+    """
+
+    def __init__(self, path: str | os.PathLike, writable: bool = True):
+        self.path = Path(path)
+        self.writable = writable
+        with open(self.path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read_header(handle)
+            self.offset = handle.tell()
+        if fortran_order:
+            raise ValueError(f"{self.path} is stored in Fortran order; expected C order")
+        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.row_shape = self.shape[1:]
+        self.row_bytes = int(np.prod(self.row_shape, dtype=np.int64)) * self.dtype.itemsize
+        self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
+
+    @classmethod
+    def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype) -> "RowArray":
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
+        with open(path, "wb") as handle:
+            np.lib.format.write_array_header_1_0(handle, header)
+            handle.truncate(handle.tell() + int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize)
+        return cls(path)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    def _rows(self, key) -> tuple[np.ndarray, bool]:
+        if isinstance(key, (int, np.integer)):
+            index = int(key) + (len(self) if key < 0 else 0)
+            if not 0 <= index < len(self):
+                raise IndexError(f"row {key} out of range for {len(self)} rows of {self.path.name}")
+            return np.array([index], dtype=np.int64), True
+        if isinstance(key, slice):
+            return np.arange(*key.indices(len(self)), dtype=np.int64), False
+        rows = np.asarray(key, dtype=np.int64).reshape(-1)
+        if rows.size and (rows.min() < 0 or rows.max() >= len(self)):
+            raise IndexError(f"rows out of range for {len(self)} rows of {self.path.name}")
+        return rows, False
+
+    def _runs(self, rows: np.ndarray):
+        """(position in rows, first row, count) for each run of consecutive rows, in sorted order."""
+        order = np.argsort(rows, kind="stable")
+        ordered = rows[order]
+        breaks = np.flatnonzero(np.diff(ordered) != 1) + 1
+        for start, stop in zip(np.r_[0, breaks], np.r_[breaks, len(ordered)]):
+            yield order[start:stop], int(ordered[start]), int(stop - start)
+
+    def __getitem__(self, key) -> np.ndarray:
+        rows, single = self._rows(key)
+        out = np.empty((len(rows), *self.row_shape), dtype=self.dtype)
+        if self.row_bytes:
+            for positions, first, count in self._runs(rows):
+                data = os.pread(self._fd, count * self.row_bytes, self.offset + first * self.row_bytes)
+                out[positions] = np.frombuffer(data, dtype=self.dtype).reshape(count, *self.row_shape)
+        return out[0] if single else out
+
+    def __setitem__(self, key, value) -> None:
+        if not self.writable:
+            raise PermissionError(f"{self.path} is open read-only")
+        rows, _ = self._rows(key)
+        values = np.broadcast_to(np.asarray(value, dtype=self.dtype), (len(rows), *self.row_shape))
+        if not self.row_bytes:
+            return
+        for positions, first, count in self._runs(rows):
+            os.pwrite(self._fd, np.ascontiguousarray(values[positions]).tobytes(), self.offset + first * self.row_bytes)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        array = self[:]
+        return array.astype(dtype) if dtype is not None else array
+
+    def sync(self) -> None:
+        os.fsync(self._fd)
+
+    def close(self) -> None:
+        if getattr(self, "_fd", None) is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __getstate__(self) -> dict:
+        return {"path": str(self.path), "writable": self.writable}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["path"], state["writable"])
+
+
 @dataclass(frozen=True)
 class StoreLayout:
     """Shapes of a store; written to ``layout.json`` beside the arrays."""
@@ -37,7 +139,7 @@ class StoreLayout:
 
 
 class SampleStore:
-    """Memory-mapped arrays of one data set's MEM state; rows in data set order."""
+    """Row-addressed arrays of one data set's MEM state; rows in data set order."""
 
     def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str):
         self.directory = Path(directory)
@@ -56,9 +158,9 @@ class SampleStore:
             path = self.directory / f"{name}.npy"
             shape, dtype = shapes[name]
             if mode == "w+":
-                array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+                array = RowArray.create(path, shape, dtype)
             else:
-                array = np.load(path, mmap_mode=mode)
+                array = RowArray(path, writable=mode != "r")
                 if array.shape != shape or array.dtype != dtype:
                     raise ValueError(f"{path} has shape {array.shape} {array.dtype}, expected {shape} {dtype}")
             setattr(self, name, array)
@@ -83,11 +185,10 @@ class SampleStore:
     def __len__(self) -> int:
         return self.layout.num_rows
 
-    def flush(self) -> None:
+    def sync(self) -> None:
+        """Force the arrays to disk (the end of a round), so a machine crash loses at most a round."""
         for name in _ARRAYS:
-            array = getattr(self, name)
-            if isinstance(array, np.memmap):
-                array.flush()
+            getattr(self, name).sync()
 
     def sample_captions(self, indices: np.ndarray, generator: np.random.Generator) -> np.ndarray:
         """One caption row per image: uniformly among the image's captions."""
@@ -100,18 +201,14 @@ class SampleStore:
     def batch(self, indices: np.ndarray, generator: np.random.Generator) -> dict[str, torch.Tensor]:
         """Tensors of a batch of rows (on the CPU): images, noise, triggers, one caption per image."""
         indices = np.asarray(indices, dtype=np.int64)
-        order = np.argsort(indices, kind="stable")  # sorted reads are faster on a memory map
-        inverse = np.empty_like(order)
-        inverse[order] = np.arange(len(order))
-        sorted_indices = indices[order]
         captions = self.sample_captions(indices, generator)
         return {
             "indices": torch.from_numpy(indices),
-            "images": torch.from_numpy(np.ascontiguousarray(self.images[sorted_indices][inverse])),
-            "noise": torch.from_numpy(np.ascontiguousarray(self.noise[sorted_indices][inverse])),
-            "triggers": torch.from_numpy(np.ascontiguousarray(self.triggers[sorted_indices][inverse])).long(),
-            "bodies": torch.from_numpy(np.ascontiguousarray(self.caption_ids[captions])).long(),
-            "lengths": torch.from_numpy(np.ascontiguousarray(self.caption_lengths[captions])).long(),
+            "images": torch.from_numpy(self.images[indices]),
+            "noise": torch.from_numpy(self.noise[indices]),
+            "triggers": torch.from_numpy(self.triggers[indices]).long(),
+            "bodies": torch.from_numpy(self.caption_ids[captions]).long(),
+            "lengths": torch.from_numpy(self.caption_lengths[captions]).long(),
         }
 
     def write(self, indices: np.ndarray, noise: torch.Tensor | np.ndarray | None = None, triggers: torch.Tensor | np.ndarray | None = None) -> None:
@@ -157,7 +254,6 @@ class SampleStore:
         with np.load(journal) as saved:
             self.write(saved["indices"], saved["noise"] if "noise" in saved else None, saved["triggers"] if "triggers" in saved else None)
             record = json.loads(saved["record"].tobytes().decode())
-        self.flush()
         self.write_progress(rank, record)
         journal.unlink()
 

@@ -325,7 +325,7 @@ class ProtectTransform:
             return row
         if self._digest_rows is None:
             self._digest_rows = {}
-            for index, value in enumerate(self._store.digests.tolist()):
+            for index, value in enumerate(self._store.digests[:].tolist()):
                 self._digest_rows.setdefault(int(value), index)
         return self._digest_rows.get(digest)
 
@@ -422,9 +422,7 @@ class ProtectTransform:
         if self.vocabulary is not None:
             rng = np.random.default_rng([self.config.seed, 12345])
             store.triggers[:] = self.vocabulary.sample((len(source), self.config.trigger_length), rng)
-        store.noise[:] = 0
-        store.flush()
-        return store
+        return store  # noise files are created as zeros
 
     # ------------------------------------------------------------------ identity for datasets' cache
     @property
@@ -475,7 +473,7 @@ class ProtectTransform:
             "library_version": _library_version(),
         }
         if self._store is not None:
-            self._store.flush()
+            self._store.sync()
             target = directory / _STATE_DIR
             if target.resolve() != self._store.directory.resolve():
                 if target.exists():

@@ -147,3 +147,15 @@ def test_show_bad_rows_exit_2(saved_pair, capsys):
     assert "--rows 'a,b'" in capsys.readouterr().err
     assert main(["show", clean, protected, "--rows", "0,99", "--output", str(saved_pair / "x.png")]) == 2
     assert "row 99 is out of range" in capsys.readouterr().err
+
+
+def test_resume_continues_a_work_dir_and_refuses_a_missing_one(tmp_path):
+    common = ["protect", "--rows", "16", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
+              "--batch-size", "8", "--no-progress", "--work-dir", str(tmp_path / "work")]
+    result = run(*common, "--resume", cwd=tmp_path)
+    assert result.returncode == 2 and "holds no earlier run" in result.stderr
+    first = run(*common, "--output", str(tmp_path / "a"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    again = run(*common, "--output", str(tmp_path / "b"), "--resume", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert datasets.load_from_disk(str(tmp_path / "a"))["caption"][:] == datasets.load_from_disk(str(tmp_path / "b"))["caption"][:]

@@ -73,3 +73,19 @@ def test_hotflip_lowers_the_loss_with_allowed_tokens_only(setup):
     assert (new_ids[:, 0] == ids[:, 0]).all() and (new_ids[:, 4:] == ids[:, 4:]).all()  # only trigger slots change
     assert bool(vocabulary.mask[new_ids[:, 1:4]].all())
     assert all(p.grad is None for p in surrogate.parameters())
+
+
+def test_hotflip_with_an_embedding_table_larger_than_the_vocabulary(setup):
+    _, images, ids, mask, vocabulary = setup
+    from transformers import CLIPModel
+
+    from hf_unlearnable.testing import tiny_clip_config
+
+    config = tiny_clip_config()
+    config.text_config.vocab_size = len(vocabulary.mask) + 500  # e.g. a checkpoint with spare rows
+    torch.manual_seed(0)
+    surrogate = Surrogate(CLIPModel(config)).eval()
+    with torch.no_grad():
+        image_features = surrogate.image_features(pixels_from_uint8(images))
+    new_ids = HotFlip(surrogate, vocabulary.mask, candidates=4)(image_features, ids, mask, trigger_length=3)
+    assert bool(vocabulary.mask[new_ids[:, 1:4]].all())  # never one of the spare rows

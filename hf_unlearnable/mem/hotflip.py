@@ -96,7 +96,10 @@ class HotFlip:
         with frozen(self.surrogate):
             logit_scale = self.surrogate.logit_scale()
             table = self.surrogate.token_embedding.weight  # (V, E)
-            allowed = self.allowed.to(table.device)[: table.shape[0]]
+            # the embedding table may be larger or smaller than the tokenizer's vocabulary
+            allowed = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
+            size = min(len(self.allowed), table.shape[0])
+            allowed[:size] = self.allowed[:size].to(table.device)
             for position in range(1, 1 + trigger_length):
                 current_text, batch_loss, gradient = self._text_and_gradient(
                     image_features, input_ids, attention_mask, logit_scale

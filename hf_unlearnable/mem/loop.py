@@ -210,7 +210,7 @@ class MEMLoop:
                 store.commit(self.rank, indices, noise, result.triggers, record)
             else:
                 store.write(indices, noise, result.triggers)
-        store.flush()
+        store.sync()
         self.accelerator.wait_for_everyone()
         protected, clean, rows = self._global_sums(record["protected"], record["clean"], record["rows"])
         return protected / rows, clean / rows
