@@ -2,8 +2,9 @@
 
 Each size runs in a fresh process: the data set is generated and saved to disk first (in its own
 process), then a second process loads it from disk, protects it (one short MEM round: every phase
-runs: ingest, surrogate steps, HotFlip, PGD, writing the output) and saves the result. The peak
-resident set size (VmHWM) of that second process is reported.
+runs: ingest, surrogate steps, HotFlip, PGD, writing the output Arrow file) and saves the result.
+Reported: that process's peak resident set size (VmHWM) when `protect` returns, the sampled peaks
+of its anonymous and file-backed parts, and VmHWM after `save_to_disk`.
 
     python benchmarks/memory_scaling.py                  # 1,000 and 20,000 rows (a few minutes)
     python benchmarks/memory_scaling.py --rows 200 2000  # quicker
@@ -55,9 +56,11 @@ PROTECT = textwrap.dedent(
     config = MEMConfig(max_rounds=1, surrogate_steps=10, pgd_steps=1, trigger_rounds=1, hotflip_candidates=4, batch_size=32)
     transform = ProtectTransform(model, processor, config, work_dir=sys.argv[3], progress=False)
     out = transform.protect(ds)
+    protect_peak, protect_peaks = status()["VmHWM"], dict(peaks)
     out.save_to_disk(sys.argv[2])
-    print(json.dumps({"rows": len(out), "peak_rss_mib": status()["VmHWM"], "peak_anon_mib": peaks["RssAnon"],
-                      "peak_file_mib": peaks["RssFile"], "seconds": time.perf_counter() - started}))
+    print(json.dumps({"rows": len(out), "peak_rss_mib": protect_peak, "peak_anon_mib": protect_peaks["RssAnon"],
+                      "peak_file_mib": protect_peaks["RssFile"], "peak_with_save_mib": status()["VmHWM"],
+                      "seconds": time.perf_counter() - started}))
     """
 )
 
@@ -78,14 +81,15 @@ def main(argv=None) -> int:
         small, large = (measure(rows, folder) for rows in arguments.rows)
     growth = (large["peak_rss_mib"] - small["peak_rss_mib"]) / small["peak_rss_mib"]
     anon_growth = (large["peak_anon_mib"] - small["peak_anon_mib"]) / small["peak_anon_mib"]
-    print("| rows | peak RSS (VmHWM, MiB) | peak anonymous RSS (MiB) | peak file-backed RSS (MiB) | seconds |")
-    print("|---|---|---|---|---|")
+    print("| rows | peak RSS of protect (VmHWM, MiB) | of which anonymous (MiB) | file-backed (MiB) "
+          "| peak RSS incl. save_to_disk (MiB) | seconds |")
+    print("|---|---|---|---|---|---|")
     for result in (small, large):
         print(f"| {result['rows']:,} | {result['peak_rss_mib']:.0f} | {result['peak_anon_mib']:.0f} "
-              f"| {result['peak_file_mib']:.0f} | {result['seconds']:.0f} |")
-    print(f"for {large['rows'] / small['rows']:.0f}x the rows: peak RSS {100 * growth:+.1f}%, peak anonymous RSS "
-          f"{100 * anon_growth:+.1f}% (requirement: under 20%); file-backed pages are the memory-mapped Arrow files "
-          f"of datasets; {os.cpu_count()} CPU cores, {time.perf_counter() - started:.0f} s in all")
+              f"| {result['peak_file_mib']:.0f} | {result['peak_with_save_mib']:.0f} | {result['seconds']:.0f} |")
+    print(f"for {large['rows'] / small['rows']:.0f}x the rows: peak RSS of protect {100 * growth:+.1f}%, anonymous "
+          f"{100 * anon_growth:+.1f}% (requirement: under 20%); save_to_disk afterwards reads the output's memory-mapped "
+          f"Arrow file (datasets' own pass); {os.cpu_count()} CPU cores, {time.perf_counter() - started:.0f} s in all")
     return 0 if growth < 0.20 else 1
 
 

@@ -32,6 +32,7 @@ from .captions import CaptionCodec, TriggerVocabulary, check_caption
 from .config import MEMConfig
 from .devices import build_accelerator
 from .images import encode_png, prepare_image
+from .memory import release_pages
 from .mem.loop import MEMLoop, MEMStep
 from .store import SampleStore, StoreLayout
 from .surrogate import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Surrogate
@@ -44,6 +45,7 @@ _STATE_DIR = "state"
 _CHECKPOINT_DIR = "checkpoint"
 _IDENTITY_FILE = "identity.json"
 _HASH_ROWS = 1024
+_RELEASE_EVERY = 32  # batches between releases of the mapped input's pages
 _READ_BATCH = 256
 
 
@@ -161,6 +163,8 @@ class ProtectTransform:
         self._digest_rows: dict[int, int] | None = None
         self._accelerator: Accelerator | None = None
         self._fingerprint: str | None = None
+        self._mapping_source: datasets.Dataset | None = None  # the data set `apply` is mapping
+        self._batches_mapped = 0
 
     # ------------------------------------------------------------------ accelerate
     @property
@@ -260,14 +264,19 @@ class ProtectTransform:
         self._check_dataset(ds, self.image_column, self.caption_column)
         features = ds.features.copy()
         features[self.image_column] = datasets.Image()
-        return _undecoded(ds, self.image_column).map(
-            self,
-            batched=True,
-            with_indices=True,
-            batch_size=batch_size or self.config.batch_size,
-            features=features,
-            desc="Writing protected rows",
-        )
+        source = _undecoded(ds, self.image_column)
+        self._mapping_source = source  # __call__ releases its read pages now and then
+        try:
+            return source.map(
+                self,
+                batched=True,
+                with_indices=True,
+                batch_size=batch_size or self.config.batch_size,
+                features=features,
+                desc="Writing protected rows",
+            )
+        finally:
+            self._mapping_source = None
 
     # ------------------------------------------------------------------ the map callable
     def __call__(self, batch: dict[str, list], indices: Sequence[int] | None = None) -> dict[str, list]:
@@ -302,6 +311,9 @@ class ProtectTransform:
             new_noise, new_triggers = self._protect_unseen(clean[unseen], [captions[i] for i in unseen])
             noise[unseen], triggers[unseen] = new_noise, new_triggers
 
+        self._batches_mapped += 1
+        if self._mapping_source is not None and self._batches_mapped % _RELEASE_EVERY == 0:
+            release_pages(self._mapping_source)
         protected = (clean.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
         out_images = [{"bytes": encode_png(image), "path": None} for image in protected]
         out_captions = []
@@ -418,6 +430,7 @@ class ProtectTransform:
                 store.caption_offsets[row + 1] = caption_row
                 store.digests[row] = _row_digest(image, texts)
             progress.update(len(chunk[image_column]))
+            release_pages(source)  # read pages of the input may go: RSS stays flat over the pass
         progress.close()
         if self.vocabulary is not None:
             rng = np.random.default_rng([self.config.seed, 12345])
@@ -450,6 +463,7 @@ class ProtectTransform:
         state["_store"] = str(self._store.directory) if self._store is not None else None
         state["_accelerator"] = None
         state["_digest_rows"] = None
+        state["_mapping_source"] = None
         return state
 
     def __setstate__(self, state: dict) -> None:
