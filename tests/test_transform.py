@@ -303,3 +303,31 @@ def test_trigger_longer_than_the_text_context_is_refused(clip):
 def test_not_a_dataset_is_a_type_error(quick):
     with pytest.raises(TypeError, match="datasets.Dataset"):
         quick.protect({"image": [], "caption": []})
+
+
+def test_bf16_autocast_on_the_cpu_keeps_the_invariants(tmp_path):
+    # Accelerate allows one mixed-precision setting per process, so this runs in its own process.
+    script = textwrap.dedent(
+        f"""
+        import datasets, json, numpy as np
+        from hf_unlearnable import MEMConfig, ProtectTransform
+        from hf_unlearnable.images import decode_png, prepare_image
+        from hf_unlearnable.testing import synthetic_captions, tiny_clip
+        datasets.disable_progress_bars()
+        model, processor = tiny_clip()
+        ds = synthetic_captions(32)
+        config = MEMConfig(max_rounds=3, surrogate_steps=10, batch_size=16, pgd_steps=4, hotflip_candidates=8,
+                           learning_rate=5e-4, mixed_precision="bf16")
+        transform = ProtectTransform(model, processor, config, work_dir={str(tmp_path)!r}, progress=False)
+        out = transform.protect(ds).cast_column("image", datasets.Image(decode=False))
+        clean = ds.cast_column("image", datasets.Image(decode=False))
+        worst = max(int(np.abs(decode_png(a["image"]["bytes"]).astype(int) - prepare_image(b["image"], 32)).max())
+                    for a, b in zip(out, clean))
+        print(json.dumps({{"precision": transform.accelerator.mixed_precision, "worst": worst, "last": transform.history[-1]}}))
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["precision"] == "bf16" and report["worst"] == 8
+    assert report["last"]["protected_loss"] < 0.5 * report["last"]["clean_loss"]
