@@ -267,14 +267,16 @@ class ProtectTransform:
         source = _undecoded(ds, self.image_column)
         self._mapping_source = source  # __call__ releases its read pages now and then
         try:
-            return source.map(
-                self,
-                batched=True,
-                with_indices=True,
-                batch_size=batch_size or self.config.batch_size,
-                features=features,
-                desc="Writing protected rows",
-            )
+            # with several processes the main one writes the cache file first; the others load it
+            with self.accelerator.main_process_first():
+                return source.map(
+                    self,
+                    batched=True,
+                    with_indices=True,
+                    batch_size=batch_size or self.config.batch_size,
+                    features=features,
+                    desc="Writing protected rows",
+                )
         finally:
             self._mapping_source = None
 

@@ -23,12 +23,11 @@ WORKER = textwrap.dedent(
     import datasets
     import torch.distributed as dist
     from hf_unlearnable import MEMConfig, ProtectTransform
-    from hf_unlearnable.testing import synthetic_captions, tiny_clip
+    from hf_unlearnable.testing import tiny_clip
     datasets.disable_progress_bars()
     out_dir = sys.argv[1]
     model, processor = tiny_clip(seed=0)
-    ds = synthetic_captions(ROWS, seed=0)
-    ds = ds.add_column("row_id", list(range(len(ds))))
+    ds = datasets.load_from_disk(os.path.join(out_dir, "input"))  # disk-backed: the map output is a shared cache file
     config = MEMConfig(max_rounds=2, surrogate_steps=3, batch_size=8, pgd_steps=2, trigger_rounds=1,
                        hotflip_candidates=4, learning_rate=5e-4)
     transform = ProtectTransform(model, processor, config, work_dir=os.path.join(out_dir, "work"), progress=False)
@@ -61,6 +60,8 @@ def free_port() -> int:
 def test_two_processes_shard_the_work_and_agree(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
+    source = synthetic_captions(ROWS, seed=0)
+    source.add_column("row_id", list(range(ROWS))).save_to_disk(str(tmp_path / "input"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path)]
