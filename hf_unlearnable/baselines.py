@@ -13,8 +13,8 @@ import numpy as np
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from .config import MEMConfig
-from .images import encode_png, prepare_image
-from .transform import ProtectTransform, _undecoded
+from .images import encode_png, prepare_image, undecoded
+from .transform import ProtectTransform
 
 
 def random_noise(
@@ -43,7 +43,7 @@ def random_noise(
 
     features = ds.features.copy()
     features[image_column] = datasets.Image()
-    return _undecoded(ds, image_column).map(
+    return undecoded(ds, image_column).map(
         perturb, batched=True, with_indices=True, features=features, desc="Random noise"
     )
 

@@ -10,6 +10,7 @@ import io
 import os
 from typing import Any
 
+import datasets
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -115,6 +116,15 @@ def prepare_image(value: Any, size: int, row: int | None = None) -> np.ndarray:
         return resize_center_crop(image, size)
     except (OSError, ValueError) as error:
         raise ValueError(f"Cannot convert the image at {_where(row)} to RGB {size}x{size}: {error}") from error
+
+
+def undecoded(ds: datasets.Dataset, image_column: str) -> datasets.Dataset:
+    """``ds`` with its image column read as stored (bytes/paths), so that `prepare_image` decodes
+    each row itself and a broken file is reported with its row number."""
+    feature = ds.features[image_column]
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return ds.cast_column(image_column, datasets.Image(decode=False))
+    return ds
 
 
 def encode_png(array: np.ndarray) -> bytes:

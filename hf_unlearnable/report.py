@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm.auto import tqdm
 
-from .images import load_image, prepare_image, to_rgb
+from .images import load_image, prepare_image, to_rgb, undecoded
 
 __all__ = ["Violation", "VerifyReport", "verify_protected", "sample_grid", "history_table"]
 
@@ -115,11 +115,7 @@ def _levels(epsilon: float) -> int:
 
 def _raw(ds: datasets.Dataset, image_column: str) -> datasets.Dataset:
     """Python-formatted rows with images as stored (bytes/paths), so decoding happens here, per row."""
-    ds = ds.with_format(None)
-    feature = ds.features[image_column]
-    if isinstance(feature, datasets.Image) and feature.decode:
-        ds = ds.cast_column(image_column, datasets.Image(decode=False))
-    return ds
+    return undecoded(ds.with_format(None), image_column)
 
 
 def _same(a: Any, b: Any) -> bool:

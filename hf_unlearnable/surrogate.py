@@ -79,6 +79,16 @@ class Surrogate(nn.Module):
         self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
+    @classmethod
+    def from_processor(cls, model: CLIPModel, processor) -> "Surrogate":
+        """The wrapper with the processor's image normalisation (OpenAI CLIP's when it has none)."""
+        image_processor = getattr(processor, "image_processor", None)
+        return cls(
+            model,
+            getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN,
+            getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD,
+        )
+
     @property
     def image_size(self) -> int:
         return int(self.model.config.vision_config.image_size)

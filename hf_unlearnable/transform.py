@@ -31,11 +31,11 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 from .captions import CaptionCodec, TriggerVocabulary, check_caption
 from .config import MEMConfig
 from .devices import build_accelerator
-from .images import encode_png, prepare_image
+from .images import encode_png, prepare_image, undecoded
 from .memory import release_pages
 from .mem.loop import MEMLoop, MEMStep
 from .store import SampleStore, StoreLayout
-from .surrogate import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, Surrogate
+from .surrogate import Surrogate
 
 logger = logging.getLogger(__name__)
 
@@ -101,14 +101,6 @@ def _row_digest(image: np.ndarray, captions: list[str]) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
-def _undecoded(ds: datasets.Dataset, image_column: str) -> datasets.Dataset:
-    """Read images as stored (bytes/paths), so a broken file is reported with its row number."""
-    feature = ds.features[image_column]
-    if isinstance(feature, datasets.Image) and feature.decode:
-        return ds.cast_column(image_column, datasets.Image(decode=False))
-    return ds
-
-
 class ProtectTransform:
     """Multi-step Error Minimization (MEM) of an image-caption data set against a CLIP surrogate.
 
@@ -136,12 +128,7 @@ class ProtectTransform:
         if not isinstance(self.config, MEMConfig):
             raise TypeError(f"config must be a MEMConfig, got {type(self.config).__name__}")
         clip, self.processor = load_surrogate(model, processor, self.config.seed)
-        image_processor = getattr(self.processor, "image_processor", None)
-        self.surrogate = Surrogate(
-            clip,
-            getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN,
-            getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD,
-        )
+        self.surrogate = Surrogate.from_processor(clip, self.processor)
         self.tokenizer = self.processor.tokenizer
         context = self.surrogate.context_length
         max_tokens = self.config.max_caption_tokens or context
@@ -264,7 +251,7 @@ class ProtectTransform:
         self._check_dataset(ds, self.image_column, self.caption_column)
         features = ds.features.copy()
         features[self.image_column] = datasets.Image()
-        source = _undecoded(ds, self.image_column)
+        source = undecoded(ds, self.image_column)
         self._mapping_source = source  # __call__ releases its read pages now and then
         try:
             # with several processes the main one writes the cache file first; the others load it
@@ -399,7 +386,7 @@ class ProtectTransform:
     def _ingest(self, ds: datasets.Dataset, image_column: str, caption_column: str, directory: Path) -> SampleStore:
         """Decode, resize and tokenise every row into a fresh `SampleStore` in ``directory``."""
         caption_lists = _caption_is_list(ds.features[caption_column], caption_column)
-        source = _undecoded(ds.select_columns([image_column, caption_column]), image_column)
+        source = undecoded(ds.select_columns([image_column, caption_column]), image_column)
         if caption_lists:
             num_captions = sum(len(value or []) for value in source.select_columns([caption_column]).to_dict()[caption_column])
         else:

@@ -28,16 +28,9 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
 from .devices import build_accelerator
-from .images import prepare_image
+from .images import prepare_image, undecoded
 from .metrics import retrieval_metrics
-from .surrogate import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    ContrastiveLoss,
-    Surrogate,
-    parameter_groups,
-    pixels_from_uint8,
-)
+from .surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
 from .transform import load_surrogate
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
@@ -120,11 +113,7 @@ def _read_captions(ds: datasets.Dataset, column: str) -> list[list[str]]:
 
 def _iter_images(ds: datasets.Dataset, column: str, image_size: int, chunk: int = _READ_BATCH) -> Iterator[np.ndarray]:
     """uint8 (n, image_size, image_size, 3) chunks of the image column, decoded with `prepare_image`."""
-    source = ds.select_columns([column])
-    feature = source.features[column]
-    if isinstance(feature, datasets.Image) and feature.decode:
-        # Read the stored bytes/paths and decode ourselves, so a broken file names its row.
-        source = source.cast_column(column, datasets.Image(decode=False))
+    source = undecoded(ds.select_columns([column]), column)
     for start in range(0, len(source), chunk):
         values = source[start : start + chunk][column]
         yield np.stack([prepare_image(value, image_size, start + offset) for offset, value in enumerate(values)])
@@ -155,13 +144,6 @@ def _pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor,
 def _tokenize(tokenizer: Any, texts: list[str], context_length: int) -> list[list[int]]:
     """Token ids of each text, truncated to the context length, unpadded."""
     return list(tokenizer(texts, truncation=True, max_length=context_length)["input_ids"])
-
-
-def _normalisation(processor: Any) -> tuple[Sequence[float], Sequence[float]]:
-    image_processor = getattr(processor, "image_processor", None)
-    mean = getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN
-    std = getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD
-    return mean, std
 
 
 # ---------------------------------------------------------------------------------------- evaluation
@@ -246,7 +228,7 @@ def retrieval_scores(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    surrogate = Surrogate(model, *_normalisation(processor)).to(device)
+    surrogate = Surrogate.from_processor(model, processor).to(device)
     data = _RetrievalSet.read(ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column)
     return _embed_and_rank(surrogate, data, _pad_token_id(processor.tokenizer), batch_size, device)
 
@@ -391,7 +373,7 @@ def train_victim(
     clip, processor = load_surrogate(model, processor, seed)
     tokenizer = processor.tokenizer
     pad_id = _pad_token_id(tokenizer)
-    surrogate = Surrogate(clip, *_normalisation(processor))
+    surrogate = Surrogate.from_processor(clip, processor)
     image_size, context_length = surrogate.image_size, surrogate.context_length
 
     # Data, once: uint8 images, unpadded token ids of every caption, caption ranges per image.
