@@ -30,7 +30,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedu
 from .devices import build_accelerator
 from .images import prepare_image, undecoded
 from .metrics import retrieval_metrics
-from .surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from .surrogate import ContrastiveLoss, Surrogate, frozen, parameter_groups, pixels_from_uint8
 from .transform import load_surrogate
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
@@ -248,9 +248,11 @@ def _epoch_batches(order: np.ndarray, batch_size: int, num_processes: int) -> li
     return batches
 
 
-def _apply_defense(defense: Defense, pixels: torch.Tensor, captions: list[str], generator: torch.Generator) -> tuple[torch.Tensor, list[str]]:
+def _apply_defense(
+    defense: Defense, pixels: torch.Tensor, captions: list[str], generator: torch.Generator, loss: Callable | None = None
+) -> tuple[torch.Tensor, list[str]]:
     shape = tuple(pixels.shape)
-    result = defense(pixels, captions, generator)
+    result = defense(pixels, captions, generator) if loss is None else defense(pixels, captions, generator, loss=loss)
     if not (isinstance(result, tuple) and len(result) == 2):
         raise TypeError(f"defense must return a (pixels, captions) tuple, got {type(result).__name__}.")
     new_pixels, new_captions = result
@@ -338,7 +340,13 @@ def train_victim(
             and ``generator`` a seeded CPU `torch.Generator` for any randomness. It returns pixels
             of the same shape (values are used as given; keep them in [0, 1]) and B captions;
             the captions are re-tokenised, so text defenses may edit the strings. It may modify
-            its inputs in place. None: no defense.
+            its inputs in place. None: no defense. Two optional hooks
+            (`hf_unlearnable.defenses` uses both): a ``fit(captions)`` method is called once
+            before training with every training caption (corpus statistics); a defense with
+            ``needs_model = True`` is called with a keyword ``loss=``, a closure
+            ``loss(pixels, captions) -> scalar`` giving the victim's current contrastive loss on
+            this process's batch (parameters frozen, gradients to the pixels only; adversarial
+            training).
         mixed_precision: Accelerate's setting ("no", "bf16", "fp16"; "auto" = bf16 on a GPU that
             supports it, else "no", as in `MEMConfig`). One value per process: Accelerate refuses
             a second, different value in the same process (e.g. after protecting with another).
@@ -415,6 +423,18 @@ def train_victim(
         )
         return entry
 
+    needs_model = defense is not None and bool(getattr(defense, "needs_model", False))
+    if defense is not None and callable(getattr(defense, "fit", None)):
+        defense.fit(list(texts))  # corpus statistics (e.g. rare-word filtering), once
+    local_loss = ContrastiveLoss(gather=False)
+
+    def victim_loss(adv_pixels: torch.Tensor, adv_captions: Sequence[str]) -> torch.Tensor:
+        """The victim's contrastive loss on one local batch, for defenses that attack the model."""
+        ids, mask = _pad(_tokenize(tokenizer, list(adv_captions), context_length), pad_id)
+        with accelerator.autocast():
+            features = unwrapped(adv_pixels.to(device), ids.to(device), mask.to(device))
+        return local_loss(*features, unwrapped.logit_scale())
+
     rng = np.random.default_rng([seed, 0x71C7])  # epoch order and caption choice: identical on every process
     generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)  # the defense's randomness
     rng_devices = [device] if device.type == "cuda" else []
@@ -434,7 +454,12 @@ def train_victim(
                 local, chosen = batch[rank * share : (rank + 1) * share], chosen[rank * share : (rank + 1) * share]
                 pixels = pixels_from_uint8(torch.from_numpy(images[local]))
                 if defense is not None:
-                    pixels, batch_texts = _apply_defense(defense, pixels, [texts[c] for c in chosen], generator)
+                    batch_texts = [texts[c] for c in chosen]
+                    if needs_model:
+                        with frozen(unwrapped):
+                            pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator, victim_loss)
+                    else:
+                        pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator)
                     input_ids, attention_mask = _pad(_tokenize(tokenizer, batch_texts, context_length), pad_id)
                 else:
                     input_ids, attention_mask = _pad([token_ids[c] for c in chosen], pad_id)
