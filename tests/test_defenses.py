@@ -22,7 +22,7 @@ from hf_unlearnable.defenses import (
     get_defense,
 )
 from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate
-from hf_unlearnable.testing import synthetic_captions
+from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import retrieval_scores, train_victim
 
 QUALITIES = (10, 30, 50, 75, 90)
@@ -316,6 +316,8 @@ def test_adversarial_training_pgd_increases_the_victims_loss_within_eps(name, ep
         noise = pixels + (torch.rand(pixels.shape, generator=torch.Generator().manual_seed(0)) * 2 - 1) * eps
         random_start = float(victim_loss(noise.clamp(0, 1), captions))
     assert attacked > clean and attacked > random_start  # ascent, not just noise
+    again, _ = run(name, pixels, captions, loss=victim_loss)
+    assert torch.equal(out, again)  # the random start comes from the generator
 
 
 def test_adversarial_training_without_the_model_says_how_to_call_it(batch):
@@ -494,3 +496,13 @@ def test_fine_tuning_starts_from_the_given_weights_and_logit_scale(clip, tiny_da
     before, after = pretrained.state_dict(), tuned.model.state_dict()
     drift = max(float((after[k].cpu() - before[k]).abs().max()) for k in before if before[k].is_floating_point())
     assert 0 < drift < 1e-3  # a small-rate step from the given weights
+
+
+def test_transfer_victim_of_another_architecture_trains_with_a_defense(tiny_data):
+    """The transfer victim: a CLIP of another shape than the protector's, trained from scratch."""
+    train, test = tiny_data
+    _, processor = tiny_clip(image_size=32)
+    other = tiny_clip_config(image_size=32, hidden_size=48, num_layers=3, num_heads=3, patch_size=4, projection_dim=24)
+    result = train_victim(train, test, other, processor, epochs=1, batch_size=8, progress=False, defense=get_defense("jpeg-50"))
+    assert result.model.config.vision_config.num_hidden_layers == 3 and result.model.config.projection_dim == 24
+    assert math.isfinite(result.history[1]["train_loss"])
