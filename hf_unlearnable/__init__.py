@@ -8,6 +8,14 @@ Protect: `ProtectTransform` with a `MEMConfig`. Measure: `train_victim`, `retrie
 
 __version__ = "0.1.0"
 
+#: Version of what the protection computes. Bump it whenever a change alters the noise, triggers or
+#: surrogate that `protect` produces for the same inputs (not for refactors that keep them
+#: bit-identical): a work dir remembers the value it was computed with, so a rerun after such an
+#: upgrade never reuses state computed by the old algorithm.
+#: 1: first release. 2: the surrogate's contrastive loss is computed in float32 under mixed
+#: precision (one CLIP training step shared with the victim).
+ALGORITHM_VERSION = 2
+
 from .config import MEMConfig
 from .hub import push_protected
 from .metrics import load_retrieval_metric, retrieval_metrics
@@ -15,6 +23,7 @@ from .transform import ProtectTransform
 from .victim import retrieval_scores, train_victim
 
 __all__ = [
+    "ALGORITHM_VERSION",
     "MEMConfig",
     "ProtectTransform",
     "__version__",

@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from .checks import check_caption  # noqa: F401  (re-exported: it used to live here)
+
 _WORD = re.compile(r"^[a-z]+$")
 _END_OF_WORD = "</w>"
 
@@ -60,26 +62,6 @@ class TriggerVocabulary:
     def sample(self, shape: tuple[int, ...], generator: np.random.Generator) -> np.ndarray:
         """Random trigger ids (the initial t of Algorithm 1)."""
         return self.token_ids[generator.integers(0, len(self.token_ids), size=shape)].astype(np.int32)
-
-
-def check_caption(caption: Any, row: int | None, column: str) -> str:
-    """A caption must be a non-empty string; say which row and how to fix it otherwise."""
-    where = f"row {row}" if row is not None else "a row"
-    if caption is None:
-        raise ValueError(
-            f"Caption column {column!r} is None at {where}. Fill or drop it (e.g. ds.filter) before protecting."
-        )
-    if not isinstance(caption, str):
-        raise TypeError(
-            f"Caption column {column!r} holds a {type(caption).__name__} at {where}; expected a string "
-            "(or a list of strings per image)."
-        )
-    if not caption.strip():
-        raise ValueError(
-            f"Caption column {column!r} is empty at {where}. An empty caption cannot carry a trigger; "
-            "fill or drop that row before protecting."
-        )
-    return caption
 
 
 class CaptionCodec:

@@ -8,6 +8,8 @@
   arguments.
 - ``show CLEAN PROTECTED``: writes a PNG grid of clean image, protected image, amplified noise and
   triggered caption (like Figures 3-4 of the MEM paper).
+- ``cache list`` / ``cache clean``: show or delete the work dirs the library keeps in the
+  ``datasets`` cache (size, rows, created, finished, whether a clean copy is still there).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "the datasets cache named after the data and settings); rerunning with it resumes")
     protect.add_argument("--resume", action="store_true", help="require that --work-dir holds an earlier run of the "
                          "same data and settings, and continue it (an error otherwise, rather than starting over)")
+    protect.add_argument("--keep-work-dir", action="store_true", help="keep the clean copy of the data in the default "
+                         "work dir after protecting (default: deleted; a --work-dir you name is always kept)")
     protect.add_argument("--rows", type=int, default=DEMO_ROWS, help="rows of the built-in synthetic data set")
     protect.add_argument("--no-progress", action="store_true", help="hide progress bars")
     add_config_arguments(protect)
@@ -110,6 +114,11 @@ def build_parser() -> argparse.ArgumentParser:
     verify.add_argument("--image-size", type=int, help="protect resolution in pixels (default: the first protected image's)")
     verify.add_argument("--max-listed", type=int, default=10, help="violations to print (default: 10)")
     verify.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    cache = commands.add_parser("cache", help="list or delete the work dirs the library keeps in the datasets cache")
+    cache.add_argument("action", choices=("list", "clean"), help="list: path, size, rows, created, finished; "
+                       "clean: delete them all")
+    cache.add_argument("--cache-dir", help="the folder holding the work dirs (default: <datasets cache>/hf_unlearnable)")
 
     show = commands.add_parser("show", help="write a PNG grid of clean / protected / noise / caption samples")
     _add_pair_arguments(show)
@@ -237,7 +246,8 @@ def run_protect(arguments: argparse.Namespace) -> int:
             raise ValueError("--resume needs --work-dir: the folder of the run to continue.")
         if not os.path.exists(os.path.join(arguments.work_dir, "identity.json")):
             raise ValueError(f"--resume: {arguments.work_dir} holds no earlier run; drop --resume to start one.")
-    transform = ProtectTransform(model, processor, config, work_dir=arguments.work_dir, progress=not arguments.no_progress)
+    transform = ProtectTransform(model, processor, config, work_dir=arguments.work_dir,
+                                 keep_work_dir=arguments.keep_work_dir, progress=not arguments.no_progress)
     protected = transform.protect(ds, image_column=arguments.image_column, caption_column=arguments.caption_column)
     protected.save_to_disk(arguments.output)
     if arguments.save_transform:
@@ -255,6 +265,18 @@ def run_protect(arguments: argparse.Namespace) -> int:
     return 0
 
 
+def run_cache(arguments: argparse.Namespace) -> int:
+    from .workdir import cache_root, clean_work_dirs, format_work_dirs, list_work_dirs
+
+    root = arguments.cache_dir or cache_root()
+    if arguments.action == "list":
+        print(format_work_dirs(list_work_dirs(root), root))
+    else:
+        removed = clean_work_dirs(root)
+        print(f"deleted {len(removed)} work dir(s), {sum(entry['bytes'] for entry in removed)} bytes, under {root}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     arguments = parser.parse_args(argv)
@@ -266,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_verify(arguments)
         if arguments.command == "show":
             return run_show(arguments)
+        if arguments.command == "cache":
+            return run_cache(arguments)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

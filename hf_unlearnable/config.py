@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 _LEVEL_TOLERANCE = 1e-6
+MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
 
 
 @dataclass
@@ -20,7 +21,7 @@ class MEMConfig:
     (``epsilon_levels = floor(epsilon * 255)``, ``step_levels = round(pgd_step_size * 255)``).
 
     Args:
-        epsilon: l_inf budget of the image noise (default 8/255).
+        epsilon: l_inf budget of the image noise (default 8/255; at most 127/255, the int8 store's range).
         pgd_steps: S, PGD steps per batch and round (Eq. 5).
         pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
         trigger_length: k, trigger tokens inserted after the start token; 0 means EM (no trigger).
@@ -94,6 +95,9 @@ class MEMConfig:
             raise bad("epsilon", "in (0, 1] (pixel space; 8/255 is the paper's budget)")
         if self.epsilon_levels < 1:
             raise bad("epsilon", ">= 1/255: a smaller budget cannot change an 8-bit pixel")
+        if self.epsilon_levels > MAX_EPSILON_LEVELS:
+            # the noise is stored as int8 levels; a larger budget would wrap (153 -> -103)
+            raise bad("epsilon", f"<= {MAX_EPSILON_LEVELS}/255 = {MAX_EPSILON_LEVELS / 255:.4f} (noise is stored as int8 levels)")
         if not isinstance(self.pgd_step_size, (int, float)) or not (0 < self.pgd_step_size <= 1):
             raise bad("pgd_step_size", "in (0, 1]")
         if self.step_levels < 1 or abs(self.pgd_step_size * 255 - self.step_levels) > 1e-4:

@@ -23,7 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-_ARRAYS = ("images", "noise", "triggers", "caption_ids", "caption_lengths", "caption_offsets", "digests")
+# The clean copy of the data (what must not outlive the run, nor be shared) ...
+CLEAN_ARRAYS = ("images", "caption_ids", "caption_lengths", "caption_offsets")
+# ... and the protection: all a fitted transform needs to write its rows again (matched by digest).
+PROTECTION_ARRAYS = ("noise", "triggers", "digests")
+_ARRAYS = CLEAN_ARRAYS + PROTECTION_ARRAYS
 
 
 class RowArray:
@@ -139,11 +143,17 @@ class StoreLayout:
 
 
 class SampleStore:
-    """Row-addressed arrays of one data set's MEM state; rows in data set order."""
+    """Row-addressed arrays of one data set's MEM state; rows in data set order.
 
-    def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str):
+    Opened with ``clean=False`` only the protection arrays (noise, triggers, digests) are there:
+    what a fitted transform keeps once the clean copy is deleted, and what `save_pretrained` writes.
+    """
+
+    def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str, clean: bool = True):
         self.directory = Path(directory)
         self.layout = layout
+        self.has_clean = clean
+        self._names = _ARRAYS if clean else PROTECTION_ARRAYS
         n, s, k = layout.num_rows, layout.image_size, layout.trigger_length
         shapes = {
             "images": ((n, s, s, 3), np.uint8),
@@ -154,7 +164,7 @@ class SampleStore:
             "caption_offsets": ((n + 1,), np.int64),
             "digests": ((n,), np.uint64),
         }
-        for name in _ARRAYS:
+        for name in self._names:
             path = self.directory / f"{name}.npy"
             shape, dtype = shapes[name]
             if mode == "w+":
@@ -174,20 +184,30 @@ class SampleStore:
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, mode: str = "r+") -> "SampleStore":
+    def open(cls, directory: str | os.PathLike, mode: str = "r+", clean: bool = True) -> "SampleStore":
+        """Open a store; ``clean=False`` opens only the protection arrays (the clean ones may be gone)."""
         directory = Path(directory)
         layout_file = directory / "layout.json"
         if not layout_file.exists():
             raise FileNotFoundError(f"{directory} holds no MEM state (no layout.json)")
         layout = StoreLayout(**json.loads(layout_file.read_text()))
-        return cls(directory, layout, mode)
+        return cls(directory, layout, mode, clean)
 
     def __len__(self) -> int:
         return self.layout.num_rows
 
+    def protection_files(self) -> list[Path]:
+        """The files of the protection state: layout, noise, triggers, digests (no clean data)."""
+        return [self.directory / "layout.json", *(self.directory / f"{name}.npy" for name in PROTECTION_ARRAYS)]
+
+    def clean_files(self) -> list[Path]:
+        """Files that hold or derive from the clean copy, plus the sweep's progress records and journals."""
+        named = [self.directory / f"{name}.npy" for name in CLEAN_ARRAYS]
+        return named + sorted(self.directory.glob("progress-rank*")) + sorted(self.directory.glob("journal-rank*"))
+
     def sync(self) -> None:
         """Force the arrays to disk (the end of a round), so a machine crash loses at most a round."""
-        for name in _ARRAYS:
+        for name in self._names:
             getattr(self, name).sync()
 
     def sample_captions(self, indices: np.ndarray, generator: np.random.Generator) -> np.ndarray:

@@ -7,14 +7,17 @@ here, inside the graph, so gradients are taken in pixel space where the 8/255 bu
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
+import os
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -163,3 +166,74 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
         else:
             decay.append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def load_surrogate(
+    model: CLIPModel | CLIPConfig | str | os.PathLike, processor: CLIPProcessor | None, seed: int
+) -> tuple[CLIPModel, CLIPProcessor]:
+    """Resolve a ``model`` argument (of ProtectTransform or train_victim): a CLIPModel (deep-copied, so
+    the caller's stays untouched), a CLIPConfig (random init from ``seed``, trained from scratch) or
+    a Hub id / local path loaded with `from_pretrained` (safetensors only)."""
+    if isinstance(model, (str, os.PathLike)):
+        loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True)
+        processor = processor or CLIPProcessor.from_pretrained(str(model))
+        return loaded, processor
+    if isinstance(model, CLIPConfig):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built = CLIPModel(model)
+        model = built
+    elif isinstance(model, CLIPModel):
+        model = copy.deepcopy(model)  # the surrogate is trained; the caller's model stays as it was
+    else:
+        raise TypeError(
+            f"model must be a transformers CLIPModel, a CLIPConfig, or a Hub id / local path; got {type(model).__name__}."
+        )
+    if processor is None:
+        name = getattr(model, "name_or_path", "") or ""
+        if not name:
+            raise ValueError(
+                "processor is required with a CLIPModel or CLIPConfig: pass processor=CLIPProcessor(...) "
+                "whose tokenizer and image size match the model."
+            )
+        processor = CLIPProcessor.from_pretrained(name)
+    return model, processor
+
+
+def build_optimizer(
+    surrogate: nn.Module,
+    learning_rate: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups` (no decay for norms, biases, logit scale); the one place both
+    the MEM surrogate (torch's default betas) and the victim (CLIP's 0.9/0.98, eps 1e-6) build it."""
+    return torch.optim.AdamW(parameter_groups(surrogate, weight_decay), lr=learning_rate, betas=betas, eps=eps)
+
+
+def clip_training_step(
+    model: nn.Module,
+    surrogate: Surrogate,
+    loss: ContrastiveLoss,
+    optimizer: torch.optim.Optimizer,
+    accelerator: Any,
+    pixels: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    scheduler: Any = None,
+) -> torch.Tensor:
+    """One step of CLIP training, shared by the MEM surrogate and the victim: both towers forward
+    (``model`` is the `accelerator.prepare`-d surrogate, which applies autocast), symmetric InfoNCE
+    in float32, backward, optimizer (and scheduler) step, then the logit scale clamped at 100.
+    Returns the detached loss."""
+    device = accelerator.device
+    image_features, text_features = model(pixels.to(device), input_ids.to(device), attention_mask.to(device))
+    value = loss(image_features, text_features, surrogate.logit_scale())
+    optimizer.zero_grad(set_to_none=True)
+    accelerator.backward(value)
+    optimizer.step()
+    if scheduler is not None:
+        scheduler.step()
+    surrogate.clamp_logit_scale()
+    return value.detach()

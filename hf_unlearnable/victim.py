@@ -27,11 +27,11 @@ import torch
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
 
+from .checks import check_dataset, read_captions
 from .devices import build_accelerator
 from .images import prepare_image, undecoded
 from .metrics import retrieval_metrics
-from .surrogate import ContrastiveLoss, Surrogate, frozen, parameter_groups, pixels_from_uint8
-from .transform import load_surrogate
+from .surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
 
@@ -68,47 +68,6 @@ class VictimResult:
 
 
 # ---------------------------------------------------------------------------------------- reading
-
-
-def _check_dataset(ds: Any, name: str, image_column: str, caption_column: str) -> None:
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(
-            f"{name} must be a datasets.Dataset, got {type(ds).__name__}. For a DatasetDict pick a split "
-            f"({name}['train']); an IterableDataset must be materialised first (Dataset.from_generator)."
-        )
-    for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-        if column not in ds.column_names:
-            raise ValueError(
-                f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}. "
-                f"Pass {argument}= with the right name."
-            )
-    if len(ds) == 0:
-        raise ValueError(f"{name} is empty (0 rows); pass a data set with image-caption rows.")
-
-
-def _caption_text(value: Any, row: int, column: str) -> str:
-    if not isinstance(value, str):
-        kind = "None" if value is None else type(value).__name__
-        raise ValueError(
-            f"Caption column {column!r} holds {kind} at row {row}; expected a string or a list of strings. "
-            "Fix or drop that row (e.g. ds.filter)."
-        )
-    if not value.strip():
-        raise ValueError(f"Caption column {column!r} is empty at row {row}; fill or drop that row (e.g. ds.filter).")
-    return value
-
-
-def _read_captions(ds: datasets.Dataset, column: str) -> list[list[str]]:
-    """Every row's captions as a list (one element for a plain string column)."""
-    captions = []
-    for row, value in enumerate(ds.select_columns([column]).to_dict()[column]):
-        if isinstance(value, (list, tuple)):
-            if not value:
-                raise ValueError(f"Caption column {column!r} holds an empty list at row {row}; fill or drop that row.")
-            captions.append([_caption_text(text, row, column) for text in value])
-        else:
-            captions.append([_caption_text(value, row, column)])
-    return captions
 
 
 def _iter_images(ds: datasets.Dataset, column: str, image_size: int, chunk: int = _READ_BATCH) -> Iterator[np.ndarray]:
@@ -161,7 +120,7 @@ class _RetrievalSet:
     def read(
         cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
     ) -> "_RetrievalSet":
-        captions = _read_captions(ds, caption_column)  # cheap checks before the costly decode
+        captions = read_captions(ds, caption_column)  # cheap checks before the costly decode
         images = _read_images(ds, image_column, image_size)
         texts = [text for row_captions in captions for text in row_captions]
         image_index = np.repeat(np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions])
@@ -224,7 +183,7 @@ def retrieval_scores(
         >>> model, processor = tiny_clip()
         >>> retrieval_scores(model, processor, synthetic_captions(100))["t2i_r1"]
     """
-    _check_dataset(ds, "ds", image_column, caption_column)
+    check_dataset(ds, image_column, caption_column, name="ds")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
@@ -374,10 +333,8 @@ def train_victim(
         epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, learning_rate=learning_rate,
         weight_decay=weight_decay, warmup_ratio=warmup_ratio, mixed_precision=mixed_precision, defense=defense,
     )
-    _check_dataset(train_ds, "train_ds", image_column, caption_column)
-    _check_dataset(eval_ds, "eval_ds", image_column, caption_column)
-    if len(train_ds) < 2:
-        raise ValueError("train_ds has 1 row; contrastive training needs at least 2 (each batch needs a negative).")
+    check_dataset(train_ds, image_column, caption_column, name="train_ds", min_rows=2)
+    check_dataset(eval_ds, image_column, caption_column, name="eval_ds")
     clip, processor = load_surrogate(model, processor, seed)
     tokenizer = processor.tokenizer
     pad_id = _pad_token_id(tokenizer)
@@ -385,7 +342,7 @@ def train_victim(
     image_size, context_length = surrogate.image_size, surrogate.context_length
 
     # Data, once: uint8 images, unpadded token ids of every caption, caption ranges per image.
-    captions = _read_captions(train_ds, caption_column)
+    captions = read_captions(train_ds, caption_column)
     eval_data = _RetrievalSet.read(eval_ds, tokenizer, image_size, context_length, image_column, caption_column)
     images = _read_images(train_ds, image_column, image_size)
     texts = [text for row_captions in captions for text in row_captions]  # flat; image i owns offsets[i]:+counts[i]
@@ -404,7 +361,7 @@ def train_victim(
             f"train_ds has {len(images)} rows, too few for one batch of at least 2 on each of {num_processes} processes."
         )
     total_steps = epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(parameter_groups(surrogate, weight_decay), lr=learning_rate, betas=_ADAM_BETAS, eps=_ADAM_EPS)
+    optimizer = build_optimizer(surrogate, learning_rate, weight_decay, betas=_ADAM_BETAS, eps=_ADAM_EPS)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
     loss_function = ContrastiveLoss(gather=num_processes > 1)
     surrogate, optimizer, scheduler = accelerator.prepare(surrogate, optimizer, scheduler)
@@ -463,14 +420,9 @@ def train_victim(
                     input_ids, attention_mask = _pad(_tokenize(tokenizer, batch_texts, context_length), pad_id)
                 else:
                     input_ids, attention_mask = _pad([token_ids[c] for c in chosen], pad_id)
-                image_features, text_features = surrogate(pixels.to(device), input_ids.to(device), attention_mask.to(device))
-                loss = loss_function(image_features, text_features, unwrapped.logit_scale())
-                optimizer.zero_grad(set_to_none=True)
-                accelerator.backward(loss)
-                optimizer.step()
-                scheduler.step()
-                unwrapped.clamp_logit_scale()
-                loss_sum += loss.detach()
+                loss_sum += clip_training_step(
+                    surrogate, unwrapped, loss_function, optimizer, accelerator, pixels, input_ids, attention_mask, scheduler
+                )
             train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
             seconds = time.perf_counter() - start
             history.append(evaluate(epoch, train_loss, seconds))

@@ -35,6 +35,8 @@ def test_unknown_key_is_an_error():
         ({"epsilon": -0.1}, "epsilon"),
         ({"epsilon": 1.5}, "epsilon"),
         ({"epsilon": 0.5 / 255}, "epsilon"),
+        ({"epsilon": 128 / 255}, "epsilon"),  # would wrap in the int8 noise store
+        ({"epsilon": 1.0}, "epsilon"),
         ({"pgd_step_size": 1.5 / 255}, "pgd_step_size"),
         ({"pgd_steps": -1}, "pgd_steps"),
         ({"trigger_length": -1}, "trigger_length"),
@@ -54,7 +56,12 @@ def test_invalid_values_name_the_field_and_range(changes, field):
 
 def test_epsilon_levels_never_exceed_the_budget():
     assert MEMConfig(epsilon=0.03).epsilon_levels == 7  # 7.65 levels: floor, never above 0.03
-    assert MEMConfig(epsilon=1.0).epsilon_levels == 255
+    assert MEMConfig(epsilon=127 / 255).epsilon_levels == 127  # the int8 store's largest budget
+
+
+def test_epsilon_above_the_int8_store_states_the_allowed_range():
+    with pytest.raises(ValueError, match=r"MEMConfig\.epsilon=.*<= 127/255"):
+        MEMConfig(epsilon=153 / 255)
 
 
 def test_nothing_to_optimise_is_refused():

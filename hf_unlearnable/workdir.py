@@ -1,0 +1,302 @@
+"""Work dirs: where `fit` keeps its state, when it is reused, and what is deleted afterwards.
+
+A work dir holds ``identity.json`` (what was protected, by which code), ``state/`` (a
+`SampleStore`: the clean copy of every row plus noise, triggers and row digests) and
+``checkpoint/`` (round checkpoints of the surrogate). Its identity is the data set's fingerprint,
+the transform's fingerprint, the library version and `ALGORITHM_VERSION`: a run with the same
+identity resumes or reuses it; another is refused. After a successful `protect` the clean copy in
+a *default* work dir (in the `datasets` cache) is deleted unless ``keep_work_dir=True``; a work
+dir the user named is the user's and is kept. Every folder the library creates carries a marker
+file, and the library deletes only marked folders (`remove_tree`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+
+import datasets
+import numpy as np
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from . import ALGORITHM_VERSION, __version__
+from .captions import CaptionCodec, TriggerVocabulary
+from .checks import caption_is_list, row_captions
+from .images import prepare_image, undecoded
+from .memory import release_pages
+from .rows import row_digest
+from .store import CLEAN_ARRAYS, SampleStore, StoreLayout
+
+logger = logging.getLogger(__name__)
+
+MARKER_FILE = ".hf_unlearnable"
+IDENTITY_FILE = "identity.json"
+STATE_DIR = "state"
+CHECKPOINT_DIR = "checkpoint"
+_READ_BATCH = 256
+
+
+# ---------------------------------------------------------------------------------------- markers
+def mark(folder: Path, kind: str) -> None:
+    """Create ``folder`` (if needed) and mark it as made by this library."""
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / MARKER_FILE
+    if not marker.exists():
+        marker.write_text(json.dumps({"kind": kind, "created": time.time(), "library_version": __version__}))
+
+
+def marker_of(folder: Path) -> dict | None:
+    """The marker of a library-made folder, or None."""
+    try:
+        return json.loads((folder / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def remove_tree(folder: Path, purpose: str) -> None:
+    """Delete ``folder`` only if this library made it (it has the marker); refuse otherwise."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    if marker_of(folder) is None:
+        raise ValueError(
+            f"Refusing to delete {folder} ({purpose}): it has no {MARKER_FILE} marker, so hf_unlearnable did not "
+            "create it. Move or delete it yourself, or choose another folder."
+        )
+    shutil.rmtree(folder)
+
+
+def folder_size(folder: Path) -> int:
+    """Bytes used by the files under ``folder`` (sparse files count their allocated blocks)."""
+    total = 0
+    for path in Path(folder).rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_blocks * 512
+    return total
+
+
+def human_size(size: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"  # pragma: no cover
+
+
+# ---------------------------------------------------------------------------------------- identity
+def cache_root() -> Path:
+    """The library's folder in the `datasets` cache, parent of every default work dir."""
+    return Path(datasets.config.HF_DATASETS_CACHE) / "hf_unlearnable"
+
+
+def work_dir_identity(ds: datasets.Dataset, transform_fingerprint: str) -> dict:
+    """What a work dir's state was computed from: data, transform, and the code that computed it."""
+    return {
+        "format": 2,
+        "dataset_fingerprint": ds._fingerprint,
+        "rows": len(ds),
+        "transform": transform_fingerprint,
+        "library_version": __version__,
+        "algorithm_version": ALGORITHM_VERSION,
+    }
+
+
+class WorkDir:
+    """One work dir: its identity, state store and checkpoint folder."""
+
+    def __init__(self, root: str | os.PathLike, default: bool):
+        self.root = Path(root)
+        self.default = default  # in the datasets cache, chosen by the library (not named by the user)
+        self.state = self.root / STATE_DIR
+        self.checkpoint = self.root / CHECKPOINT_DIR
+        self.identity_file = self.root / IDENTITY_FILE
+
+    @classmethod
+    def choose(cls, work_dir: str | os.PathLike | None, identity: dict, accelerator: Accelerator) -> "WorkDir":
+        """The user's work dir, or one in the cache named after the identity (main process decides)."""
+        if work_dir is not None:
+            return cls(work_dir, default=False)
+        key = hashlib.blake2b(json.dumps(identity, sort_keys=True).encode(), digest_size=10).hexdigest()
+        chosen = [str(cache_root() / f"mem-{key}")]
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            broadcast_object_list(chosen, from_process=0)
+        return cls(chosen[0], default=True)
+
+    def read_identity(self) -> dict:
+        return json.loads(self.identity_file.read_text()) if self.identity_file.exists() else {}
+
+    def _write_identity(self, values: dict) -> None:
+        temporary = self.identity_file.with_suffix(".tmp")
+        temporary.write_text(json.dumps(values, indent=2))
+        os.replace(temporary, self.identity_file)
+
+    @property
+    def finished(self) -> bool:
+        return bool(self.read_identity().get("finished"))
+
+    def open_or_ingest(self, identity: dict, accelerator: Accelerator, ingest) -> SampleStore:
+        """Reuse the state of an earlier (possibly interrupted) run with the same identity, else call
+        ``ingest(state_dir)`` on the main process to create it. A finished run opens without its clean copy."""
+        processes = accelerator.num_processes
+        saved = self.read_identity()
+        if saved:
+            if {k: saved.get(k) for k in identity} != identity:
+                raise ValueError(
+                    f"work_dir {self.root} holds the state of another data set or config, or of another version "
+                    f"of the algorithm (saved {saved.get('rows')} rows, data set fingerprint "
+                    f"{saved.get('dataset_fingerprint')}, hf_unlearnable {saved.get('library_version')} algorithm "
+                    f"{saved.get('algorithm_version')}; now hf_unlearnable {__version__} algorithm {ALGORITHM_VERSION}). "
+                    "Use a new work_dir for this run, or delete that folder to start over."
+                )
+            if saved.get("processes") != processes and (self.checkpoint / "state.json").exists() and not saved.get("finished"):
+                raise ValueError(
+                    f"work_dir {self.root} was started with {saved.get('processes')} processes; resume it with "
+                    f"the same number (now {processes}) or use a new work_dir."
+                )
+            if saved.get("finished"):
+                accelerator.wait_for_everyone()
+                return SampleStore.open(self.state, mode="r", clean=False)
+            if saved.get("ingested") and all((self.state / f"{name}.npy").exists() for name in CLEAN_ARRAYS):
+                accelerator.wait_for_everyone()
+                return SampleStore.open(self.state)
+        store = None
+        if accelerator.is_main_process:
+            if not self.root.exists():
+                mark(self.root, "work_dir")
+            remove_tree(self.checkpoint, "an incomplete run's checkpoints in the work_dir")
+            remove_tree(self.state, "an incomplete run's state in the work_dir")
+            mark(self.checkpoint, "checkpoint")
+            mark(self.state, "state")
+            store = ingest(self.state)
+            self._write_identity({**identity, "processes": processes, "ingested": True, "created": time.time()})
+        accelerator.wait_for_everyone()
+        return store if store is not None else SampleStore.open(self.state)
+
+    def mark_finished(self, accelerator: Accelerator) -> None:
+        """Record that Algorithm 1 ran to its end here: a rerun reuses the state without training."""
+        if accelerator.is_main_process:
+            self._write_identity({**self.read_identity(), "finished": True})
+        accelerator.wait_for_everyone()
+
+    def release_clean(self, keep: bool) -> None:
+        """After a successful protect: delete the clean copy of a default work dir (unless ``keep``),
+        keeping the protection state for reuse; log where the state is and how large."""
+        before = folder_size(self.root)
+        if not self.default or keep:
+            why = "keep_work_dir=True" if self.default else "a work_dir you chose is yours to delete"
+            logger.warning(
+                "The work dir %s keeps a clean copy of the protected data set (%s in all; %s). Delete it when "
+                "done (`hf-unlearnable cache clean` for work dirs in the datasets cache).", self.root, human_size(before), why,
+            )
+            return
+        store = SampleStore.open(self.state, mode="r", clean=False)
+        for path in [*store.clean_files(), *self.checkpoint.glob("optimizer-round*.pt")]:
+            path.unlink(missing_ok=True)
+        self._write_identity({**self.read_identity(), "clean_deleted": True})
+        logger.warning(
+            "Deleted the clean copy of the data (%s) from the work dir %s; kept %s of protection state (noise, "
+            "triggers, row digests, surrogate) so a rerun is reused. `hf-unlearnable cache clean` removes it; "
+            "keep_work_dir=True keeps the clean copy.",
+            human_size(before - folder_size(self.root)), self.root, human_size(folder_size(self.root)),
+        )
+
+
+# ---------------------------------------------------------------------------------------- ingest
+def ingest(
+    ds: datasets.Dataset,
+    image_column: str,
+    caption_column: str,
+    directory: Path,
+    *,
+    codec: CaptionCodec,
+    image_size: int,
+    vocabulary: TriggerVocabulary | None,
+    seed: int,
+    progress: bool,
+) -> SampleStore:
+    """Decode, resize and tokenise every row into a fresh `SampleStore` in ``directory``, with each
+    row's digest and its random initial trigger; noise starts at zero."""
+    caption_lists = caption_is_list(ds.features[caption_column], caption_column)
+    source = undecoded(ds.select_columns([image_column, caption_column]), image_column)
+    captions_column = source.select_columns([caption_column]).to_dict()[caption_column]
+    num_captions = sum(len(value or []) for value in captions_column) if caption_lists else len(source)
+    layout = StoreLayout(
+        num_rows=len(source), num_captions=num_captions, image_size=image_size, trigger_length=codec.trigger_length,
+        body_budget=codec.body_budget, caption_lists=caption_lists,
+    )
+    store = SampleStore.create(directory, layout)
+    caption_row = 0
+    store.caption_offsets[0] = 0
+    bar = tqdm(total=len(source), desc="Reading rows", disable=not progress, leave=False)
+    for start in range(0, len(source), _READ_BATCH):
+        chunk = source[start : start + _READ_BATCH]
+        for offset, (value, caption_value) in enumerate(zip(chunk[image_column], chunk[caption_column])):
+            row = start + offset
+            image = prepare_image(value, image_size, row)
+            texts = row_captions(caption_value, row, caption_column)
+            ids, lengths = codec.encode_bodies(texts)
+            store.images[row] = image
+            store.caption_ids[caption_row : caption_row + len(texts)] = ids
+            store.caption_lengths[caption_row : caption_row + len(texts)] = lengths
+            caption_row += len(texts)
+            store.caption_offsets[row + 1] = caption_row
+            store.digests[row] = row_digest(image, texts)
+        bar.update(len(chunk[image_column]))
+        release_pages(source)  # read pages of the input may go: RSS stays flat over the pass
+    bar.close()
+    if vocabulary is not None:
+        rng = np.random.default_rng([seed, 12345])
+        store.triggers[:] = vocabulary.sample((len(source), codec.trigger_length), rng)
+    return store
+
+
+# ---------------------------------------------------------------------------------------- the cache
+def list_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
+    """The library's work dirs under ``root`` (default: `cache_root`): path, bytes, rows, created
+    (seconds since the epoch), finished, and whether a clean copy of the data is still there."""
+    root = Path(root) if root is not None else cache_root()
+    found = []
+    for folder in sorted(root.glob("*")) if root.is_dir() else []:
+        marker = marker_of(folder)
+        if marker is None or marker.get("kind") != "work_dir":
+            continue
+        identity = WorkDir(folder, default=True).read_identity()
+        found.append(
+            {
+                "path": str(folder),
+                "bytes": folder_size(folder),
+                "rows": identity.get("rows"),
+                "created": identity.get("created", marker.get("created")),
+                "finished": bool(identity.get("finished")),
+                "clean_copy": (folder / STATE_DIR / "images.npy").exists(),
+                "library_version": identity.get("library_version"),
+            }
+        )
+    return found
+
+
+def clean_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
+    """Delete every work dir `list_work_dirs` shows; returns what was deleted."""
+    removed = list_work_dirs(root)
+    for entry in removed:
+        remove_tree(Path(entry["path"]), "a work dir in the cache")
+    return removed
+
+
+def format_work_dirs(entries: list[dict], root: str | os.PathLike) -> str:
+    """`list_work_dirs` as a table for the CLI."""
+    lines = [f"{len(entries)} work dir(s) under {root}, {human_size(sum(e['bytes'] for e in entries))} in all"]
+    for entry in entries:
+        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])) if entry["created"] else "?"
+        state = "finished" if entry["finished"] else "unfinished"
+        clean = "clean copy kept" if entry["clean_copy"] else "no clean copy"
+        lines.append(f"  {entry['path']}  {human_size(entry['bytes'])}  {entry['rows']} rows  {created}  {state}, {clean}")
+    return "\n".join(lines)
