@@ -14,18 +14,12 @@ import datasets
 
 
 def check_dataset(ds: Any, image_column: str, caption_column: str, *, name: str = "ds", min_rows: int = 1) -> bool:
-    """Check a data set and its two columns; return whether the caption column holds lists of captions."""
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(
-            f"{name} must be a datasets.Dataset, got {type(ds).__name__}. For a DatasetDict pick a split "
-            f"({name}['train']); an IterableDataset must be materialised first (Dataset.from_generator)."
-        )
-    for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-        if column not in ds.column_names:
-            raise ValueError(
-                f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}. "
-                f"Pass {argument}= with the right name."
-            )
+    """Check a data set and its two columns; return whether the caption column holds lists of captions.
+
+    ``name`` is the argument's name in messages; ``min_rows`` the fewest rows allowed (0: any)."""
+    check_is_dataset(ds, name)
+    check_column(ds, image_column, "image_column", name)
+    check_column(ds, caption_column, "caption_column", name)
     lists = caption_is_list(ds.features[caption_column], caption_column)
     if len(ds) < min_rows:
         if len(ds) == 0:
@@ -34,6 +28,24 @@ def check_dataset(ds: Any, image_column: str, caption_column: str, *, name: str 
             f"{name} has {len(ds)} row(s); at least {min_rows} are needed (the contrastive loss needs negatives)."
         )
     return lists
+
+
+def check_is_dataset(ds: Any, name: str = "ds") -> None:
+    """TypeError unless ``ds`` is a `datasets.Dataset`, saying how to get one."""
+    if not isinstance(ds, datasets.Dataset):
+        raise TypeError(
+            f"{name} must be a datasets.Dataset, got {type(ds).__name__}. For a DatasetDict pick a split "
+            f"({name}['train']); an IterableDataset must be materialised first (Dataset.from_generator)."
+        )
+
+
+def check_column(ds: datasets.Dataset, column: str, argument: str, name: str = "ds") -> None:
+    """ValueError unless ``column`` (the value of ``argument``) is a column of ``ds``."""
+    if column not in ds.column_names:
+        raise ValueError(
+            f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}. "
+            "Pass the right column name."
+        )
 
 
 def caption_is_list(feature: Any, column: str) -> bool:

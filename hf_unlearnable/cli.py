@@ -266,7 +266,8 @@ def run_protect(arguments: argparse.Namespace) -> int:
 
 
 def run_cache(arguments: argparse.Namespace) -> int:
-    from .workdir import cache_root, clean_work_dirs, format_work_dirs, list_work_dirs
+    from .cache import clean_work_dirs, format_work_dirs, list_work_dirs
+    from .workdir import cache_root
 
     root = arguments.cache_dir or cache_root()
     if arguments.action == "list":

@@ -27,6 +27,8 @@ from typing import Any
 
 import datasets
 
+from .checks import check_column, check_is_dataset
+
 __all__ = [
     "CAPTION_COLUMN_NAMES", "IMAGE_ID_COLUMN_NAMES", "detect_layout", "group_captions", "merge_caption_columns",
     "ungroup_captions",
@@ -71,18 +73,6 @@ def _feature_name(feature: Any) -> str:
     if isinstance(feature, dict):
         return "struct"
     return type(feature).__name__
-
-
-def _check_dataset(ds: Any) -> None:
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(
-            f"Expected a datasets.Dataset, got {type(ds).__name__}. For a DatasetDict pick a split (ds['train'])."
-        )
-
-
-def _check_column(ds: datasets.Dataset, column: str, argument: str) -> None:
-    if column not in ds.column_names:
-        raise ValueError(f"{argument}={column!r} is not a column of the data set; its columns are {ds.column_names}.")
 
 
 def _arrow_chunks(ds: datasets.Dataset, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, list]]]:
@@ -137,9 +127,9 @@ def detect_layout(
 
     Raises ValueError listing the columns, and the argument to pass, when it cannot tell.
     """
-    _check_dataset(ds)
+    check_is_dataset(ds)
     if image_column is not None:
-        _check_column(ds, image_column, "image_column (--image-column)")
+        check_column(ds, image_column, "image_column (--image-column)")
     else:
         images = [name for name, feature in ds.features.items() if isinstance(feature, datasets.Image)]
         if not images:
@@ -152,7 +142,7 @@ def detect_layout(
         image_column = images[0]
 
     if caption_column is not None:
-        _check_column(ds, caption_column, "caption_column (--caption-column)")
+        check_column(ds, caption_column, "caption_column (--caption-column)")
         feature = ds.features[caption_column]
         if not (_is_string(feature) or _is_string_list(feature)):
             raise ValueError(_caption_type_message(caption_column, feature, ds))
@@ -160,7 +150,7 @@ def detect_layout(
         caption_column = _guess_caption_column(ds, exclude={image_column})
 
     if image_id_column is not None:
-        _check_column(ds, image_id_column, "image_id_column (--image-id-column)")
+        check_column(ds, image_id_column, "image_id_column (--image-id-column)")
         if _is_string_list(ds.features[caption_column]):
             raise ValueError(
                 f"caption_column={caption_column!r} already holds a list of captions per row, so rows need no "
@@ -231,12 +221,12 @@ def merge_caption_columns(ds: datasets.Dataset, columns: Sequence[str], into: st
     Empty (null or blank) captions are left out of a row's list; the merged list column takes the
     place of the first merged column. Only the caption columns are read.
     """
-    _check_dataset(ds)
+    check_is_dataset(ds)
     columns = list(dict.fromkeys(columns))
     if len(columns) < 1:
         raise ValueError("merge_caption_columns needs at least one column.")
     for column in columns:
-        _check_column(ds, column, "caption column")
+        check_column(ds, column, "caption column")
         if not _is_string(ds.features[column]):
             raise ValueError(f"Column {column!r} holds {_feature_name(ds.features[column])}; merging needs one string per row.")
     if into in ds.column_names and into not in columns:
@@ -280,12 +270,12 @@ def group_captions(
 
     Works on indices: the id column is read alone, then ``ds.select(first rows)``.
     """
-    _check_dataset(ds)
-    _check_column(ds, image_id_column, "image_id_column")
-    _check_column(ds, caption_column, "caption_column")
+    check_is_dataset(ds)
+    check_column(ds, image_id_column, "image_id_column")
+    check_column(ds, caption_column, "caption_column")
     per_caption = list(dict.fromkeys(per_caption_columns))
     for column in per_caption:
-        _check_column(ds, column, "per_caption_columns")
+        check_column(ds, column, "per_caption_columns")
     if image_id_column in per_caption or caption_column in per_caption:
         raise ValueError("per_caption_columns must not name the image id or caption column.")
     if not _is_string(ds.features[caption_column]):
@@ -368,13 +358,13 @@ def ungroup_captions(
     ``row_numbers_column`` (as given to `group_captions`) they come back in their original order
     and that column is dropped. ``per_caption_columns`` are unfolded alongside the captions.
     """
-    _check_dataset(grouped)
-    _check_column(grouped, caption_column, "caption_column")
+    check_is_dataset(grouped, "grouped")
+    check_column(grouped, caption_column, "caption_column", "grouped")
     per_caption = list(dict.fromkeys(per_caption_columns))
     for column in per_caption:
-        _check_column(grouped, column, "per_caption_columns")
+        check_column(grouped, column, "per_caption_columns", "grouped")
     if row_numbers_column is not None:
-        _check_column(grouped, row_numbers_column, "row_numbers_column")
+        check_column(grouped, row_numbers_column, "row_numbers_column", "grouped")
     unfold = [caption_column, *per_caption] + ([row_numbers_column] if row_numbers_column else [])
     for name in unfold:
         if not isinstance(grouped.features[name], _LIST_TYPES):

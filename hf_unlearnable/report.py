@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 from tqdm.auto import tqdm
 
+from .checks import check_dataset
 from .images import load_image, prepare_image, to_rgb, undecoded
 
 __all__ = ["Violation", "VerifyReport", "verify_protected", "sample_grid", "history_table"]
@@ -181,11 +182,7 @@ def verify_protected(
     epsilon out of range) raise ValueError/TypeError; broken promises are collected in the report.
     """
     for name, ds in (("clean", clean), ("protected", protected)):
-        if not isinstance(ds, datasets.Dataset):
-            raise TypeError(f"{name} must be a datasets.Dataset (pick a split of a DatasetDict), got {type(ds).__name__}.")
-        for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-            if column not in ds.column_names:
-                raise ValueError(f"{argument}={column!r} is not a column of the {name} data set; its columns are {ds.column_names}.")
+        check_dataset(ds, image_column, caption_column, name=name, min_rows=0)
     if isinstance(trigger_length, bool) or not isinstance(trigger_length, int) or trigger_length < 0:
         raise ValueError(f"trigger_length={trigger_length!r} must be an integer >= 0 (0 = EM, no trigger).")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
@@ -396,11 +393,7 @@ def sample_grid(
     visible). Saves a PNG to ``path`` when given; returns the PIL image.
     """
     for name, ds in (("clean_ds", clean_ds), ("protected_ds", protected_ds)):
-        if not isinstance(ds, datasets.Dataset):
-            raise TypeError(f"{name} must be a datasets.Dataset, got {type(ds).__name__}.")
-        for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-            if column not in ds.column_names:
-                raise ValueError(f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}.")
+        check_dataset(ds, image_column, caption_column, name=name, min_rows=0)
     available = min(len(clean_ds), len(protected_ds))
     if isinstance(rows, int) and not isinstance(rows, bool):
         if rows < 1:

@@ -25,6 +25,7 @@ from .mem.loop import MEMStep
 from .store import SampleStore
 from .surrogate import Surrogate
 
+_CHUNK_ROWS = 1024
 _NEGATIVE_TOKENS = 8  # body length of the synthetic negatives a single new row is contrasted with
 
 
@@ -52,6 +53,21 @@ class FittedRows:
             for index, value in enumerate(self.store.digests[:].tolist()):
                 self._by_digest.setdefault(int(value), index)
         return self._by_digest.get(digest)
+
+    def hash_into(self, digest: "hashlib._Hash") -> None:
+        """Feed the fitted state (digests, noise, triggers) to ``digest``, in chunks: RAM stays bounded."""
+        for name in ("digests", "noise", "triggers"):
+            array = getattr(self.store, name)
+            for start in range(0, len(array), _CHUNK_ROWS):
+                digest.update(np.ascontiguousarray(array[start : start + _CHUNK_ROWS]).tobytes())
+
+    def noise_statistics(self) -> dict[str, float]:
+        """Largest and mean absolute noise, in 8-bit levels, over every fitted row."""
+        noise, largest, total = self.store.noise, 0, 0.0
+        for start in range(0, len(noise), _CHUNK_ROWS):
+            chunk = np.abs(np.asarray(noise[start : start + _CHUNK_ROWS], dtype=np.int16))
+            largest, total = max(largest, int(chunk.max(initial=0))), total + float(chunk.sum())
+        return {"max_noise_levels": largest, "mean_abs_noise_levels": total / max(noise.size, 1)}
 
 
 class OnlineProtector:

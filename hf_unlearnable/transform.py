@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import torch
 from accelerate import Accelerator
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from . import ALGORITHM_VERSION, __version__
 from .captions import CaptionCodec, TriggerVocabulary
 from .checks import check_dataset
 from .config import MEMConfig
@@ -40,7 +40,7 @@ from .memory import release_pages
 from .rows import FittedRows, OnlineProtector, protect_batch
 from .store import SampleStore
 from .surrogate import Surrogate, load_surrogate
-from .workdir import WorkDir, ingest, mark, remove_tree, work_dir_identity
+from .workdir import WorkDir, copy_protection_state, ingest, mark, work_dir_identity
 
 __all__ = ["ProtectTransform", "load_surrogate"]
 
@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 _CONFIG_FILE = "protect_config.json"
 _SURROGATE_DIR = "surrogate"
 _STATE_DIR = "state"
-_HASH_ROWS = 1024
 _RELEASE_EVERY = 32  # batches between releases of the mapped input's pages
 
 
@@ -238,10 +237,7 @@ class ProtectTransform:
                 digest.update(name.encode())
                 digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
             if self._store is not None:
-                for name in ("digests", "noise", "triggers"):
-                    array = getattr(self._store, name)
-                    for start in range(0, len(array), _HASH_ROWS):  # in chunks: RAM stays bounded
-                        digest.update(np.ascontiguousarray(array[start : start + _HASH_ROWS]).tobytes())
+                FittedRows(self._store).hash_into(digest)
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
@@ -275,16 +271,11 @@ class ProtectTransform:
             "caption_column": self.caption_column,
             "history": self.history,
             "fitted": self.is_fitted,
-            "library_version": _library_version(),
-            "algorithm_version": _algorithm_version(),
+            "library_version": __version__,
+            "algorithm_version": ALGORITHM_VERSION,
         }
         if self._store is not None:
-            target = directory / _STATE_DIR
-            if target.resolve() != self._store.directory.resolve():
-                remove_tree(target, "the fitted state of an earlier save_pretrained")
-                mark(target, "protector_state")
-                for path in self._store.protection_files():
-                    shutil.copyfile(path, target / path.name)
+            copy_protection_state(self._store, directory / _STATE_DIR)
         (directory / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -307,15 +298,7 @@ class ProtectTransform:
         """Rows, budget used and the last round's losses."""
         info: dict[str, Any] = {"fitted": self.is_fitted, "epsilon_levels": self.config.epsilon_levels}
         if self._store is not None:
-            noise, largest, total = self._store.noise, 0, 0.0
-            for start in range(0, len(noise), _HASH_ROWS):
-                chunk = np.abs(np.asarray(noise[start : start + _HASH_ROWS], dtype=np.int16))
-                largest, total = max(largest, int(chunk.max(initial=0))), total + float(chunk.sum())
-            info.update(
-                rows=len(self._store),
-                max_noise_levels=largest,
-                mean_abs_noise_levels=total / max(noise.size, 1),
-            )
+            info.update(rows=len(self._store), **FittedRows(self._store).noise_statistics())
         if self.history:
             last = self.history[-1]
             info.update(
@@ -326,18 +309,6 @@ class ProtectTransform:
                 seconds=sum(record["seconds"] for record in self.history),
             )
         return info
-
-
-def _library_version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def _algorithm_version() -> int:
-    from . import ALGORITHM_VERSION
-
-    return ALGORITHM_VERSION
 
 
 def _register_datasets_hashing() -> None:

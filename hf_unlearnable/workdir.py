@@ -72,6 +72,17 @@ def remove_tree(folder: Path, purpose: str) -> None:
     shutil.rmtree(folder)
 
 
+def copy_protection_state(store: SampleStore, target: Path) -> None:
+    """Copy the protection state of ``store`` (layout, noise, triggers, digests; no clean data) into
+    ``target``, replacing an earlier copy only if the library made it."""
+    if target.resolve() == store.directory.resolve():
+        return
+    remove_tree(target, "the fitted state of an earlier save_pretrained")
+    mark(target, "protector_state")
+    for path in store.protection_files():
+        shutil.copyfile(path, target / path.name)
+
+
 def folder_size(folder: Path) -> int:
     """Bytes used by the files under ``folder`` (sparse files count their allocated blocks)."""
     total = 0
@@ -256,47 +267,3 @@ def ingest(
         rng = np.random.default_rng([seed, 12345])
         store.triggers[:] = vocabulary.sample((len(source), codec.trigger_length), rng)
     return store
-
-
-# ---------------------------------------------------------------------------------------- the cache
-def list_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
-    """The library's work dirs under ``root`` (default: `cache_root`): path, bytes, rows, created
-    (seconds since the epoch), finished, and whether a clean copy of the data is still there."""
-    root = Path(root) if root is not None else cache_root()
-    found = []
-    for folder in sorted(root.glob("*")) if root.is_dir() else []:
-        marker = marker_of(folder)
-        if marker is None or marker.get("kind") != "work_dir":
-            continue
-        identity = WorkDir(folder, default=True).read_identity()
-        found.append(
-            {
-                "path": str(folder),
-                "bytes": folder_size(folder),
-                "rows": identity.get("rows"),
-                "created": identity.get("created", marker.get("created")),
-                "finished": bool(identity.get("finished")),
-                "clean_copy": (folder / STATE_DIR / "images.npy").exists(),
-                "library_version": identity.get("library_version"),
-            }
-        )
-    return found
-
-
-def clean_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
-    """Delete every work dir `list_work_dirs` shows; returns what was deleted."""
-    removed = list_work_dirs(root)
-    for entry in removed:
-        remove_tree(Path(entry["path"]), "a work dir in the cache")
-    return removed
-
-
-def format_work_dirs(entries: list[dict], root: str | os.PathLike) -> str:
-    """`list_work_dirs` as a table for the CLI."""
-    lines = [f"{len(entries)} work dir(s) under {root}, {human_size(sum(e['bytes'] for e in entries))} in all"]
-    for entry in entries:
-        created = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])) if entry["created"] else "?"
-        state = "finished" if entry["finished"] else "unfinished"
-        clean = "clean copy kept" if entry["clean_copy"] else "no clean copy"
-        lines.append(f"  {entry['path']}  {human_size(entry['bytes'])}  {entry['rows']} rows  {created}  {state}, {clean}")
-    return "\n".join(lines)

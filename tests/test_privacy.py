@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import hf_unlearnable.workdir as workdir
+from hf_unlearnable.cache import list_work_dirs
 from hf_unlearnable import ProtectTransform
 from hf_unlearnable.cli import main
 from hf_unlearnable.images import decode_png, prepare_image
@@ -125,12 +126,12 @@ def test_cache_list_and_clean_show_and_remove_only_the_library_work_dirs(clip, d
     listed = capsys.readouterr().out
     assert "1 work dir(s)" in listed and str(transform._work.root) in listed
     assert "10 rows" in listed and "finished, clean copy kept" in listed and "not-ours" not in listed
-    [entry] = workdir.list_work_dirs()
+    [entry] = list_work_dirs()
     assert entry["bytes"] > 10 * 32 * 32 * 3 and entry["finished"] and entry["created"] > 0
     assert main(["cache", "clean"]) == 0
     assert "deleted 1 work dir(s)" in capsys.readouterr().out
     assert not transform._work.root.exists() and (foreign / "keep.txt").exists()
-    assert workdir.list_work_dirs() == []
+    assert list_work_dirs() == []
 
 
 def test_work_dir_identity_follows_library_and_algorithm_version(clip, dataset, tmp_path, monkeypatch):
@@ -175,3 +176,14 @@ def test_mapping_with_an_unfitted_transform_warns_once(clip, caplog):
     warnings = [r.getMessage() for r in caplog.records if "never fitted" in r.getMessage()]
     assert len(warnings) == 1
     assert "untrained" in warnings[0] and "transform.fit(ds)" in warnings[0]
+
+
+def test_cli_protect_deletes_the_clean_copy_unless_keep_work_dir(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
+    common = ["protect", "--rows", "12", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
+              "--batch-size", "6", "--no-progress"]
+    assert main([*common, "--output", str(tmp_path / "a")]) == 0
+    [entry] = list_work_dirs()
+    assert entry["finished"] and not entry["clean_copy"]
+    assert main([*common, "--seed", "1", "--output", str(tmp_path / "b"), "--keep-work-dir"]) == 0
+    assert sorted(entry["clean_copy"] for entry in list_work_dirs()) == [False, True]
