@@ -18,6 +18,7 @@ import transformers
 from PIL import Image
 
 from hf_unlearnable import testing
+from hf_unlearnable.testing import tokenizer as tokenizer_module
 from hf_unlearnable.testing import (
     CAPTION_WORDS,
     EXTRA_WORDS,
@@ -26,6 +27,10 @@ from hf_unlearnable.testing import (
     tiny_clip,
     tiny_clip_config,
 )
+
+
+#: sha256 of vocab.json + "\n" + merges.txt as built from the built-in word lists (format 2).
+RECORDED_TOKENIZER_DIGEST = "4596b98d9615d42d551f770993ad9f1c232d2e956a03314fcc74691d1e06e253"
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +57,18 @@ def test_tokenizer_special_tokens_are_the_last_two_ids(tokenizer):
     assert tokenizer.model_max_length == 77
 
 
+def _clip_bytes_to_unicode() -> list[str]:
+    """CLIP's (GPT-2's) byte-to-character map, written out as the reference: the symbol of each
+    byte, in the order CLIP numbers them (printable bytes first, then the others from U+0100)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    others = [byte for byte in range(256) if byte not in printable]
+    return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(others))]
+
+
 def test_tokenizer_base_alphabet_is_clip_byte_level(tokenizer):
     vocab = tokenizer.get_vocab()
-    alphabet = list(testing._bytes_to_unicode().values())
+    alphabet = _clip_bytes_to_unicode()
     assert [vocab[symbol] for symbol in alphabet] == list(range(256))
     assert [vocab[symbol + "</w>"] for symbol in alphabet] == list(range(256, 512))
     assert vocab["a</w>"] == 320  # the same id as in openai/clip-vit-base-patch32
@@ -124,29 +138,45 @@ def test_tokenizer_files_are_deterministic_and_cached(tmp_path):
     assert (folder_one / "merges.txt").read_text().startswith("#version: 0.2\n")
 
 
-def test_tokenizer_files_do_not_depend_on_hash_seed():
-    """Set iteration order changes with PYTHONHASHSEED; the files must not."""
-    # The child loads testing.py alone (not the whole package) to start quickly.
+def test_tokenizer_files_do_not_depend_on_hash_seed_or_threads():
+    """Set iteration order changes with PYTHONHASHSEED, and the BPE trainer counts pairs on a
+    thread pool when tokenizers' parallelism is on; the files must change with neither."""
+    # The child imports the testing package without hf_unlearnable/__init__.py (which loads the
+    # whole library) to start quickly.
     script = (
-        "import hashlib, importlib.util, sys\n"
-        "spec = importlib.util.spec_from_file_location('standalone_testing', sys.argv[1])\n"
-        "module = importlib.util.module_from_spec(spec)\n"
-        "spec.loader.exec_module(module)\n"
+        "import hashlib, sys, types\n"
+        "package = types.ModuleType('hf_unlearnable')\n"
+        "package.__path__ = [sys.argv[1]]\n"
+        "sys.modules['hf_unlearnable'] = package\n"
+        "from hf_unlearnable.testing import tokenizer as module\n"
         "words = sorted(set(module.CAPTION_WORDS) | set(module.EXTRA_WORDS))\n"
         "files = module._tokenizer_files(words)\n"
         "print(hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest())\n"
     )
     hash_seed = "1" if os.environ.get("PYTHONHASHSEED") != "1" else "2"
+    threads = "true" if os.environ.get("TOKENIZERS_PARALLELISM") == "false" else "false"
     child = subprocess.run(
-        [sys.executable, "-c", script, testing.__file__],
-        env={**os.environ, "PYTHONHASHSEED": hash_seed},
+        [sys.executable, "-c", script, os.path.dirname(os.path.dirname(testing.__file__))],
+        env={**os.environ, "PYTHONHASHSEED": hash_seed, "TOKENIZERS_PARALLELISM": threads,
+             "RAYON_NUM_THREADS": "4"},
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert child.returncode == 0, child.stderr
-    files = testing._tokenizer_files(sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS)))
+    files = tokenizer_module._tokenizer_files(sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS)))
     assert child.stdout.strip() == hashlib.sha256(repr(sorted(files.items())).encode()).hexdigest()
+
+
+def test_tokenizer_files_are_the_recorded_ones():
+    """The benchmarks' recorded figures depend on these ids. If this fails, the word lists or the
+    tokenizers library's BPE trainer changed: bump _TOKENIZER_FORMAT, record the new digest, and
+    rerun the benchmarks whose figures are recorded."""
+    files = tokenizer_module._tokenizer_files(sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS)))
+    digest = hashlib.sha256(
+        (files["vocab.json"] + "\n" + files["merges.txt"]).encode("utf-8")
+    ).hexdigest()
+    assert digest == RECORDED_TOKENIZER_DIGEST
 
 
 def test_parallel_first_use_is_safe(tmp_path):
