@@ -222,10 +222,13 @@ def run_show(arguments: argparse.Namespace) -> int:
 
 
 def run_protect(arguments: argparse.Namespace) -> int:
+    from .devices import process_state
     from .transform import ProtectTransform
 
     started = time.perf_counter()
-    if arguments.no_progress:
+    # Under torchrun / accelerate launch the processes share the work; the main one writes the output.
+    state = process_state()
+    if arguments.no_progress or not state.is_main_process:
         import datasets
 
         datasets.disable_progress_bars()
@@ -238,7 +241,8 @@ def run_protect(arguments: argparse.Namespace) -> int:
         source = f"built-in synthetic data set ({arguments.rows} rows)"
     else:
         config = config_from_arguments(arguments)
-        ds = load_dataset_argument(arguments.dataset, arguments.split)
+        with state.main_process_first():  # the others reuse the main process's download and cache files
+            ds = load_dataset_argument(arguments.dataset, arguments.split)
         model, processor = arguments.model or DEFAULT_MODEL, None
         source = f"{arguments.dataset} [{arguments.split}]"
     if arguments.resume:
@@ -247,11 +251,16 @@ def run_protect(arguments: argparse.Namespace) -> int:
         if not os.path.exists(os.path.join(arguments.work_dir, "identity.json")):
             raise ValueError(f"--resume: {arguments.work_dir} holds no earlier run; drop --resume to start one.")
     transform = ProtectTransform(model, processor, config, work_dir=arguments.work_dir,
-                                 keep_work_dir=arguments.keep_work_dir, progress=not arguments.no_progress)
+                                 keep_work_dir=arguments.keep_work_dir,
+                                 progress=not arguments.no_progress and state.is_main_process)
     protected = transform.protect(ds, image_column=arguments.image_column, caption_column=arguments.caption_column)
-    protected.save_to_disk(arguments.output)
-    if arguments.save_transform:
-        transform.save_pretrained(arguments.save_transform)
+    if state.is_main_process:
+        protected.save_to_disk(arguments.output)
+        if arguments.save_transform:
+            transform.save_pretrained(arguments.save_transform)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return 0
     summary = transform.summary()
     summary.update(source=source, output=os.path.abspath(arguments.output), total_seconds=time.perf_counter() - started)
     print(
@@ -260,7 +269,8 @@ def run_protect(arguments: argparse.Namespace) -> int:
         f"mean |noise| {summary['mean_abs_noise_levels']:.2f}/255\n"
         f"  surrogate after {summary['rounds']} rounds: training loss {summary['surrogate_loss']:.4f}, "
         f"loss on protected data {summary['protected_loss']:.4f}, on clean data {summary['clean_loss']:.4f}\n"
-        f"  seconds: {summary['total_seconds']:.1f} ({summary['seconds']:.1f} in MEM rounds)"
+        f"  seconds: {summary['total_seconds']:.1f} ({summary['seconds']:.1f} in MEM rounds)\n"
+        f"  processes: {state.num_processes}"
     )
     return 0
 

@@ -1,4 +1,11 @@
-"""One place that builds the Accelerator, so the library and the victim harness agree on devices."""
+"""One place for the process state and the Accelerator, so every entry point agrees on devices.
+
+The library (`ProtectTransform`), the CLI, the recipe and the victim harness all get their process
+state from `process_state()` and their Accelerator from `build_accelerator()`, which is built on
+it. Nothing else in the package constructs `PartialState` or `Accelerator`: Accelerate keeps one
+process state per process, and the first one built decides whether a multi-process launch on CPU
+joins its process group (see `process_state`).
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,11 @@ import os
 from typing import Any
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, PartialState
+from accelerate.utils import get_int_from_env
+
+# What the launchers set: torchrun / accelerate launch (WORLD_SIZE), then MPI implementations.
+_WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
 
 
 def resolve_mixed_precision(mixed_precision: str) -> str:
@@ -16,21 +27,64 @@ def resolve_mixed_precision(mixed_precision: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def launcher_world_size() -> int | None:
+    """The number of processes the launcher started (WORLD_SIZE and the like); None without a launcher."""
+    if not any(name in os.environ for name in _WORLD_SIZE_VARIABLES):
+        return None
+    return get_int_from_env(list(_WORLD_SIZE_VARIABLES), 1)
+
+
 def _launched_on_cpu_only() -> bool:
     """Several processes (torchrun / accelerate launch) on a machine without a GPU."""
-    several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    several = (launcher_world_size() or 1) > 1
     gpu = torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
     return several and not gpu
 
 
-def build_accelerator(mixed_precision: str = "auto", **kwargs: Any) -> Accelerator:
-    """An Accelerator for the current launch.
+def check_world_size(launcher: int | None, accelerate: int, torch_distributed: int | None) -> None:
+    """Stop when the launcher, Accelerate and torch.distributed disagree on the number of processes.
 
-    Accelerate treats a multi-process launch without a GPU as distributed only when asked for the
-    CPU explicitly; without that each process would run alone and they would overwrite each other.
+    ``launcher``: WORLD_SIZE as set by torchrun / accelerate launch (None: not launched);
+    ``accelerate``: the process state's num_processes; ``torch_distributed``: the process group's
+    size (None: no process group). A disagreement means the processes would not share the work:
+    each would run alone and they would overwrite each other's work dir and output.
+    """
+    counts = [(f"WORLD_SIZE={launcher} from the launcher", launcher),
+              (f"{accelerate} in Accelerate's process state", accelerate),
+              (f"{torch_distributed} in torch.distributed's process group", torch_distributed)]
+    known = [(text, count) for text, count in counts if count is not None]
+    if len({count for _, count in known}) <= 1:
+        return
+    raise ValueError(
+        f"The processes of this run disagree on how many they are ({', '.join(text for text, _ in known)}), so "
+        "each would run alone and they would overwrite each other's work dir and output. Usually a PartialState "
+        "or Accelerator was built before hf_unlearnable's, without cpu=True, on a machine without a GPU. Fix: call "
+        "hf_unlearnable.devices.process_state() before anything else builds one (or build Accelerator(cpu=True) "
+        "on CPU), or run a single process with plain python."
+    )
+
+
+def process_state() -> PartialState:
+    """This process's Accelerate state: built on first use, checked on every use.
+
+    Accelerate treats a multi-process launch without a GPU (torchrun, ``accelerate launch
+    --multi_gpu``) as distributed only when asked for the CPU explicitly; this asks for it, so the
+    processes join one gloo process group. A state built earlier by other code is reused, after
+    checking that it counts as many processes as the launcher started (`check_world_size`).
+    """
+    state = PartialState(cpu=_launched_on_cpu_only())
+    group = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+    check_world_size(launcher_world_size(), state.num_processes, group)
+    return state
+
+
+def build_accelerator(mixed_precision: str = "auto", **kwargs: Any) -> Accelerator:
+    """An Accelerator for the current launch, on the process state of `process_state()`.
+
     One mixed-precision setting per process: a second, different one is a clear error.
     """
     mixed_precision = resolve_mixed_precision(mixed_precision)
+    process_state()  # first, so the Accelerator below adopts this (checked) state
     try:
         return Accelerator(mixed_precision=mixed_precision, cpu=_launched_on_cpu_only(), **kwargs)
     except ValueError as error:

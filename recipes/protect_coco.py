@@ -143,13 +143,13 @@ def _print_summary(summary: dict) -> None:
 
 def run(arguments: argparse.Namespace) -> int:
     import datasets
-    from accelerate import PartialState
 
+    from hf_unlearnable.devices import process_state
     from hf_unlearnable.layouts import detect_layout, group_captions, merge_caption_columns, ungroup_captions
     from hf_unlearnable.transform import ProtectTransform
 
     started = time.perf_counter()
-    state = PartialState()
+    state = process_state()  # the library's own: joins the process group on CPU too (one per process)
     if arguments.no_progress or not state.is_main_process:
         import transformers
 
