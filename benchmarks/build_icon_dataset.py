@@ -9,7 +9,7 @@ RGB PNG (black glyph on white, the set's own colours: the icons are monochrome) 
 metadata in ``meta.json`` only (its name, its aliases and its category tags, lower-cased,
 hyphens as spaces), e.g. ``"cog pause outline, settings pause outline, gear pause outline,
 settings"``. The result is a ``datasets.DatasetDict`` with ``train`` and ``test`` splits (a seeded
-permutation) and columns ``image``, ``caption``, ``name`` and ``source``, saved with
+permutation of icon families: an icon and its outline variant share a split) and columns ``image``, ``caption``, ``name`` and ``source``, saved with
 ``save_to_disk`` together with a dataset card (``README.md``) and a CLIP tokenizer whose
 whole-word tokens cover the training captions (``tokenizer/``; byte-level, so any text encodes).
 
@@ -174,12 +174,40 @@ def render_svg(svg: str, image_size: int) -> Image.Image:
     return image.convert("RGB")
 
 
-def split_indices(count: int, test_size: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Disjoint sorted train and test row indices: a seeded permutation's first `test_size` are test."""
+def icon_family(name: str) -> str:
+    """The icon's name without the word "outline": an icon and its outline variant share it."""
+    return "-".join(word for word in name.split("-") if word != "outline") or name
+
+
+def split_indices(
+    count: int, test_size: int, seed: int = 0, groups: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Disjoint sorted train and test row indices from a seeded permutation.
+
+    Without `groups` the permutation's first `test_size` rows are the test split. With `groups`
+    (one label per row) whole groups are drawn in a seeded order until the test split holds at
+    least `test_size` rows, so no group straddles the two splits.
+    """
     if not 0 < test_size < count:
         raise ValueError(f"test_size must be between 1 and {count - 1} for {count} icons, got {test_size}.")
-    order = np.random.default_rng(seed).permutation(count)
-    return np.sort(order[test_size:]), np.sort(order[:test_size])
+    rng = np.random.default_rng(seed)
+    if groups is None:
+        order = rng.permutation(count)
+        return np.sort(order[test_size:]), np.sort(order[:test_size])
+    if len(groups) != count:
+        raise ValueError(f"groups has {len(groups)} labels for {count} rows; give one per row.")
+    labels = np.asarray(groups)
+    unique = np.unique(labels)
+    chosen, size = [], 0
+    for label in unique[rng.permutation(len(unique))]:
+        if size >= test_size:
+            break
+        chosen.append(label)
+        size += int((labels == label).sum())
+    in_test = np.isin(labels, chosen)
+    if in_test.all():
+        raise ValueError(f"test_size={test_size} leaves no group for the train split; ask for fewer.")
+    return np.flatnonzero(~in_test), np.flatnonzero(in_test)
 
 
 FEATURES = datasets.Features(
@@ -198,12 +226,18 @@ def build_dataset(
     test_size: int = 1000,
     seed: int = 0,
     source: str = f"{PACKAGE}@{VERSION}",
+    by_family: bool = True,
 ) -> datasets.DatasetDict:
-    """The icons of `archive` as a ``DatasetDict`` with ``train``/``test`` splits (see the module doc)."""
+    """The icons of `archive` as a ``DatasetDict`` with ``train``/``test`` splits (see the module doc).
+
+    With `by_family` (default) an icon and its outline variant (``cog``, ``cog-outline``) land in
+    the same split, so the test split does not reward recognising a training icon's twin.
+    """
     if image_size < 1:
         raise ValueError(f"image_size must be a positive number of pixels, got {image_size}.")
     icons = read_icons(archive)
-    train_rows, test_rows = split_indices(len(icons), test_size, seed)
+    groups = [icon_family(icon["name"]) for icon in icons] if by_family else None
+    train_rows, test_rows = split_indices(len(icons), test_size, seed, groups)
 
     def split(rows: np.ndarray) -> datasets.Dataset:
         chosen = [icons[row] for row in rows]
@@ -246,7 +280,13 @@ def icon_tokenizer(captions: Sequence[str], vocab_size: int = 8000) -> transform
     return tokenizer
 
 
-def dataset_card(dataset: datasets.DatasetDict, archive_sha256: str, image_size: int, seed: int) -> str:
+SPLIT_NOTES = {
+    "family": "an icon and its outline variant are always in the same split",
+    "icon": "icons drawn one by one, so an icon's outline twin may sit in the other split",
+}
+
+
+def dataset_card(dataset: datasets.DatasetDict, archive_sha256: str, image_size: int, seed: int, split: str) -> str:
     """The README.md written beside the saved data set: package, version, licence, SHA-256, recipe."""
     example = dataset["train"][0]
     return f"""# Material Design Icons as image-caption pairs
@@ -257,7 +297,7 @@ Built by `benchmarks/build_icon_dataset.py` of hf_unlearnable (format {BUILD_FOR
 - Archive SHA-256: `{archive_sha256}`
 - Licence: {LICENSE}
 - Icons: every non-deprecated icon of `meta.json`; {len(dataset["train"])} train, {len(dataset["test"])} test
-  (a seeded permutation, seed {seed})
+  (a seeded permutation, seed {seed}; split by {split}: {SPLIT_NOTES[split]})
 - Images: the icon's SVG rendered by resvg (`resvg-py`) at {image_size}x{image_size}, black glyph on
   white, RGB PNG
 - Captions: the icon's name, aliases and category tags from `meta.json`, lower-cased, `-`, `/`,
@@ -272,8 +312,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for save_to_disk (replaced)")
     parser.add_argument("--image-size", type=int, default=64, help="rendered width and height in pixels")
-    parser.add_argument("--test-size", type=int, default=1000, help="icons in the test split")
+    parser.add_argument("--test-size", type=int, default=1000, help="icons in the test split (at least; a family split may add a few)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    parser.add_argument("--split", choices=("family", "icon"), default="family",
+                        help="family: an icon and its outline variant share a split (default); icon: rows drawn singly")
     parser.add_argument("--archive", help="an already downloaded @mdi/svg archive (checked against the pinned SHA-256)")
     parser.add_argument("--cache", default="benchmarks/results/tmp/downloads", help="where npm pack puts the archive")
     arguments = parser.parse_args(argv)
@@ -284,14 +326,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
             raise SystemExit(f"--archive {archive} does not exist.")
         archive = download_archive(arguments.cache)
     archive_sha256 = verify_archive(archive)
-    dataset = build_dataset(archive, arguments.image_size, arguments.test_size, arguments.seed)
+    dataset = build_dataset(
+        archive, arguments.image_size, arguments.test_size, arguments.seed, by_family=arguments.split == "family"
+    )
 
     output = Path(arguments.output)
     if output.exists():
         shutil.rmtree(output)
     staging = Path(tempfile.mkdtemp(prefix=".icons-", dir=output.parent if output.parent.exists() else None))
     dataset.save_to_disk(str(staging / "data"))
-    (staging / "data" / "README.md").write_text(dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed))
+    (staging / "data" / "README.md").write_text(dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split))
     icon_tokenizer(dataset["train"]["caption"]).save_pretrained(str(staging / "data" / "tokenizer"))
     output.parent.mkdir(parents=True, exist_ok=True)
     shutil.move(str(staging / "data"), str(output))

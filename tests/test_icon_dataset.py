@@ -115,8 +115,25 @@ def test_split_is_disjoint_complete_and_seeded():
         builder.split_indices(10, 10)
 
 
+def test_family_split_keeps_an_icon_and_its_outline_together():
+    names = [name for name, *_ in ICONS]
+    families = [builder.icon_family(name) for name in names]
+    assert builder.icon_family("cog-outline") == "cog" and builder.icon_family("cog-pause-outline") == "cog-pause"
+    assert builder.icon_family("outline") == "outline"
+    for seed in range(8):
+        train, test = builder.split_indices(len(names), 3, seed, families)
+        assert not set(train) & set(test) and sorted([*train, *test]) == list(range(len(names)))
+        assert len(test) >= 3
+        test_families = {families[i] for i in test}
+        assert not test_families & {families[i] for i in train}, f"seed {seed}: a family straddles the splits"
+    with pytest.raises(ValueError, match="one per row"):
+        builder.split_indices(len(names), 3, 0, families[:-1])
+
+
 def test_build_dataset_splits_columns_images_and_captions(archive):
-    dataset = builder.build_dataset(archive, image_size=16, test_size=3, seed=0, source="@mdi/svg@0.0.0-test")
+    dataset = builder.build_dataset(
+        archive, image_size=16, test_size=3, seed=0, source="@mdi/svg@0.0.0-test", by_family=False
+    )
     assert set(dataset) == {"train", "test"} and (len(dataset["train"]), len(dataset["test"])) == (7, 3)
     assert isinstance(dataset["train"].features["image"], datasets.Image)
     train_names, test_names = set(dataset["train"]["name"]), set(dataset["test"]["name"])
@@ -133,12 +150,17 @@ def test_build_dataset_splits_columns_images_and_captions(archive):
             dark = pixels[:, :7] if path == LEFT_HALF else pixels[:7]
             assert dark.max() < 30, f"{row['name']} was not rendered from its own SVG"
 
-    again = builder.build_dataset(archive, image_size=16, test_size=3, seed=0, source="@mdi/svg@0.0.0-test")
+    again = builder.build_dataset(
+        archive, image_size=16, test_size=3, seed=0, source="@mdi/svg@0.0.0-test", by_family=False
+    )
     for name in ("train", "test"):
         assert again[name]["name"] == dataset[name]["name"]
         assert [np.asarray(i).tobytes() for i in again[name]["image"]] == [np.asarray(i).tobytes() for i in dataset[name]["image"]]
-    other = builder.build_dataset(archive, image_size=16, test_size=3, seed=1)
+    other = builder.build_dataset(archive, image_size=16, test_size=3, seed=1, by_family=False)
     assert other["test"]["name"] != dataset["test"]["name"]
+    family = builder.build_dataset(archive, image_size=16, test_size=3, seed=0)  # the default
+    test_families = {builder.icon_family(name) for name in family["test"]["name"]}
+    assert not test_families & {builder.icon_family(name) for name in family["train"]["name"]}
 
 
 def test_icon_tokenizer_keeps_caption_words_whole_and_encodes_anything():
@@ -153,7 +175,8 @@ def test_icon_tokenizer_keeps_caption_words_whole_and_encodes_anything():
 def test_main_writes_dataset_card_and_tokenizer(archive, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builder, "ARCHIVE_SHA256", builder.sha256_of(archive))
     output = tmp_path / "icons"
-    builder.main(["--archive", str(archive), "--output", str(output), "--image-size", "8", "--test-size", "2"])
+    builder.main(["--archive", str(archive), "--output", str(output), "--image-size", "8", "--test-size", "2",
+                  "--split", "icon"])
     assert capsys.readouterr().out.strip() == str(output)
     loaded = datasets.load_from_disk(str(output))
     assert (len(loaded["train"]), len(loaded["test"])) == (8, 2)
