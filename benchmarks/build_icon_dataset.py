@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("--cache", default="benchmarks/results/tmp/downloads", help="where npm pack puts the archive")
     arguments = parser.parse_args(argv)
 
-    archive = Path(arguments.archive) if arguments.archive else Path(arguments.cache) / "mdi-svg-7.4.47.tgz"
+    archive = Path(arguments.archive) if arguments.archive else Path(arguments.cache) / f"mdi-svg-{VERSION}.tgz"
     if not archive.is_file():
         if arguments.archive:
             raise SystemExit(f"--archive {archive} does not exist.")
@@ -331,15 +331,18 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
 
     output = Path(arguments.output)
-    if output.exists():
-        shutil.rmtree(output)
     staging = Path(tempfile.mkdtemp(prefix=".icons-", dir=output.parent if output.parent.exists() else None))
-    dataset.save_to_disk(str(staging / "data"))
-    (staging / "data" / "README.md").write_text(dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split))
-    icon_tokenizer(dataset["train"]["caption"]).save_pretrained(str(staging / "data" / "tokenizer"))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    shutil.move(str(staging / "data"), str(output))
-    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        dataset.save_to_disk(str(staging / "data"))
+        card = dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split)
+        (staging / "data" / "README.md").write_text(card)
+        icon_tokenizer(dataset["train"]["caption"]).save_pretrained(str(staging / "data" / "tokenizer"))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.exists():  # replaced only once the new copy is complete
+            shutil.rmtree(output)
+        shutil.move(str(staging / "data"), str(output))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     print(f"{PACKAGE}@{VERSION}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs at "
           f"{arguments.image_size} px", file=sys.stderr)
     print(output)
