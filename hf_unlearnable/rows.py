@@ -25,6 +25,11 @@ from .mem.loop import MEMStep
 from .store import SampleStore
 from .surrogate import Surrogate
 
+UNFITTED_WARNING = (
+    "This ProtectTransform was never fitted: ds.map protects each batch against the surrogate as loaded "
+    "(untrained, or merely pretrained), which protects far less than MEM. Call transform.fit(ds) (or "
+    "transform.protect(ds)) first, or load a fitted one with ProtectTransform.from_pretrained."
+)
 _CHUNK_ROWS = 1024
 _NEGATIVE_TOKENS = 8  # body length of the synthetic negatives a single new row is contrasted with
 

@@ -200,6 +200,13 @@ def load_surrogate(
     return model, processor
 
 
+def hash_weights(model: nn.Module, digest: Any) -> None:
+    """Feed every parameter and buffer of ``model`` (names and raw bytes) to a hashlib ``digest``."""
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+
+
 def build_optimizer(
     surrogate: nn.Module,
     learning_rate: float,

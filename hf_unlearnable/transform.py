@@ -37,9 +37,9 @@ from .images import undecoded
 from .mem.checkpoint import DiskCheckpointer
 from .mem.loop import MEMLoop
 from .memory import release_pages
-from .rows import FittedRows, OnlineProtector, protect_batch
+from .rows import UNFITTED_WARNING, FittedRows, OnlineProtector, protect_batch
 from .store import SampleStore
-from .surrogate import Surrogate, load_surrogate
+from .surrogate import Surrogate, hash_weights, load_surrogate
 from .workdir import WorkDir, copy_protection_state, ingest, mark, work_dir_identity
 
 __all__ = ["ProtectTransform", "load_surrogate"]
@@ -64,8 +64,8 @@ class ProtectTransform:
         work_dir: folder for the per-sample state and checkpoints of `fit` (None: a folder in the
             `datasets` cache named after the data set and this transform); rerun to resume. A
             work_dir you name is yours: it keeps its clean copy of the data until you delete it.
-        keep_work_dir: keep the clean copy of the data in the default work dir after `protect`
-            (default False: deleted once the protected rows are written; noise, triggers, row
+        keep_work_dir: keep the clean copy of the data in the default work dir after `fit`
+            (default False: deleted as soon as fit has finished; noise, triggers, row
             digests and the surrogate stay, so a rerun is reused).
         progress: show tqdm progress bars.
     """
@@ -131,7 +131,9 @@ class ProtectTransform:
         The state lives in ``work_dir`` (default: a folder in the `datasets` cache named after the
         data set's fingerprint, this transform's config and weights, and the library's algorithm
         version). Run again with the same work_dir after an interruption and it resumes; a
-        finished work_dir is reused as it is.
+        finished work_dir is reused as it is. Once finished, the clean copy of ``ds`` in a default
+        work dir is deleted (unless ``keep_work_dir``): the transform needs only noise, triggers and
+        row digests from then on.
         """
         check_dataset(ds, image_column, caption_column, min_rows=2)
         self.image_column, self.caption_column = image_column, caption_column
@@ -157,21 +159,19 @@ class ProtectTransform:
         del store
         self._store = SampleStore.open(work.state, mode="r", clean=False)
         self._work, self._fitted_rows, self._fingerprint = work, None, None
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:  # from here on only the protection state is needed
+            work.release_clean(keep=self.keep_work_dir)
+        accelerator.wait_for_everyone()
         return self
 
     def protect(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> datasets.Dataset:
         """Fit on ``ds`` and return its protected copy: same rows, order and other columns;
         images replaced by lossless PNGs of x + d, captions prefixed with their trigger.
 
-        Afterwards the clean copy of ``ds`` in a default work dir is deleted (``keep_work_dir``)."""
+        The clean copy of ``ds`` in a default work dir is gone by then (see `fit`)."""
         self.fit(ds, image_column, caption_column)
-        protected = self.apply(ds)
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            self._work.release_clean(keep=self.keep_work_dir)
-        accelerator.wait_for_everyone()
-        return protected
+        return self.apply(ds)
 
     def apply(self, ds: datasets.Dataset, batch_size: int | None = None) -> datasets.Dataset:
         """``ds.map(self, batched=True, with_indices=True)`` with the output features set."""
@@ -203,12 +203,7 @@ class ProtectTransform:
         """
         if self._store is None and not self._warned_unfitted:
             self._warned_unfitted = True
-            logger.warning(
-                "This ProtectTransform was never fitted: ds.map protects each batch against the surrogate as "
-                "loaded (untrained, or merely pretrained), which protects far less than MEM. Call "
-                "transform.fit(ds) (or transform.protect(ds)) first, or load a fitted one with "
-                "ProtectTransform.from_pretrained."
-            )
+            logger.warning(UNFITTED_WARNING)
         if self._store is not None and self._fitted_rows is None:
             self._fitted_rows = FittedRows(self._store)
         protected = protect_batch(
@@ -233,9 +228,7 @@ class ProtectTransform:
             digest.update(self.config.to_json().encode())
             digest.update(json.dumps([self.image_column, self.caption_column, self.image_size]).encode())
             digest.update(json.dumps(self.tokenizer.get_vocab(), sort_keys=True).encode())
-            for name, tensor in sorted(self.surrogate.model.state_dict().items()):
-                digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+            hash_weights(self.surrogate.model, digest)
             if self._store is not None:
                 FittedRows(self._store).hash_into(digest)
             self._fingerprint = digest.hexdigest()
@@ -245,9 +238,7 @@ class ProtectTransform:
         # for `map(num_proc=...)`: reopen the store in the worker; no Accelerator across processes
         state = self.__dict__.copy()
         state["_store"] = str(self._store.directory) if self._store is not None else None
-        state["_accelerator"] = None
-        state["_fitted_rows"] = None
-        state["_mapping_source"] = None
+        state.update(_accelerator=None, _fitted_rows=None, _mapping_source=None)
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -300,14 +291,8 @@ class ProtectTransform:
         if self._store is not None:
             info.update(rows=len(self._store), **FittedRows(self._store).noise_statistics())
         if self.history:
-            last = self.history[-1]
-            info.update(
-                rounds=len(self.history),
-                surrogate_loss=last["surrogate_loss"],
-                protected_loss=last["protected_loss"],
-                clean_loss=last["clean_loss"],
-                seconds=sum(record["seconds"] for record in self.history),
-            )
+            last = {key: self.history[-1][key] for key in ("surrogate_loss", "protected_loss", "clean_loss")}
+            info.update(rounds=len(self.history), seconds=sum(record["seconds"] for record in self.history), **last)
         return info
 
 

@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,8 +29,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedu
 
 from .checks import check_dataset, read_captions
 from .devices import build_accelerator
-from .images import prepare_image, undecoded
 from .metrics import retrieval_metrics
+from .retrieval import RetrievalSet, embed_and_rank, pad_token_id, pad_token_ids, read_images, retrieval_scores, tokenize
 from .surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
@@ -40,7 +40,6 @@ logger = logging.getLogger(__name__)
 #: ``defense(pixels, captions, generator) -> (pixels, captions)``; see `train_victim`.
 Defense = Callable[[torch.Tensor, list[str], torch.Generator], tuple[torch.Tensor, list[str]]]
 
-_READ_BATCH = 256
 # CLIP's AdamW settings (Radford et al. 2021; open_clip's defaults for ViTs).
 _ADAM_BETAS = (0.9, 0.98)
 _ADAM_EPS = 1e-6
@@ -65,131 +64,6 @@ class VictimResult:
     def final(self) -> dict[str, float]:
         """The last evaluation (after the last epoch)."""
         return self.history[-1]
-
-
-# ---------------------------------------------------------------------------------------- reading
-
-
-def _iter_images(ds: datasets.Dataset, column: str, image_size: int, chunk: int = _READ_BATCH) -> Iterator[np.ndarray]:
-    """uint8 (n, image_size, image_size, 3) chunks of the image column, decoded with `prepare_image`."""
-    source = undecoded(ds.select_columns([column]), column)
-    for start in range(0, len(source), chunk):
-        values = source[start : start + chunk][column]
-        yield np.stack([prepare_image(value, image_size, start + offset) for offset, value in enumerate(values)])
-
-
-def _read_images(ds: datasets.Dataset, column: str, image_size: int) -> np.ndarray:
-    return np.concatenate(list(_iter_images(ds, column, image_size)))
-
-
-def _pad_token_id(tokenizer: Any) -> int:
-    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if value is not None:
-            return int(value)
-    return 0
-
-
-def _pad(token_ids: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad to the longest sequence: (input_ids, attention_mask), both (n, longest) int64."""
-    longest = max(len(ids) for ids in token_ids)
-    input_ids = torch.full((len(token_ids), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(token_ids), longest), dtype=torch.long)
-    for row, ids in enumerate(token_ids):
-        input_ids[row, : len(ids)] = torch.as_tensor(ids, dtype=torch.long)
-        attention_mask[row, : len(ids)] = 1
-    return input_ids, attention_mask
-
-
-def _tokenize(tokenizer: Any, texts: list[str], context_length: int) -> list[list[int]]:
-    """Token ids of each text, truncated to the context length, unpadded."""
-    return list(tokenizer(texts, truncation=True, max_length=context_length)["input_ids"])
-
-
-# ---------------------------------------------------------------------------------------- evaluation
-
-
-@dataclass
-class _RetrievalSet:
-    """An evaluation split decoded and tokenised once: images, caption ids, image of each caption."""
-
-    images: np.ndarray  # uint8 (num_images, H, W, 3)
-    token_ids: list[list[int]]  # one unpadded list per caption
-    image_index: np.ndarray  # int64 (num_captions,)
-
-    @classmethod
-    def read(
-        cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
-    ) -> "_RetrievalSet":
-        captions = read_captions(ds, caption_column)  # cheap checks before the costly decode
-        images = _read_images(ds, image_column, image_size)
-        texts = [text for row_captions in captions for text in row_captions]
-        image_index = np.repeat(np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions])
-        return cls(images, _tokenize(tokenizer, texts, context_length), image_index)
-
-
-def _embed_and_rank(surrogate: Surrogate, data: _RetrievalSet, pad_id: int, batch_size: int, device: torch.device) -> dict[str, float]:
-    """Cosine similarity of every caption with every image, then the retrieval metrics."""
-    model = surrogate.model
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            image_features = torch.cat(
-                [
-                    surrogate.image_features(pixels_from_uint8(torch.from_numpy(data.images[start : start + batch_size])).to(device))
-                    for start in range(0, len(data.images), batch_size)
-                ]
-            )
-            text_features = []
-            for start in range(0, len(data.token_ids), batch_size):
-                input_ids, attention_mask = _pad(data.token_ids[start : start + batch_size], pad_id)
-                text_features.append(surrogate.text_features(input_ids.to(device), attention_mask.to(device)))
-            similarity = torch.cat(text_features).float() @ image_features.float().T
-    finally:
-        model.train(was_training)
-    return retrieval_metrics(similarity.cpu(), data.image_index)
-
-
-def retrieval_scores(
-    model: CLIPModel,
-    processor: CLIPProcessor,
-    ds: datasets.Dataset,
-    image_column: str = "image",
-    caption_column: str = "caption",
-    *,
-    batch_size: int = 256,
-    device: str | torch.device | None = None,
-) -> dict[str, float]:
-    """Image-text retrieval of `model` on `ds`: Recall@1/5/10, MedR and MeanR in both directions.
-
-    Every image is resized/cropped to the model's input size (`prepare_image`) and normalised with
-    the processor's mean/std; every caption is embedded (a caption column may hold one string or a
-    list of strings per image: all of them count, each caption a query of text-to-image retrieval
-    and a candidate of image-to-text retrieval). Scores are cosine similarities.
-
-    Args:
-        model: a `transformers.CLIPModel`; evaluated in eval mode without gradients (its training
-            mode is restored afterwards).
-        processor: its `CLIPProcessor` (tokenizer, image mean/std).
-        ds: the evaluation split (a `datasets.Dataset`).
-        image_column, caption_column: column names.
-        batch_size: images or captions embedded at a time.
-        device: where to compute (default: the model's device); the model is moved there.
-
-    Returns:
-        The dict of `hf_unlearnable.metrics.retrieval_metrics` (``i2t_r1 ... t2i_meanr``).
-
-    Example:
-        >>> model, processor = tiny_clip()
-        >>> retrieval_scores(model, processor, synthetic_captions(100))["t2i_r1"]
-    """
-    check_dataset(ds, image_column, caption_column, name="ds")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
-    surrogate = Surrogate.from_processor(model, processor).to(device)
-    data = _RetrievalSet.read(ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column)
-    return _embed_and_rank(surrogate, data, _pad_token_id(processor.tokenizer), batch_size, device)
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -337,16 +211,16 @@ def train_victim(
     check_dataset(eval_ds, image_column, caption_column, name="eval_ds")
     clip, processor = load_surrogate(model, processor, seed)
     tokenizer = processor.tokenizer
-    pad_id = _pad_token_id(tokenizer)
+    pad_id = pad_token_id(tokenizer)
     surrogate = Surrogate.from_processor(clip, processor)
     image_size, context_length = surrogate.image_size, surrogate.context_length
 
     # Data, once: uint8 images, unpadded token ids of every caption, caption ranges per image.
     captions = read_captions(train_ds, caption_column)
-    eval_data = _RetrievalSet.read(eval_ds, tokenizer, image_size, context_length, image_column, caption_column)
-    images = _read_images(train_ds, image_column, image_size)
+    eval_data = RetrievalSet.read(eval_ds, tokenizer, image_size, context_length, image_column, caption_column)
+    images = read_images(train_ds, image_column, image_size)
     texts = [text for row_captions in captions for text in row_captions]  # flat; image i owns offsets[i]:+counts[i]
-    token_ids = _tokenize(tokenizer, texts, context_length)
+    token_ids = tokenize(tokenizer, texts, context_length)
     counts = np.array([len(row_captions) for row_captions in captions], dtype=np.int64)
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
 
@@ -371,7 +245,7 @@ def train_victim(
     def evaluate(epoch: int, train_loss: float, seconds: float) -> dict[str, float]:
         start = time.perf_counter()
         with accelerator.autocast():
-            metrics = _embed_and_rank(unwrapped, eval_data, pad_id, eval_batch_size, device)
+            metrics = embed_and_rank(unwrapped, eval_data, pad_id, eval_batch_size, device, retrieval_metrics)
         entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, "eval_seconds": time.perf_counter() - start}
         entry.update(metrics)
         logger.info(
@@ -387,7 +261,7 @@ def train_victim(
 
     def victim_loss(adv_pixels: torch.Tensor, adv_captions: Sequence[str]) -> torch.Tensor:
         """The victim's contrastive loss on one local batch, for defenses that attack the model."""
-        ids, mask = _pad(_tokenize(tokenizer, list(adv_captions), context_length), pad_id)
+        ids, mask = pad_token_ids(tokenize(tokenizer, list(adv_captions), context_length), pad_id)
         with accelerator.autocast():
             features = unwrapped(adv_pixels.to(device), ids.to(device), mask.to(device))
         return local_loss(*features, unwrapped.logit_scale())
@@ -417,9 +291,9 @@ def train_victim(
                             pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator, victim_loss)
                     else:
                         pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator)
-                    input_ids, attention_mask = _pad(_tokenize(tokenizer, batch_texts, context_length), pad_id)
+                    input_ids, attention_mask = pad_token_ids(tokenize(tokenizer, batch_texts, context_length), pad_id)
                 else:
-                    input_ids, attention_mask = _pad([token_ids[c] for c in chosen], pad_id)
+                    input_ids, attention_mask = pad_token_ids([token_ids[c] for c in chosen], pad_id)
                 loss_sum += clip_training_step(
                     surrogate, unwrapped, loss_function, optimizer, accelerator, pixels, input_ids, attention_mask, scheduler
                 )

@@ -186,7 +186,12 @@ class WorkDir:
             remove_tree(self.state, "an incomplete run's state in the work_dir")
             mark(self.checkpoint, "checkpoint")
             mark(self.state, "state")
-            store = ingest(self.state)
+            try:
+                store = ingest(self.state)
+            except BaseException:  # a bad row: no partial clean copy stays behind (nothing resumes an ingest)
+                store = None
+                remove_tree(self.root if self.default else self.state, "the partial state of a failed ingest")
+                raise
             self._write_identity({**identity, "processes": processes, "ingested": True, "created": time.time()})
         accelerator.wait_for_everyone()
         return store if store is not None else SampleStore.open(self.state)
@@ -198,7 +203,7 @@ class WorkDir:
         accelerator.wait_for_everyone()
 
     def release_clean(self, keep: bool) -> None:
-        """After a successful protect: delete the clean copy of a default work dir (unless ``keep``),
+        """After a successful fit: delete the clean copy of a default work dir (unless ``keep``),
         keeping the protection state for reuse; log where the state is and how large."""
         before = folder_size(self.root)
         if not self.default or keep:
@@ -207,6 +212,9 @@ class WorkDir:
                 "The work dir %s keeps a clean copy of the protected data set (%s in all; %s). Delete it when "
                 "done (`hf-unlearnable cache clean` for work dirs in the datasets cache).", self.root, human_size(before), why,
             )
+            return
+        if self.read_identity().get("clean_deleted"):
+            logger.info("The work dir %s holds no clean copy (%s of protection state).", self.root, human_size(before))
             return
         store = SampleStore.open(self.state, mode="r", clean=False)
         for path in [*store.clean_files(), *self.checkpoint.glob("optimizer-round*.pt")]:

@@ -105,6 +105,29 @@ def test_protect_deletes_the_clean_copy_in_the_default_work_dir_and_stays_usable
     assert leaks(root, needles) == []
 
 
+def test_fit_alone_leaves_no_clean_copy_in_the_cache(clip, dataset):
+    model, processor = clip
+    small = dataset.select(range(20, 32))
+    transform = ProtectTransform(model, processor, QUICK, progress=False).fit(small)
+    assert transform._work.root.parent == workdir.cache_root()
+    assert leaks(transform._work.root, clean_needles(small, processor.tokenizer)) == []
+    assert len(small.map(transform, batched=True, with_indices=True)) == 12
+
+
+def test_a_failed_ingest_leaves_no_partial_clean_copy(clip, dataset, tmp_path):
+    model, processor = clip
+    rows = dataset.select(range(40, 46)).to_list()
+    rows[4]["caption"] = None
+    bad = datasets.Dataset.from_list(rows, features=dataset.features)
+    transform = ProtectTransform(model, processor, QUICK, progress=False)
+    with pytest.raises(ValueError, match="row 4"):
+        transform.fit(bad)
+    assert leaks(workdir.cache_root(), clean_needles(bad.select(range(4)), processor.tokenizer)) == []
+    with pytest.raises(ValueError, match="row 4"):
+        ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "w", progress=False).fit(bad)
+    assert not (tmp_path / "w" / "state").exists()
+
+
 def test_keep_work_dir_keeps_the_clean_copy_in_the_cache(clip, dataset):
     model, processor = clip
     small = dataset.select(range(10))
