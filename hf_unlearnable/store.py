@@ -4,8 +4,9 @@ Every array is a ``.npy`` file under one folder, read and written by rows with p
 (`RowArray`), so the process's memory does not grow with the number of rows (a memory map would
 keep every touched page resident) and the state survives the process. The clean arrays
 (images, caption ids) exist only while a work dir needs them; the protection arrays (noise,
-triggers, row digests) are what a fitted transform keeps and `save_pretrained` copies. Noise costs one byte per pixel and channel on disk; the reference
-keeps float32 noise for the whole data set in RAM.
+triggers, row digests) are what a fitted transform keeps and `save_pretrained` copies. Noise
+costs one byte per pixel and channel on disk; the reference keeps float32 noise for the whole
+data set in RAM.
 
 Crash safety: a batch's new noise and triggers are first written to a small journal file
 (atomically renamed into place), then applied to the arrays, then the progress record moves on
