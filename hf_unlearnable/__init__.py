@@ -1,7 +1,8 @@
 """hf_unlearnable: make image-caption data sets unlearnable for CLIP-style training (MEM).
 
 Protect: `ProtectTransform` with a `MEMConfig`. Measure: `train_victim`, `retrieval_scores`,
-`retrieval_metrics` and the `evaluate` module from `load_retrieval_metric`. Publish:
+`retrieval_metrics` and the `evaluate` module from `load_retrieval_metric`; audit a copy before
+publishing with `evaluate_protection`. Publish:
 `push_protected`. Baselines live in `hf_unlearnable.baselines`, offline test helpers in
 `hf_unlearnable.testing`.
 """
@@ -16,6 +17,7 @@ __version__ = "0.1.0"
 #: precision (one CLIP training step shared with the victim).
 ALGORITHM_VERSION = 2
 
+from .audit import evaluate_protection
 from .config import MEMConfig
 from .hub import push_protected
 from .metrics import load_retrieval_metric, retrieval_metrics
@@ -27,6 +29,7 @@ __all__ = [
     "MEMConfig",
     "ProtectTransform",
     "__version__",
+    "evaluate_protection",
     "load_retrieval_metric",
     "push_protected",
     "retrieval_metrics",

@@ -10,6 +10,8 @@
   triggered caption (like Figures 3-4 of the MEM paper).
 - ``cache list`` / ``cache clean``: show or delete the work dirs the library keeps in the
   ``datasets`` cache (size, rows, created, finished, whether a clean copy is still there).
+- ``evaluate --clean-train C --protected-train P --test T``: the audit before publishing
+  (`hf_unlearnable.audit`): victims trained under each defense, a verdict per defense.
 """
 
 from __future__ import annotations
@@ -126,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("--output", default="grid.png", help="PNG file to write (default: grid.png)")
     show.add_argument("--image-size", type=int, help="display size of each image in pixels (default: upscaled to >= 160)")
     show.add_argument("--amplify", type=float, help="noise scale factor (default: stretch each noise to the full range)")
+    from .audit import add_evaluate_parser
+
+    add_evaluate_parser(commands)
     return parser
 
 
@@ -301,6 +306,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_show(arguments)
         if arguments.command == "cache":
             return run_cache(arguments)
+        if arguments.command == "evaluate":
+            from .audit import run_evaluate
+
+            return run_evaluate(arguments)
     except (ValueError, TypeError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
