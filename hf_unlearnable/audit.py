@@ -53,6 +53,8 @@ __all__ = [
     "evaluate_protection",
     "judge",
     "mean_recall_at_10",
+    "plot_report",
+    "write_report",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,7 +99,8 @@ def chance_scores(captions_per_image: Sequence[int]) -> dict[str, float]:
     scores: dict[str, float] = {}
     for k in (1, 5, 10):
         scores[f"i2t_r{k}"] = 100.0 * float(cdf[min(k, num_captions) - 1])
-    scores["i2t_medr"] = float(ranks[np.searchsorted(cdf, 0.5 - 1e-12)])
+    middle = int(np.searchsorted(cdf, 0.5 - 1e-12))  # numpy's median: halfway when the CDF hits 1/2 exactly
+    scores["i2t_medr"] = float(ranks[middle]) + (0.5 if abs(cdf[middle] - 0.5) < 1e-12 else 0.0)
     for k in (1, 5, 10):
         scores[f"t2i_r{k}"] = 100.0 * min(k, num_images) / num_images
     scores["t2i_medr"] = (num_images + 1) / 2
@@ -261,7 +264,7 @@ def _markdown(report: ProtectionReport) -> str:
     return "\n".join(lines)
 
 
-def _plot(report: ProtectionReport, path: Path) -> None:
+def plot_report(report: ProtectionReport, path: str | os.PathLike) -> None:
     """R@10 per defense (bars: protected copies; black ticks: clean victim; lines: chance, 3x chance),
     and R@10 per epoch, one row of panels per victim."""
     import matplotlib
@@ -321,7 +324,7 @@ def write_report(report: ProtectionReport, output_dir: str | os.PathLike) -> dic
     output.mkdir(parents=True, exist_ok=True)
     paths = {"json": str(output / "report.json")}
     try:
-        _plot(report, output / "report.png")
+        plot_report(report, output / "report.png")
         paths["figure"] = str(output / "report.png")
     except ImportError:
         logger.warning("matplotlib is not installed: no report.png (pip install 'hf-unlearnable[report]').")

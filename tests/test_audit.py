@@ -96,8 +96,19 @@ def test_verdict_thresholds_are_three_times_chance_and_half_of_clean():
 
 
 def test_unknown_defense_name_lists_the_valid_ones():
-    with pytest.raises(ValueError, match=r"Unknown defense 'jpeg-1000'.*none"):
+    with pytest.raises(ValueError, match=r"Unknown defense 'jpeg-1000'.*none, jpeg-10, .*jpeg-75.*strip-3"):
         resolve_defenses(["none", "jpeg-1000"])
+
+
+def test_defense_names_resolve_through_the_registry_fresh_per_victim():
+    resolved = dict(resolve_defenses(["none", "jpeg-75+strip-3", Recorder("mine")], seed=3))
+    assert list(resolved) == ["none", "jpeg-75+strip-3", "mine"]
+    assert resolved["none"]() is None  # trained without a defense hook
+    first, second = resolved["jpeg-75+strip-3"](), resolved["jpeg-75+strip-3"]()
+    assert first is not second and first.name == "jpeg-75+strip-3"  # stateful defenses start fresh per victim
+    pixels = torch.rand(2, 3, 8, 8)
+    _, captions = first(pixels, ["zq red circle left", "zq blue big square"], torch.Generator().manual_seed(0))
+    assert captions == ["left", "square"]
 
 
 def test_defenses_of_the_wrong_kind_or_duplicated_are_refused():
@@ -159,10 +170,10 @@ def test_copies_that_do_not_match_row_for_row_are_refused(train, protected):
 @pytest.fixture(scope="module")
 def audited(clip, train, protected, test_split, tmp_path_factory):
     model, processor = clip
-    recorders = [Recorder("first"), Recorder("second")]
+    recorders = [Recorder("first")]
     output = tmp_path_factory.mktemp("audit")
     report = evaluate_protection(
-        train, protected, test_split, defenses=["none", *recorders], victim=model.config, processor=processor,
+        train, protected, test_split, defenses=["none", *recorders, "strip-1"], victim=model.config, processor=processor,
         epochs=2, batch_size=16, progress=False, output_dir=output,
     )
     return report, recorders, output
@@ -170,9 +181,9 @@ def audited(clip, train, protected, test_split, tmp_path_factory):
 
 def test_audit_trains_a_clean_and_a_protected_victim_per_defense(audited, train, protected):
     report, recorders, _ = audited
-    assert [(v.victim, v.defense) for v in report.verdicts] == [("from scratch", d) for d in ("none", "first", "second")]
+    assert [(v.victim, v.defense) for v in report.verdicts] == [("from scratch", d) for d in ("none", "first", "strip-1")]
     assert sorted(report.histories) == sorted(
-        f"from scratch | {d} | {c}" for d in ("none", "first", "second") for c in ("clean", "protected")
+        f"from scratch | {d} | {c}" for d in ("none", "first", "strip-1") for c in ("clean", "protected")
     )
     for recorder in recorders:  # 2 epochs x 2 batches for the clean victim, then the same for the protected one
         assert len(recorder.batches) == 8
@@ -204,7 +215,7 @@ def test_audit_writes_markdown_json_and_figure(audited):
     assert "| from scratch | first |" in markdown and "Chance R@10: 41.67" in markdown and "![R@10 per defense](report.png)" in markdown
     assert "test split is small" in markdown  # 24 test images: the report says the verdict is coarse
     saved = json.loads((output / "report.json").read_text())
-    assert [v["defense"] for v in saved["verdicts"]] == ["none", "first", "second"]
+    assert [v["defense"] for v in saved["verdicts"]] == ["none", "first", "strip-1"]
     assert saved["histories"]["from scratch | none | clean"][0]["train_loss"] is None  # NaN -> null: valid JSON
     assert saved["settings"]["thresholds"] == {"protected_times_chance": 3.0, "broken_share_of_clean": 0.5}
     assert (output / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (output / "report.png").stat().st_size > 20_000
@@ -306,5 +317,5 @@ def test_evaluate_command_refuses_bad_input_with_exit_2(folders, capsys):
     assert "has 100 rows and clean_train 32" in capsys.readouterr().err
     assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
                      "--defenses", "none,no-such-defense", *common]) == 2
-    assert "no-such-defense" in capsys.readouterr().err
+    assert "Unknown defense 'no-such-defense'. Valid names: none, jpeg-10" in capsys.readouterr().err
     assert not (folders / "unused").exists()
