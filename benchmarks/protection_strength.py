@@ -22,13 +22,12 @@ from pathlib import Path
 
 import datasets
 import torch
+from _common import KEYS, SURROGATE, TRANSFER  # one victim recipe for every protection benchmark
 
 from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.baselines import random_noise
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import train_victim
-
-KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -54,12 +53,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         arguments.rounds, arguments.surrogate_steps, arguments.pgd_steps, arguments.batch_size = 1, 2, 1, 16
         arguments.victim_batch = 16
     return arguments
-
-
-# The surrogate and the victim share an architecture (as in the paper); the transfer victim differs
-# in width, depth and patch size.
-SURROGATE = dict(hidden_size=64, num_layers=2, num_heads=2, projection_dim=32)
-TRANSFER = dict(hidden_size=96, num_layers=3, num_heads=3, projection_dim=48)
 
 
 def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple[datasets.Dataset, list[dict]]:

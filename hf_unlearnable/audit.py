@@ -297,20 +297,20 @@ def plot_report(report: ProtectionReport, path: str | os.PathLike) -> None:
         bars.set_xticks(np.arange(len(defenses)), defenses, rotation=60, ha="right", fontsize=8)
         bars.set(ylabel="R@10 (mean of both directions)", title=f"{victim}: R@10 per defense", ylim=(0, 119))
         bars.legend(fontsize=7)
-        for d, defense in enumerate(defenses):
-            colour = colours[d % len(colours)]
-            for v in mine:
-                if v.defense != defense:
-                    continue
-                history = report.histories.get(f"{victim} | {defense} | {v.copy}", [])
+        for d, defense in enumerate(defenses):  # colour = copy; thick = the first defense, thin = the others
+            width_alpha = dict(linewidth=2.2, alpha=1.0) if d == 0 else dict(linewidth=0.8, alpha=0.4)
+            for c, copy in enumerate(copies):
+                history = report.histories.get(f"{victim} | {defense} | {copy}", [])
                 if history:
-                    curves.plot([h["epoch"] for h in history], [mean_recall_at_10(h) for h in history], color=colour,
-                                label=f"{defense} ({v.copy})" if len(copies) > 1 else defense)
+                    curves.plot([h["epoch"] for h in history], [mean_recall_at_10(h) for h in history], color=colours[c % len(colours)],
+                                label=copy if d == 0 else None, **width_alpha)
             history = report.histories.get(f"{victim} | {defense} | clean", [])
             if history:
-                curves.plot([h["epoch"] for h in history], [mean_recall_at_10(h) for h in history], color=colour, linestyle="--", alpha=0.6)
+                curves.plot([h["epoch"] for h in history], [mean_recall_at_10(h) for h in history], color="black", linestyle="--",
+                            label="clean" if d == 0 else None, **width_alpha)
         curves.axhline(chance10, color="gray", linestyle="--")
-        curves.set(xlabel="epoch", ylabel="R@10", title=f"{victim}: per epoch (solid protected, dashed clean)")
+        others = " (thin: the other defenses)" if len(defenses) > 1 else ""
+        curves.set(xlabel="epoch", ylabel="R@10 (mean of both directions)", title=f"{victim}: per epoch under {defenses[0]}{others}")
         curves.legend(fontsize=6, ncol=2)
     figure.tight_layout()
     figure.savefig(path, dpi=110)

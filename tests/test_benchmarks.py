@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,3 +38,34 @@ def test_protect_speed_tiny():
 def test_memory_scaling_small():
     result = run("benchmarks/memory_scaling.py", "--rows", "40", "80")
     assert "peak RSS" in result.stdout and "| 80 |" in result.stdout, result.stderr[-3000:]
+
+
+def test_robustness_smoke_run_writes_every_verdict(tmp_path):
+    result = run("benchmarks/robustness.py", "--smoke", "--output", str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "robustness.md").read_text()
+    rows = [(copy, victim, defense) for victim in ("from scratch", "transfer", "fine-tuned")
+            for defense in ("none", "jpeg-75+strip-3") for copy in ("MEM-3", "EM", "Trigger only")]
+    for copy, victim, defense in rows:
+        assert f"| {copy} | {victim} | {defense} |" in table
+    assert "| - | - | chance |" in table and "`python benchmarks/robustness.py --smoke" in table
+    lines = (tmp_path / "robustness.csv").read_text().splitlines()
+    assert len(lines) == 1 + len(rows) and lines[0].startswith("copy,victim,defense,verdict,i2t_r1,")
+    saved = json.loads((tmp_path / "robustness.json").read_text())
+    assert [(v["copy"], v["victim"], v["defense"]) for v in saved["report"]["verdicts"]] == [
+        (copy, victim, defense) for copy, victim, defense in rows
+    ]
+    assert saved["pretrained"]["t2i_r10"] >= 0  # the fine-tuned victim's starting point is recorded
+    assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_trigger_length_smoke_run_has_a_row_per_length(tmp_path):
+    result = run("benchmarks/trigger_length.py", "--smoke", "--output", str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "trigger_length.md").read_text()
+    for copy in ("k=0 (EM)", "k=1", "k=3", "k=5", "k=7"):
+        assert f"| {copy} | from scratch | none |" in table and f"| from scratch | none | {copy} |" in table
+    assert "| from scratch | none | clean |" in table and "| - | - | chance |" in table
+    assert len((tmp_path / "trigger_length.csv").read_text().splitlines()) == 6
+    assert json.loads((tmp_path / "trigger_length.json").read_text())["arguments"]["lengths"] == "0,1,3,5,7"
+    assert (tmp_path / "trigger_length.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,159 @@
+"""What the protection benchmarks share: one victim recipe, the data sets, protecting a copy, outputs.
+
+Every benchmark row uses the same surrogate and victim architecture (as in the MEM paper) and
+the same victim settings, so rows compare. The robustness and trigger-length benchmarks run
+through `hf_unlearnable.evaluate_protection`, the audit a data owner runs, so the audit and the
+tables are one code path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import datasets
+import torch
+import transformers
+
+from hf_unlearnable import MEMConfig, ProtectTransform
+from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10, plot_report
+from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
+from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
+
+KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
+
+# The surrogate and the victim share an architecture (as in the paper); the transfer victim differs
+# in width, depth and patch size.
+SURROGATE = dict(hidden_size=64, num_layers=2, num_heads=2, projection_dim=32)
+TRANSFER = dict(hidden_size=96, num_layers=3, num_heads=3, projection_dim=48)
+
+#: Where `benchmarks/build_icon_dataset.py` writes the icon data set by default.
+ICONS = "benchmarks/results/tmp/icons"
+
+METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only"}
+
+
+def method_name(method: str) -> str:
+    """Table label of a method: "mem3" -> "MEM-3"."""
+    return METHOD_NAMES.get(method) or f"MEM-{int(method.removeprefix('mem'))}"
+
+
+def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
+    """The data, victim and MEM options every protection benchmark takes (protection_strength's defaults)."""
+    parser.add_argument("--dataset", default="synthetic",
+                        help=f"synthetic, icons (the folder {ICONS} built by benchmarks/build_icon_dataset.py) or the "
+                        "path of any save_to_disk DatasetDict with train and test splits and image/caption columns")
+    parser.add_argument("--train", type=int, default=2000, help="training pairs (the first rows of the train split)")
+    parser.add_argument("--test", type=int, default=500, help="clean test images (the first rows of the test split)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--epochs", type=int, default=12, help="victim epochs")
+    parser.add_argument("--victim-batch", type=int, default=64)
+    parser.add_argument("--victim-lr", type=float, default=1e-3)
+    parser.add_argument("--rounds", type=int, default=10, help="MEM max_rounds")
+    parser.add_argument("--surrogate-steps", type=int, default=60, help="MEM M")
+    parser.add_argument("--pgd-steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=32, help="MEM batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs (< 1 min)")
+
+
+def apply_smoke(arguments: argparse.Namespace) -> None:
+    """Tiny sizes for --smoke."""
+    arguments.train, arguments.test, arguments.epochs = 48, 24, 1
+    arguments.rounds, arguments.surrogate_steps, arguments.pgd_steps, arguments.batch_size = 1, 2, 1, 16
+    arguments.victim_batch = 16
+
+
+def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None, transformers.CLIPProcessor]:
+    """(train, test, extra, processor): ``--train`` training rows, ``--test`` test rows and
+    ``extra_train`` further training rows disjoint from both (None when 0), with the processor of
+    the victim recipe (the data set's own ``tokenizer/`` folder when it has one)."""
+    _, processor = tiny_clip(arguments.image_size, seed=arguments.seed, **SURROGATE)
+    if arguments.dataset == "synthetic":
+        train = synthetic_captions(arguments.train + extra_train, arguments.image_size, seed=arguments.seed)
+        test = synthetic_captions(arguments.test, arguments.image_size, seed=arguments.seed + 1000)
+    else:
+        path = Path(ICONS if arguments.dataset == "icons" else arguments.dataset)
+        if not path.is_dir():
+            hint = " Build it first: python benchmarks/build_icon_dataset.py" if arguments.dataset == "icons" else ""
+            raise SystemExit(f"--dataset {arguments.dataset}: no folder {path}.{hint}")
+        loaded = datasets.load_from_disk(str(path))
+        if not isinstance(loaded, datasets.DatasetDict) or not {"train", "test"} <= set(loaded):
+            raise SystemExit(f"--dataset {path}: expected a DatasetDict with train and test splits.")
+        needed = arguments.train + extra_train
+        if len(loaded["train"]) < needed or len(loaded["test"]) < arguments.test:
+            raise SystemExit(f"--dataset {path} has {len(loaded['train'])} train and {len(loaded['test'])} test rows; "
+                             f"this run needs {needed} and {arguments.test}: lower --train/--test.")
+        train = loaded["train"].select(range(needed)).select_columns(["image", "caption"])
+        test = loaded["test"].select(range(arguments.test)).select_columns(["image", "caption"])
+        if (path / "tokenizer").is_dir():
+            tokenizer = transformers.CLIPTokenizer.from_pretrained(str(path / "tokenizer"))
+            processor = transformers.CLIPProcessor(image_processor=processor.image_processor, tokenizer=tokenizer)
+    extra = train.select(range(arguments.train, len(train))) if extra_train else None
+    return train.select(range(arguments.train)), test, extra, processor
+
+
+def victim_config(arguments: argparse.Namespace, processor: transformers.CLIPProcessor, transfer: bool = False) -> transformers.CLIPConfig:
+    """The victim (and surrogate) architecture, or the transfer victim's, for the recipe's tokenizer."""
+    sizes = TRANSFER if transfer else SURROGATE
+    return tiny_clip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes)
+
+
+def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:
+    return MEMConfig(
+        trigger_length=trigger_length, max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps,
+        pgd_steps=arguments.pgd_steps, batch_size=arguments.batch_size, learning_rate=5e-4, seed=arguments.seed,
+    )
+
+
+def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace, processor) -> tuple[datasets.Dataset, float]:
+    """(protected copy, seconds) for one method: "random", "em", "trigger" (the library's
+    baselines, trigger length 3) or "memK" (MEM with a K-word trigger), against a surrogate of the
+    victim's architecture trained from scratch, as in the paper."""
+    started = time.perf_counter()
+    surrogate = victim_config(arguments, processor)
+    if method == "random":
+        copy = random_noise(train, arguments.image_size, seed=arguments.seed)
+    elif method == "em":
+        copy = error_minimizing_noise(train, surrogate, processor, mem_config(arguments, 0), progress=False)
+    elif method == "trigger":
+        copy = trigger_only(train, surrogate, processor, mem_config(arguments, 3), progress=False)
+    elif method.startswith("mem") and method[3:].isdigit():
+        copy = ProtectTransform(surrogate, processor, mem_config(arguments, int(method[3:])), progress=False).protect(train)
+    else:
+        raise SystemExit(f"unknown method {method!r}: random, em, trigger or memK (e.g. mem3)")
+    return copy, time.perf_counter() - started
+
+
+def machine() -> str:
+    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
+            + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+
+
+def write_outputs(report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict) -> str:
+    """``{name}.md`` (the header, then the audit's Markdown), ``{name}.csv`` (one row per verdict:
+    final R@1/5/10 and MedR both directions of the protected and the clean victim, chance, verdict),
+    ``{name}.json`` (the report and ``extra``) and ``{name}.png`` (R@10 per defense, chance and
+    clean marked). Returns the Markdown."""
+    output.mkdir(parents=True, exist_ok=True)
+    markdown = "\n".join(header) + "\n\n" + report.to_markdown().split("\n", 1)[1]
+    (output / f"{name}.md").write_text(markdown.replace("](report.png)", f"]({name}.png)"))
+    with open(output / f"{name}.csv", "w", newline="") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(["copy", "victim", "defense", "verdict", *KEYS, *(f"clean_{k}" for k in KEYS),
+                         *(f"chance_{k}" for k in KEYS), "r10_mean", "clean_r10_mean", "chance_r10_mean"])
+        for v in report.verdicts:
+            writer.writerow([v.copy, v.victim, v.defense, v.verdict, *(f"{v.protected_final[k]:.4f}" for k in KEYS),
+                             *(f"{v.clean_final[k]:.4f}" for k in KEYS), *(f"{report.chance[k]:.4f}" for k in KEYS),
+                             f"{v.protected_r10:.4f}", f"{v.clean_r10:.4f}", f"{mean_recall_at_10(report.chance):.4f}"])
+    (output / f"{name}.json").write_text(json.dumps({**extra, "report": report.to_dict()}, indent=1))
+    plot_report(report, output / f"{name}.png")
+    report.paths = {"markdown": str(output / f"{name}.md"), "csv": str(output / f"{name}.csv"),
+                    "json": str(output / f"{name}.json"), "figure": str(output / f"{name}.png")}
+    return markdown

@@ -1,0 +1,139 @@
+"""Does the protection survive what a scraper does? MEM-3, EM and trigger-only against every defense.
+
+Protects the training set with each method, then runs the audit a data owner runs
+(`hf_unlearnable.evaluate_protection`) against every defense of `hf_unlearnable.defenses` and
+three victims: the paper's (trained from scratch, the surrogate's architecture), a transfer victim
+(another width, depth and patch size) and a fine-tuned one (pretrained from scratch on a disjoint
+clean split of the same source, then fine-tuned on each copy at a 1e-5-class learning rate, as a
+user fine-tunes a public CLIP). One victim recipe for every row; each protected victim is compared
+with the clean victim trained under the same defense. Writes robustness.md (verdicts, then
+R@1/5/10 and MedR both directions with chance), robustness.csv, robustness.json and
+robustness.png (R@10 per defense, chance and clean marked).
+
+    python benchmarks/robustness.py                                  # synthetic scenes (long: run on a quiet machine)
+    python benchmarks/robustness.py --dataset icons                  # the icon set of build_icon_dataset.py
+    python benchmarks/robustness.py --defenses none,jpeg-75,strip-3 --victims scratch
+    python benchmarks/robustness.py --smoke                          # tiny sizes, < 1 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import datasets
+import torch
+
+from _common import add_victim_and_mem_arguments, apply_smoke, load_data, machine, method_name, protect, victim_config, write_outputs
+
+from hf_unlearnable import evaluate_protection
+from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10
+from hf_unlearnable.victim import train_victim
+
+VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned"}
+SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
+
+
+def registry_defenses() -> list[str]:
+    try:
+        from hf_unlearnable.defenses import available_defenses
+    except ImportError:
+        return ["none"]
+    return available_defenses()
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_victim_and_mem_arguments(parser)
+    parser.add_argument("--methods", default="mem3,em,trigger", help="comma list of mem3, em, trigger, random, memK")
+    parser.add_argument("--defenses", help="comma list of defense names (default: every one in hf_unlearnable.defenses)")
+    parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned")
+    parser.add_argument("--pretrain", type=int, default=2000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
+    parser.add_argument("--pretrain-epochs", type=int, default=12)
+    parser.add_argument("--finetune-lr", type=float, default=1e-5, help="fine-tuning learning rate (1e-5 class)")
+    parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
+    arguments = parser.parse_args(argv)
+    if arguments.smoke:
+        apply_smoke(arguments)
+        arguments.pretrain, arguments.pretrain_epochs = 32, 1
+        arguments.defenses = arguments.defenses or ",".join(SMOKE_DEFENSES)
+    arguments.defenses = arguments.defenses or ",".join(registry_defenses())
+    unknown = set(arguments.victims.split(",")) - set(VICTIMS)
+    if unknown:
+        parser.error(f"--victims: unknown {sorted(unknown)}; choose from {', '.join(VICTIMS)}")
+    if arguments.output is None:
+        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
+        arguments.output = f"benchmarks/results/robustness_{label}"
+    return arguments
+
+
+def relabel(report: ProtectionReport, victim: str) -> ProtectionReport:
+    """Name the report's (single) victim, e.g. "transfer" instead of "from scratch"."""
+    for verdict in report.verdicts:
+        verdict.victim = victim
+    report.histories = {f"{victim} | {key.split(' | ', 1)[1]}": history for key, history in report.histories.items()}
+    return report
+
+
+def main(argv=None) -> int:
+    arguments = parse_arguments(argv)
+    torch.set_num_threads(arguments.threads)
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    victims = [v for v in arguments.victims.split(",") if v]
+    train, test, pretrain_rows, processor = load_data(arguments, extra_train=arguments.pretrain if "finetuned" in victims else 0)
+    methods = [m for m in arguments.methods.split(",") if m]
+    defenses = [d for d in arguments.defenses.split(",") if d]
+    copies, protect_seconds = {}, {}
+    for method in methods:
+        copies[method_name(method)], protect_seconds[method_name(method)] = protect(method, train, arguments, processor)
+        print(f"protected with {method_name(method)} in {protect_seconds[method_name(method)]:.0f} s", flush=True)
+    recipe = dict(defenses=defenses, processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch,
+                  learning_rate=arguments.victim_lr, fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed,
+                  progress=False)
+    reports, pretrained_scores = [], None
+    for victim in victims:
+        victim_started = time.perf_counter()
+        if victim == "finetuned":
+            pretrained = train_victim(pretrain_rows, test, victim_config(arguments, processor), processor,
+                                      epochs=arguments.pretrain_epochs, batch_size=arguments.victim_batch,
+                                      learning_rate=arguments.victim_lr, seed=arguments.seed + 1, mixed_precision="auto",
+                                      progress=False)
+            pretrained_scores = pretrained.final
+            report = evaluate_protection(train, copies, test, pretrained=pretrained.model, **recipe)
+        else:
+            report = evaluate_protection(train, copies, test, victim=victim_config(arguments, processor, victim == "transfer"), **recipe)
+        reports.append(relabel(report, VICTIMS[victim]))
+        print(f"{VICTIMS[victim]} victims: {time.perf_counter() - victim_started:.0f} s", flush=True)
+        for verdict in report.verdicts:
+            print(f"  {verdict}", flush=True)
+    merged = ProtectionReport(
+        verdicts=[v for r in reports for v in r.verdicts], chance=reports[0].chance,
+        histories={k: h for r in reports for k, h in r.histories.items()},
+        settings={**reports[0].settings, "victims": [VICTIMS[v] for v in victims]},
+    )
+    total = time.perf_counter() - started
+    before = "" if pretrained_scores is None else f", R@10 before fine-tuning {mean_recall_at_10(pretrained_scores):.1f}"
+    command = " ".join(argv if argv is not None else sys.argv[1:])
+    seconds = ", ".join(f"{k} {v:.0f}" for k, v in protect_seconds.items())
+    header = [
+        f"# Robustness of the protection: {arguments.dataset}", "",
+        f"`python benchmarks/robustness.py {command}`", "",
+        f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px; victims "
+        f"{arguments.epochs} epochs, batch {arguments.victim_batch}, lr {arguments.victim_lr:g} (fine-tuned: lr "
+        f"{arguments.finetune_lr:g}, pretrained {arguments.pretrain_epochs} epochs on {arguments.pretrain} disjoint clean "
+        f"pairs{before}); MEM {arguments.rounds} rounds, M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. "
+        f"Protect seconds: {seconds}. Total {total / 60:.1f} min on {machine()}.",
+    ]
+    write_outputs(merged, Path(arguments.output), "robustness", header,
+                  {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores,
+                   "total_seconds": total})
+    print("\n" + merged.summary())
+    print(f"wrote {arguments.output}/robustness.md, .csv, .json, .png ({total / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
