@@ -4,14 +4,18 @@
 defense (what an unauthorised trainer might do to each batch: JPEG, grayscale, caption cleaning,
 ...), evaluates both on a clean test split and gives a verdict per defense:
 
-- **protected**: the protected victim's R@10 (mean of image-to-text and text-to-image) is at most
-  ``PROTECTED_FACTOR`` (3) times chance, the bar issue 9 sets under defenses;
-- **broken**: it reaches at least ``BROKEN_SHARE`` (half) of the clean victim's R@10 under the same
-  defense: the copy teaches the model nearly as much as the clean data does;
-- **weakened**: in between;
-- **inconclusive**: the clean victim itself did not learn (its R@10 is at most 3x chance, or no
-  higher than before training): the run says nothing about the protection; train longer or on
-  more rows.
+- **protected**: the protected victim's R@10 (mean of image-to-text and text-to-image) stays at
+  or below the *floor*: ``PROTECTED_FACTOR`` (3) times chance, the bar issue 9 sets under
+  defenses, or, for a fine-tuned victim, what the pretrained model scored before fine-tuning if
+  that is higher; and the clean victim under the same defense rose above the floor;
+- **broken**: the protected victim rose above the floor and reached at least ``BROKEN_SHARE``
+  (half) of the clean victim's R@10 under the same defense (issue 9's target 4): the copy teaches
+  nearly as much as the clean data. A defense that hurts clean data more than the protected copy
+  (stripping the first words of every caption removes a trigger, but also real words) counts
+  as broken whenever the protected victim learns more than half of what the clean one did;
+- **weakened**: above the floor, below half of the clean victim;
+- **inconclusive**: neither victim rose above the floor: nothing was learned, so the run says
+  nothing about the protection; train longer or on more rows.
 
     report = evaluate_protection(clean["train"], protected, clean["test"],
                                  defenses=("none", "jpeg-75", "strip-3"), victim="openai/clip-vit-base-patch32")
@@ -108,31 +112,34 @@ def chance_scores(captions_per_image: Sequence[int]) -> dict[str, float]:
 
 
 def judge(protected_r10: float, clean_r10: float, chance_r10: float, start_r10: float | None = None) -> tuple[str, str]:
-    """(verdict, reason) for one defense; all figures are mean R@10 in percent.
+    """(verdict, reason) for one defense; all figures are mean R@10 in percent (module docstring).
 
-    ``start_r10`` is the clean victim before training (for a fine-tuned victim, the pretrained
-    model): a clean victim that ends no higher than it started, or at most 3x chance, learned
-    nothing from the data and the verdict is "inconclusive".
+    ``start_r10`` is the clean victim before training: for a fine-tuned victim, the pretrained
+    model's own score, which raises the floor when it is above 3x chance.
     """
     times_chance = protected_r10 / chance_r10
     share = protected_r10 / clean_r10 if clean_r10 > 0 else math.inf
-    learned_floor = max(PROTECTED_FACTOR * chance_r10, start_r10 if start_r10 is not None else 0.0)
-    if clean_r10 <= learned_floor:
-        return "inconclusive", (
-            f"the clean victim reached only R@10 {clean_r10:.1f} (chance {chance_r10:.2f}"
-            + (f", {start_r10:.1f} before training" if start_r10 is not None else "")
-            + "): it did not learn, so this run cannot tell; train longer or on more rows"
+    floor = max(PROTECTED_FACTOR * chance_r10, start_r10 if start_r10 is not None else 0.0)
+    floor_text = (f"{PROTECTED_FACTOR:g}x chance" if floor == PROTECTED_FACTOR * chance_r10
+                  else f"the pretrained model's {floor:.1f} before fine-tuning")
+    if protected_r10 <= floor:
+        if clean_r10 <= floor:
+            return "inconclusive", (
+                f"neither victim learned: protected R@10 {protected_r10:.1f}, clean {clean_r10:.1f}, both at or below "
+                f"{floor_text} ({floor:.1f}); train longer or on more rows"
+            )
+        return "protected", (
+            f"R@10 {protected_r10:.1f} = {times_chance:.1f}x chance, at or below {floor_text} ({floor:.1f}), "
+            f"while the clean victim reached {clean_r10:.1f}"
         )
-    if protected_r10 <= PROTECTED_FACTOR * chance_r10:
-        return "protected", f"R@10 {protected_r10:.1f} = {times_chance:.1f}x chance (protected at <= {PROTECTED_FACTOR:g}x)"
     if protected_r10 >= BROKEN_SHARE * clean_r10:
         return "broken", (
-            f"R@10 {protected_r10:.1f} = {share:.0%} of the clean victim's {clean_r10:.1f} "
-            f"(broken at >= {BROKEN_SHARE:.0%}); {times_chance:.1f}x chance"
+            f"R@10 {protected_r10:.1f} = {times_chance:.1f}x chance and {share:.0%} of the clean victim's {clean_r10:.1f} "
+            f"(broken at >= {BROKEN_SHARE:.0%})"
         )
     return "weakened", (
-        f"R@10 {protected_r10:.1f} = {times_chance:.1f}x chance and {share:.0%} of the clean victim's {clean_r10:.1f} "
-        f"(protected at <= {PROTECTED_FACTOR:g}x chance, broken at >= {BROKEN_SHARE:.0%} of clean)"
+        f"R@10 {protected_r10:.1f} = {times_chance:.1f}x chance, above {floor_text} ({floor:.1f}), and {share:.0%} "
+        f"of the clean victim's {clean_r10:.1f} (broken at >= {BROKEN_SHARE:.0%})"
     )
 
 
@@ -193,10 +200,12 @@ class ProtectionReport:
 
 
 _RULE = (
-    f"Score: R@10 on the clean test split, averaged over image-to-text and text-to-image. "
-    f"protected: at most {PROTECTED_FACTOR:g}x chance. broken: at least {BROKEN_SHARE:.0%} of what the same "
-    f"victim reaches on the clean copy under the same defense. weakened: in between. inconclusive: the clean "
-    f"victim itself ends at most {PROTECTED_FACTOR:g}x chance or no higher than before training."
+    f"Score: R@10 on the clean test split, averaged over image-to-text and text-to-image. Floor: "
+    f"{PROTECTED_FACTOR:g}x chance (for a fine-tuned victim, the pretrained model's score if higher). "
+    f"protected: at or below the floor while the clean victim under the same defense rose above it. broken: "
+    f"above the floor and at least {BROKEN_SHARE:.0%} of the clean victim's score under the same defense. "
+    f"weakened: above the floor, below {BROKEN_SHARE:.0%} of the clean victim's. inconclusive: neither victim "
+    f"rose above the floor."
 )
 
 
@@ -215,10 +224,10 @@ def _plain_statement(verdicts: Sequence[Verdict]) -> str:
         names = ", ".join(f"{v.defense} ({v.victim}, {v.copy})" if len({x.copy for x in verdicts}) > 1 else f"{v.defense} ({v.victim})" for v in broken)
         return f"BROKEN: these defenses break the protection: {names}. A trainer who applies them learns from the copy."
     if any(v.verdict == "inconclusive" for v in verdicts):
-        return "No defense broke the protection where the clean victim learned; some runs are inconclusive (see the table)."
+        return "No defense broke the protection; some runs are inconclusive, nothing was learned (see the table)."
     if any(v.verdict == "weakened" for v in verdicts):
-        return "No defense broke the protection, but some weaken it (above 3x chance)."
-    return "Every defense tested leaves the protection in place (at most 3x chance)."
+        return "No defense broke the protection, but some weaken it (above the floor, see the table)."
+    return "Every defense tested leaves the protection in place (at or below the floor)."
 
 
 def _json_safe(value: Any) -> Any:

@@ -88,8 +88,22 @@ def test_verdict_thresholds_are_three_times_chance_and_half_of_clean():
     assert judge(40.0, 80.0, chance, 2.0)[0] == "broken"  # exactly half of clean
     verdict, reason = judge(70.0, 80.0, chance, 2.0)
     assert verdict == "broken" and "88% of the clean victim's 80.0" in reason
-    assert judge(1.0, 6.0, chance, 2.0)[0] == "inconclusive"  # clean victim at 3x chance learned nothing
-    assert judge(1.0, 30.0, chance, 35.0)[0] == "inconclusive"  # fine-tuning on clean data lowered it
+    assert judge(1.0, 6.0, chance, 2.0)[0] == "inconclusive"  # neither victim above 3x chance: nothing learned
+
+
+def test_a_defense_that_hurts_clean_data_more_than_the_copy_still_breaks_it():
+    # Measured with strip-3 on synthetic captions: stripping removes the trigger from the protected
+    # copy, and real words from the clean one, whose victim then learns little.
+    verdict, reason = judge(57.8, 13.2, 5.0, 5.5)
+    assert verdict == "broken" and "11.6x chance" in reason
+
+
+def test_a_fine_tuned_victim_is_judged_against_its_pretrained_score():
+    # The pretrained model already scores 30 (15x chance): fine-tuning on the copy that stays there learned nothing.
+    verdict, reason = judge(29.0, 60.0, 2.0, 30.0)
+    assert verdict == "protected" and "the pretrained model's 30.0 before fine-tuning" in reason
+    assert judge(31.0, 60.0, 2.0, 30.0)[0] == "broken"  # above it and >= half of clean fine-tuning (issue 9, target 4)
+    assert judge(25.0, 28.0, 2.0, 30.0)[0] == "inconclusive"  # clean fine-tuning did not rise above it either
 
 
 # --------------------------------------------------------------------------------------- bad input
