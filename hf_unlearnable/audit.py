@@ -43,7 +43,9 @@ from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from .images import load_image, prepare_image, to_rgb, undecoded
-from .transform import _row_digest, load_surrogate
+from .checks import check_dataset
+from .rows import row_digest
+from .surrogate import load_surrogate
 from .victim import Defense, train_victim
 
 __all__ = [
@@ -347,16 +349,6 @@ def write_report(report: ProtectionReport, output_dir: str | os.PathLike) -> dic
 # ---------------------------------------------------------------------------------------- bad input
 
 
-def _check_split(ds: Any, name: str, image_column: str, caption_column: str) -> None:
-    if not isinstance(ds, datasets.Dataset):
-        raise TypeError(f"{name} must be a datasets.Dataset (pick a split of a DatasetDict), got {type(ds).__name__}.")
-    for argument, column in (("image_column", image_column), ("caption_column", caption_column)):
-        if column not in ds.column_names:
-            raise ValueError(f"{argument}={column!r} is not a column of {name}; its columns are {ds.column_names}.")
-    if len(ds) == 0:
-        raise ValueError(f"{name} is empty; pass a data set with image-caption rows.")
-
-
 def _caption_list(value: Any) -> list[str]:
     return [str(text) for text in value] if isinstance(value, (list, tuple)) else [str(value)]
 
@@ -386,8 +378,8 @@ def check_copies_match(
     resolution. A shuffled, filtered or different copy fails on nearly every row, so a sample of
     images suffices; a full per-pixel budget check is ``hf-unlearnable verify``.
     """
-    _check_split(clean, "clean_train", image_column, caption_column)
-    _check_split(protected, name, image_column, caption_column)
+    check_dataset(clean, image_column, caption_column, name="clean_train")
+    check_dataset(protected, image_column, caption_column, name=name)
     fix = "Pass the clean data set the protected copy was made from, in the same row order."
     if len(clean) != len(protected):
         raise ValueError(f"{name} has {len(protected)} rows and clean_train {len(clean)}; a protected copy keeps every row. {fix}")
@@ -437,7 +429,7 @@ def _row_digests(ds: datasets.Dataset, image_size: int, image_column: str, capti
     for start in range(0, len(source), _READ_BATCH):
         chunk = source[start : start + _READ_BATCH]
         for offset, (image, caption) in enumerate(zip(chunk[image_column], chunk[caption_column])):
-            digests.append(_row_digest(prepare_image(image, image_size, start + offset), _caption_list(caption)))
+            digests.append(row_digest(prepare_image(image, image_size, start + offset), _caption_list(caption)))
     return digests
 
 
@@ -621,8 +613,8 @@ def evaluate_protection(
         raise ValueError("protected_train is an empty mapping; pass at least one protected copy.")
     if "clean" in copies:
         raise ValueError('"clean" names the clean victim; label the protected copies otherwise.')
-    _check_split(clean_train, "clean_train", image_column, caption_column)
-    _check_split(test, "test", image_column, caption_column)
+    check_dataset(clean_train, image_column, caption_column, name="clean_train")
+    check_dataset(test, image_column, caption_column, name="test")
     resolved = resolve_defenses(defenses, seed)
     victims = _resolve_victims(victim, pretrained, processor, learning_rate, fine_tune_learning_rate, seed)
     for label, copy in copies.items():
