@@ -30,18 +30,11 @@ from _common import add_victim_and_mem_arguments, apply_smoke, load_data, machin
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10
+from hf_unlearnable.defenses import available_defenses
 from hf_unlearnable.victim import train_victim
 
 VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned"}
 SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
-
-
-def registry_defenses() -> list[str]:
-    try:
-        from hf_unlearnable.defenses import available_defenses
-    except ImportError:
-        return ["none"]
-    return available_defenses()
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -59,7 +52,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         apply_smoke(arguments)
         arguments.pretrain, arguments.pretrain_epochs = 32, 1
         arguments.defenses = arguments.defenses or ",".join(SMOKE_DEFENSES)
-    arguments.defenses = arguments.defenses or ",".join(registry_defenses())
+    arguments.defenses = arguments.defenses or ",".join(available_defenses())
     unknown = set(arguments.victims.split(",")) - set(VICTIMS)
     if unknown:
         parser.error(f"--victims: unknown {sorted(unknown)}; choose from {', '.join(VICTIMS)}")

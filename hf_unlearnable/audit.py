@@ -469,6 +469,8 @@ def _defense_label(defense: Any) -> str:
 def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[tuple[str, Callable[[], Defense | None]]]:
     """(label, factory) per defense: names go to the `hf_unlearnable.defenses` registry (a fresh
     defense per victim, seeded; "none" trains without one), callables are used as given."""
+    from .defenses import get_defense  # kornia loads only when an audit runs
+
     if isinstance(defenses, str) or callable(defenses):
         defenses = [defenses]
     resolved: list[tuple[str, Callable[[], Defense | None]]] = []
@@ -478,11 +480,6 @@ def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[t
             if name == "none":
                 resolved.append(("none", lambda: None))
                 continue
-            try:
-                from .defenses import get_defense
-            except ImportError:  # the registry is not in this installation
-                raise ValueError(f"Unknown defense {name!r}: the valid names are ['none'] (hf_unlearnable.defenses is not installed); "
-                                 "pass a callable (pixels, captions, generator) -> (pixels, captions) for others.") from None
             get_defense(name, seed=seed)  # an unknown name raises ValueError listing the valid ones, before any training
             resolved.append((name, lambda name=name: get_defense(name, seed=seed)))
         elif callable(item):
