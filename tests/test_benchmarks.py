@@ -59,13 +59,26 @@ def test_robustness_smoke_run_writes_every_verdict(tmp_path):
     assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_trigger_length_smoke_run_has_a_row_per_length(tmp_path):
-    result = run("benchmarks/trigger_length.py", "--smoke", "--output", str(tmp_path), timeout=900)
+def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_path):
+    """--dataset PATH: any save_to_disk DatasetDict with train/test splits (and its own tokenizer/)."""
+    import datasets
+
+    from hf_unlearnable.testing import clip_tokenizer, synthetic_captions
+
+    train = synthetic_captions(60, seed=0)
+    data = datasets.DatasetDict({"train": train.add_column("name", [f"n{i}" for i in range(60)]),
+                                 "test": synthetic_captions(30, seed=7)})
+    data.save_to_disk(str(tmp_path / "data"))
+    clip_tokenizer().save_pretrained(str(tmp_path / "data" / "tokenizer"))
+    output = tmp_path / "out"
+    result = run("benchmarks/trigger_length.py", "--smoke", "--dataset", str(tmp_path / "data"), "--output", str(output),
+                 timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    table = (tmp_path / "trigger_length.md").read_text()
+    table = (output / "trigger_length.md").read_text()
     for copy in ("k=0 (EM)", "k=1", "k=3", "k=5", "k=7"):
         assert f"| {copy} | from scratch | none |" in table and f"| from scratch | none | {copy} |" in table
     assert "| from scratch | none | clean |" in table and "| - | - | chance |" in table
-    assert len((tmp_path / "trigger_length.csv").read_text().splitlines()) == 6
-    assert json.loads((tmp_path / "trigger_length.json").read_text())["arguments"]["lengths"] == "0,1,3,5,7"
-    assert (tmp_path / "trigger_length.png").read_bytes()[:4] == b"\x89PNG"
+    assert "48 training pairs, 24 clean test images" in table
+    assert len((output / "trigger_length.csv").read_text().splitlines()) == 6
+    assert json.loads((output / "trigger_length.json").read_text())["arguments"]["lengths"] == "0,1,3,5,7"
+    assert (output / "trigger_length.png").read_bytes()[:4] == b"\x89PNG"
