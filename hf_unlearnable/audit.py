@@ -385,7 +385,7 @@ def check_copies_match(
         raise ValueError(f"{name} has {len(protected)} rows and clean_train {len(clean)}; a protected copy keeps every row. {fix}")
     if set(clean.column_names) != set(protected.column_names):
         raise ValueError(f"{name} has columns {protected.column_names}, clean_train {clean.column_names}. {fix}")
-    from .report import _same  # NaN-aware equality, shared with `verify_protected`
+    from .report.verify import _same  # NaN-aware equality, shared with `verify_protected`
 
     others = [c for c in clean.column_names if c not in (image_column, caption_column)]
     plain_clean = clean.select_columns([*others, caption_column]).with_format(None)
