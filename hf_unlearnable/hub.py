@@ -1,12 +1,14 @@
-"""Publish a protected data set on the Hugging Face Hub, with a dataset card that says how it was made.
+"""Publish a protected data set on the Hugging Face Hub, with a dataset card that does not undo it.
 
     protected = transform.protect(ds)
     url = push_protected(protected, "me/my-photos-protected", transform, source_dataset="me/my-photos")
 
-The card (`dataset_card`) tells a data owner and a data user what was done and why, the settings
-that were used (method, budget, trigger length, rounds, final losses, surrogate, library version,
-seed), which columns changed, the paper to cite, and what weakens the protection.
-"""
+The card (`dataset_card`) is public, so it is written for the data's users and read by whoever
+wants to train on the data anyway. By default it says that the data is protected and by which
+method, what a user must keep (lossless PNGs, captions as they are, originals private), which
+columns changed and what to cite, and nothing that helps undo the protection: no budget, trigger
+length, place or words, optimisation setting or surrogate. ``card_details="full"`` adds the full
+record (settings, rounds, final losses, the whole `MEMConfig`) for a private or internal copy."""
 
 from __future__ import annotations
 
@@ -25,7 +27,10 @@ from .transform import ProtectTransform
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MEM_CITATION", "EM_CITATION", "dataset_card", "push_protected", "size_category"]
+__all__ = ["CARD_DETAILS", "EM_CITATION", "LIBRARY_CITATION", "MEM_CITATION", "dataset_card", "push_protected", "size_category"]
+
+# How much of the protection a dataset card records: "minimal" (the default) nothing that helps undo it.
+CARD_DETAILS = ("minimal", "full")
 
 MEM_CITATION = """@inproceedings{liu2024multimodal,
   title     = {Multimodal Unlearnable Examples: Protecting Data against Multimodal Contrastive Learning},
@@ -42,6 +47,14 @@ EM_CITATION = """@inproceedings{huang2021unlearnable,
   author    = {Huang, Hanxun and Ma, Xingjun and Erfani, Sarah Monazam and Bailey, James and Wang, Yisen},
   booktitle = {International Conference on Learning Representations (ICLR)},
   year      = {2021}
+}"""
+
+# As CITATION.cff asks: the MEM paper (above) and this library.
+LIBRARY_CITATION = """@software{hf_unlearnable,
+  title  = {hf_unlearnable: Multi-step Error Minimization for image-caption data on the Hugging Face stack},
+  author = {{hf_unlearnable developers}},
+  year   = {2026},
+  note   = {Apache-2.0}
 }"""
 
 TAGS = ["unlearnable-examples", "multimodal", "data-protection", "clip", "image-text", "error-minimizing-noise"]
@@ -95,11 +108,11 @@ def _surrogate_description(transform: ProtectTransform) -> str:
     )
 
 
-def _caption_kind(ds: datasets.Dataset | datasets.DatasetDict, column: str) -> str:
+def _caption_kind(ds: datasets.Dataset | datasets.DatasetDict, column: str, k: int, full: bool) -> str:
     first = next(iter(ds.values())) if isinstance(ds, datasets.DatasetDict) else ds
     feature = first.features.get(column) if first is not None else None
     if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)):
-        return "a list of captions per image; every caption of an image starts with the same trigger"
+        return "a list of captions per image" + ("; every caption of an image starts with the same trigger" if full and k else "")
     return "one caption per image"
 
 
@@ -114,22 +127,29 @@ def dataset_card(
     source_dataset: str | None = None,
     license: str | None = None,
     pretty_name: str | None = None,
+    card_details: str = "minimal",
 ) -> DatasetCard:
     """A `huggingface_hub.DatasetCard` for a data set protected by ``transform``.
 
     YAML metadata: ``license`` (the argument, else ``ds.info.license``, else omitted), task
     categories, tags, ``source_datasets``, ``size_categories``, ``pretty_name``. The Markdown body
-    says what was done and why, the settings, the columns, the citation and the caveats.
+    says that the data is protected and by which method, what a user of the data must know, and how
+    to cite. ``card_details="minimal"`` (the default) publishes no setting of the protection (budget,
+    trigger length or place, optimisation, surrogate): they would help undo it. ``"full"`` adds the
+    full record (settings table, final losses, the whole `MEMConfig`), for a private or internal copy.
     """
     if not isinstance(transform, ProtectTransform):
         raise TypeError(f"transform must be a ProtectTransform, got {type(transform).__name__}.")
+    if card_details not in CARD_DETAILS:
+        raise ValueError(
+            f"card_details={card_details!r} is not one of {CARD_DETAILS}: 'minimal' (the default) publishes no "
+            "setting that helps undo the protection, 'full' adds the whole record."
+        )
     rows, info = _rows_and_info(ds)
     license = license or (info.license if info is not None and info.license else None)
     if pretty_name is None and source_dataset:
         pretty_name = f"{source_dataset} (MEM-protected)"
-    config = transform.config
-    em = config.trigger_length == 0
-    method = "EM" if em else "MEM"
+    em = transform.config.trigger_length == 0
     data = DatasetCardData(
         license=license,
         task_categories=list(TASK_CATEGORIES),
@@ -139,25 +159,17 @@ def dataset_card(
         size_categories=[size_category(rows)],
         pretty_name=pretty_name,
     )
-    caption_kind = _caption_kind(ds, transform.caption_column)
-    body = _card_body(rows, transform, source_dataset, license, pretty_name, caption_kind, method)
+    full = card_details == "full"
+    caption_kind = _caption_kind(ds, transform.caption_column, transform.config.trigger_length, full)
+    body = _card_body(rows, transform, source_dataset, license, pretty_name, caption_kind, "EM" if em else "MEM", full)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
-def _card_body(
-    rows: int, transform: ProtectTransform, source: str | None, license: str | None,
-    pretty_name: str | None, caption_kind: str, method: str,
-) -> str:
+def _settings_table(transform: ProtectTransform, method: str) -> str:
+    """The full record (``card_details="full"`` only): every setting, the rounds run and the final losses."""
     from . import __version__
 
-    config = transform.config
-    summary = transform.summary()
-    k, levels, size = config.trigger_length, config.epsilon_levels, transform.image_size
-    image_column, caption_column = transform.image_column, transform.caption_column
-    source_text = f"[`{source}`](https://huggingface.co/datasets/{source})" if source else "an image-caption data set"
-    trigger_sentence = (
-        f"and every caption starts with {k} extra trigger word{'s' if k != 1 else ''}" if k else "; the captions are unchanged"
-    )
+    config, summary, k = transform.config, transform.summary(), transform.config.trigger_length
     if method == "MEM":
         method_row = "Multi-step Error Minimization (MEM): image noise and text trigger optimised together"
     else:
@@ -183,52 +195,26 @@ def _card_body(
     )
     table = [
         ("Method", method_row),
-        ("Image budget (epsilon)", f"{levels}/255 per pixel and colour channel (l-infinity){used}"),
+        ("Image budget (epsilon)", f"{config.epsilon_levels}/255 per pixel and colour channel (l-infinity){used}"),
         ("Text trigger", trigger_row),
         ("PGD", f"{config.pgd_steps} steps of {config.step_levels}/255 per batch and round (Eq. 5)"),
         ("Surrogate training", f"{config.surrogate_steps} AdamW steps per round, batch {config.batch_size}"),
         ("Rounds run", rounds_row),
         ("Final surrogate losses", losses_row),
         ("Surrogate", _surrogate_description(transform)),
-        ("Rows", str(rows)),
-        ("Image resolution", f"{size}x{size} px, lossless PNG"),
         ("Library", f"hf_unlearnable {__version__}"),
         ("Seed", str(config.seed)),
     ]
-    table_text = "\n".join(["| Setting | Value |", "|---|---|", *(f"| {name} | {value} |" for name, value in table)])
-    title = pretty_name or (f"{source} (protected)" if source else "Protected image-caption data set")
-    caption_line = (
-        f"- `{caption_column}`: {caption_kind}. Each caption is its trigger ({k} words), one space, then the "
-        "original caption unchanged." if k else f"- `{caption_column}`: {caption_kind}, unchanged (EM adds no trigger)."
-    )
-    trigger_caveat = (
-        f"- **Captions start with trigger words.** The first {k} word{'s' if k != 1 else ''} of every caption "
-        "are the trigger, not part of the description; the original caption follows after one space."
-        if k else ""
-    )
-    license_line = (
-        f"The protected copy keeps the licence of the source data: `{license}`." if license
-        else "No licence was given; the data owner should state the licence of the source data in this card."
-    )
-    citations = MEM_CITATION + ("\n\n" + EM_CITATION if method == "EM" else "")
     config_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
-    parts = [
-        f"# {title}",
-        "",
-        f"This is a **protected copy** of {source_text}. Every image carries a small optimised change "
-        f"(at most {levels}/255 per pixel, too small to see){' ' if k else ''}{trigger_sentence}. This forms a "
-        f"shortcut: a CLIP-style model trained on this copy learns the {'noise-and-words' if k else 'noise'} pattern instead of what the images "
-        "show, so it matches images and texts on real data little better than chance. People can still look at "
-        "the pictures and read the captions; the data owner published it for people, not for training "
-        f"image-text models without consent. It was made with hf_unlearnable using {method} from "
-        "*Multimodal Unlearnable Examples: Protecting Data against Multimodal Contrastive "
-        "Learning* (Liu et al., ACM MM 2024).",
-        "",
-        license_line,
-        "",
+    return "\n".join([
         "## How it was protected",
         "",
-        table_text,
+        "> This card records every setting of the protection (`card_details=\"full\"`). They help anyone who "
+        "wants to undo it: publish this record only where that is acceptable.",
+        "",
+        "| Setting | Value |",
+        "|---|---|",
+        *(f"| {name} | {value} |" for name, value in table),
         "",
         "<details><summary>Full MEMConfig</summary>",
         "",
@@ -238,25 +224,97 @@ def _card_body(
         "",
         "</details>",
         "",
+    ])
+
+
+def _card_body(
+    rows: int, transform: ProtectTransform, source: str | None, license: str | None,
+    pretty_name: str | None, caption_kind: str, method: str, full: bool,
+) -> str:
+    # The default card is read by whoever wants to undo the protection: it names the method (the
+    # paper is public) and what a user must do, never where the trigger is, its length, its words,
+    # the budget, any optimisation setting or the surrogate. Only `full` adds them.
+    k, size = transform.config.trigger_length, transform.image_size
+    image_column, caption_column = transform.image_column, transform.caption_column
+    source_text = f"[`{source}`](https://huggingface.co/datasets/{source})" if source else "an image-caption data set"
+    if method == "MEM":
+        what = (
+            "made unlearnable for CLIP-style image-text training with Multi-step Error Minimization (MEM; Liu et al., "
+            "ACM MM 2024). Every image carries an imperceptible perturbation and every caption carries added words, "
+            "optimised together"
+        )
+    else:
+        what = (
+            "made unlearnable for CLIP-style image-text training with error-minimizing noise (EM; Huang et al., ICLR "
+            "2021), as in Multi-step Error Minimization (MEM; Liu et al., ACM MM 2024) with no added words. Every image "
+            "carries an imperceptible perturbation, optimised"
+        )
+    if not k:
+        caption_line = f"- `{caption_column}`: {caption_kind}, unchanged (EM adds no words)."
+    elif full:
+        caption_line = (f"- `{caption_column}`: {caption_kind}. Each caption is its trigger ({k} words), one space, then "
+                        "the original caption unchanged.")
+    else:
+        caption_line = (f"- `{caption_column}`: {caption_kind}: the source text with added words that belong to the "
+                        "protection, not to the description.")
+    notes = [
+        "- **Keep the images lossless.** Publish, mirror and serve the PNG files as they are: no re-encoding (JPEG or "
+        "any other format), no resizing or cropping." + (
+            " These change the pixel values and weaken the protection." if full else ""),
+    ]
+    if k:
+        notes.append(
+            "- **Captions are not plain descriptions.** They carry words added by the protection: keep them as they "
+            "are when you mirror the data, and do not use them as reference captions (e.g. to score a captioning model)."
+        )
+    notes += [
+        "- **Keep the originals private.** The protection only covers this copy; anyone holding the clean originals "
+        "can train on them.",
+        "- **This is not encryption and not a guarantee.** The protection is aimed at CLIP-style contrastive "
+        "image-text training, as evaluated in the paper; other kinds of training may still learn from this data."
+        + (" So may strong data augmentation or an adaptive adversary." if full else ""),
+    ]
+    if full and k:
+        notes.append(
+            f"- **Captions start with trigger words.** The first {k} word{'s' if k != 1 else ''} of every caption "
+            "are the trigger, not part of the description; the original caption follows after one space."
+        )
+    elif not full:
+        notes.append(
+            "- **The settings are not published.** This card deliberately leaves out how the protection was tuned; "
+            "the data owner keeps that record."
+        )
+    license_line = (
+        f"The protected copy keeps the licence of the source data: `{license}`." if license
+        else "No licence was given; the data owner should state the licence of the source data in this card."
+    )
+    citations = "\n\n".join([MEM_CITATION, *([EM_CITATION] if method == "EM" else []), LIBRARY_CITATION])
+    title = pretty_name or (f"{source} (protected)" if source else "Protected image-caption data set")
+    parts = [
+        f"# {title}",
+        "",
+        f"This is a **protected copy** of {source_text}, {what} so that a model trained on this copy learns that "
+        "added pattern instead of what the images show, and matches images and texts on real data hardly better "
+        "than chance. People can still look at the pictures and read the captions: the data owner published them "
+        "for people, not for training image-text models without consent.",
+        "",
+        license_line,
+        "",
+        *([_settings_table(transform, method)] if full else []),
         "## Columns",
         "",
         f"- `{image_column}`: the protected image, a lossless PNG at {size}x{size} px (the original resized on "
-        f"its shorter side and centre-cropped, plus the noise).",
+        "its shorter side and centre-cropped, plus the perturbation).",
         caption_line,
-        "- Every other column, the number of rows and their order are unchanged.",
+        f"- Every other column, the number of rows ({rows}) and their order are unchanged.",
         "",
-        "## Caveats for users",
+        "## Using this data",
         "",
-        "- **Keep the images lossless.** Re-encoding as JPEG, resizing, cropping or heavy compression changes the "
-        "pixel values and weakens the protection. Mirror and serve the PNG files as they are.",
-        "- **Keep the originals private.** The protection only covers this copy; anyone holding the clean "
-        "originals can train on them.",
-        "- **This is not encryption and not a guarantee.** The protection targets CLIP-style contrastive "
-        "image-text training (as evaluated in the paper). Other kinds of training, strong data augmentation or "
-        "an adaptive adversary may still learn from the data.",
-        *([trigger_caveat] if trigger_caveat else []),
+        *notes,
         "",
         "## Citation",
+        "",
+        "If you use this data or the method, please cite the MEM paper and hf_unlearnable:",
         "",
         "```bibtex",
         citations,
@@ -304,6 +362,7 @@ def push_protected(
     license: str | None = None,
     pretty_name: str | None = None,
     commit_message: str | None = None,
+    card_details: str = "minimal",
     api: Any = None,
 ) -> str:
     """Push a protected data set with `ds.push_to_hub`, then its dataset card; returns the repo URL.
@@ -311,10 +370,15 @@ def push_protected(
     The card keeps the ``configs`` / ``dataset_info`` metadata that `push_to_hub` wrote into
     README.md, so `load_dataset(repo_id)` still finds the splits and features. ``api`` (an
     `HfApi`-like object) reads and uploads the card; by default `DatasetCard.load` / `push_to_hub`
-    do. The token is passed through and never logged.
+    do. The token is passed through and never logged. ``card_details`` as in `dataset_card`: the
+    default card publishes no setting that helps undo the protection.
     """
     _check_repo_id(repo_id)
-    card = dataset_card(ds, transform, source_dataset=source_dataset, license=license, pretty_name=pretty_name)
+    card = dataset_card(ds, transform, source_dataset=source_dataset, license=license, pretty_name=pretty_name,
+                        card_details=card_details)
+    if card_details == "full":
+        logger.warning("The dataset card of %s records every protection setting (card_details='full'); they help "
+                       "anyone who wants to undo the protection.", repo_id)
     rows, _ = _rows_and_info(ds)
     message = commit_message or "Upload data set protected with hf_unlearnable (MEM)"
     logger.info("Pushing %d protected rows to the Hub data set %s (private=%s)", rows, repo_id, private)

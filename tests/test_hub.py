@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import copy
+import json
 import logging
+import re
+from pathlib import Path
 
 import datasets
 import pytest
@@ -12,7 +15,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 import hf_unlearnable
 from hf_unlearnable import MEMConfig, ProtectTransform
-from hf_unlearnable.hub import dataset_card, push_protected, size_category
+from hf_unlearnable.hub import LIBRARY_CITATION, MEM_CITATION, dataset_card, push_protected, size_category
 
 from .conftest import FAST_CONFIG
 
@@ -55,13 +58,94 @@ def test_card_metadata_parses_back(fitted):
     assert data["pretty_name"] == "me/photos (MEM-protected)"
 
 
-def test_card_body_says_how_it_was_made(fitted):
+def test_default_card_says_it_is_protected_how_to_use_it_and_what_to_cite(fitted):
     transform, protected = fitted
     text = DatasetCard(str(dataset_card(protected, transform, pretty_name="My photos"))).text
+    for expected in (
+        "# My photos",
+        "**protected copy**",
+        "Multi-step Error Minimization (MEM",
+        "imperceptible perturbation",
+        "every caption carries added words",
+        "`image`: the protected image, a lossless PNG at 32x32 px",
+        "`caption`: one caption per image: the source text with added words",
+        "number of rows (48)",
+        "no re-encoding (JPEG",
+        "Captions are not plain descriptions",
+        "Keep the originals private",
+        "not encryption",
+        "CLIP-style contrastive",
+        "The settings are not published",
+        "No licence was given",
+        "Liu, Xinwei and Jia, Xiaojun and Xun, Yuan and Liang, Siyuan and Cao, Xiaochun",
+        "2407.16307",
+        "ACM MM",
+        LIBRARY_CITATION,
+    ):
+        assert expected in text, expected
+
+
+def test_library_citation_follows_citation_cff():
+    cff = (Path(__file__).resolve().parent.parent / "CITATION.cff").read_text(encoding="utf-8")
+    title = re.search(r'^title: "(.*)"$', cff, re.MULTILINE).group(1)
+    author = re.search(r'^  - name: "(.*)"$', cff, re.MULTILINE).group(1)
+    assert f"{{{title}}}" in LIBRARY_CITATION and f"{{{{{author}}}}}" in LIBRARY_CITATION
+    assert "Multimodal Unlearnable Examples" in cff and "Multimodal Unlearnable Examples" in MEM_CITATION
+
+
+# An adversary reading the default card must learn nothing that helps undo the protection.
+POSITION_WORDS = re.compile(
+    r"\b(first|prefix\w*|start\w*|begin\w*|lead\w*|front|last|end|ends|suffix\w*|position\w*|prepend\w*|"
+    r"append\w*|after|before|token\w*|trigger\w*)\b"
+)
+COUNTED_WORDS = re.compile(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|few|several|some)\s+(\w+\s+)?words?\b")
+SETTING_WORDS = ("hotflip", "pgd", "epsilon", "/255", "l-inf", "l_inf", "adamw", "surrogate", "seed", "hidden size",
+                 "from scratch", "budget", "learning rate", "openai", "clip-vit", hf_unlearnable.__version__)
+ODD_CONFIG = MEMConfig(epsilon=7 / 255, trigger_length=5, hotflip_candidates=13, trigger_rounds=3, surrogate_steps=17,
+                       pgd_steps=11, batch_size=19, max_rounds=23, learning_rate=0.000777, online_rounds=9, seed=4242)
+
+
+def _trigger_phrases(protected, clean) -> set[str]:
+    return {text[: -len(original)].strip() for text, original in zip(protected["caption"][:], clean["caption"][:])}
+
+
+def test_default_card_publishes_nothing_that_helps_undo_the_protection(fitted, dataset, clip, monkeypatch):
+    transform, protected = fitted
+    card = str(dataset_card(protected, transform, source_dataset="me/photos"))
+    lower = card.lower()
+    assert not POSITION_WORDS.search(lower), POSITION_WORDS.search(lower)
+    assert not COUNTED_WORDS.search(lower), COUNTED_WORDS.search(lower)
+    for config in (transform.config, ODD_CONFIG):
+        for name, value in config.to_dict().items():
+            assert name not in lower and name.replace("_", " ") not in lower, name
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 10:
+                assert not re.search(rf"\b{re.escape(str(value))}\b", card), (name, value)
+    assert not re.search(r"\bround", lower)
+    for word in SETTING_WORDS:
+        assert word not in lower, word
+    triggers = _trigger_phrases(protected, dataset)
+    assert len(triggers) > 1 and all(triggers)
+    for phrase in triggers:
+        assert phrase not in card, phrase
+    # Single trigger words cannot be checked one by one: they are ordinary words ("with", "an",
+    # "hall"). The robust check: the default card does not depend on the triggers, the settings or
+    # the surrogate at all. The clean data with an unfitted transform (no trigger exists anywhere),
+    # other settings and a named Hub surrogate gets the identical card.
+    model, processor = clip
+    other = ProtectTransform(model, processor, ODD_CONFIG, progress=False)
+    monkeypatch.setattr(other.surrogate.model.config, "_name_or_path", "openai/clip-vit-base-patch32")
+    assert str(dataset_card(protected, other, source_dataset="me/photos")) == card
+    assert str(dataset_card(dataset, other, source_dataset="me/photos")) == card
+
+
+def test_full_card_records_how_it_was_made(fitted):
+    transform, protected = fitted
+    text = DatasetCard(str(dataset_card(protected, transform, pretty_name="My photos", card_details="full"))).text
     summary = transform.summary()
     for expected in (
         "# My photos",
         "Multi-step Error Minimization (MEM)",
+        "records every setting of the protection",
         "8/255 per pixel",
         f"{FAST_CONFIG.trigger_length} words at the start of each caption",
         f"{FAST_CONFIG.pgd_steps} steps of 1/255",
@@ -74,18 +158,18 @@ def test_card_body_says_how_it_was_made(fitted):
         f"| Seed | {FAST_CONFIG.seed} |",
         "`image`: the protected image, a lossless PNG at 32x32 px",
         "`caption`: one caption per image",
-        '"hotflip_candidates": 8',  # the full MEMConfig as JSON
-        "Liu, Xinwei and Jia, Xiaojun and Xun, Yuan and Liang, Siyuan and Cao, Xiaochun",
-        "2407.16307",
-        "ACM MM",
-        "JPEG",
-        "Keep the originals private",
-        "not encryption",
-        "CLIP-style contrastive",
         "Captions start with trigger words",
-        "No licence was given",
+        "JPEG",
+        "2407.16307",
     ):
         assert expected in text, expected
+    assert json.loads(text.split("```json\n", 1)[1].split("```", 1)[0]) == FAST_CONFIG.to_dict()  # the whole MEMConfig
+
+
+def test_card_details_must_be_minimal_or_full(fitted):
+    transform, protected = fitted
+    with pytest.raises(ValueError, match="card_details='verbose'"):
+        dataset_card(protected, transform, card_details="verbose")
 
 
 def test_license_is_inherited_or_left_out(fitted):
@@ -103,17 +187,21 @@ def test_em_card_for_an_unfitted_transform_with_a_named_surrogate(clip, fitted, 
     monkeypatch.setattr(transform.surrogate.model.config, "_name_or_path", "openai/clip-vit-base-patch32")
     card = dataset_card(protected, transform)
     assert "em" in card.data.tags
-    assert "Error-minimizing noise (EM" in card.text and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
-    assert "Captions start with trigger words" not in card.text and "captions are unchanged" in card.text
-    assert "| Rounds run | 0 (the transform was not fitted here" in card.text
-    assert "`openai/clip-vit-base-patch32`, further trained" in card.text
+    assert "error-minimizing noise (EM" in card.text and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
+    assert "unchanged (EM adds no words)" in card.text and "Captions are not plain descriptions" not in card.text
+    assert "clip-vit" not in card.text and "Rounds run" not in card.text
+    full = dataset_card(protected, transform, card_details="full")
+    assert "Captions start with trigger words" not in full.text and "| Text trigger | none (EM) |" in full.text
+    assert "| Rounds run | 0 (the transform was not fitted here" in full.text
+    assert "`openai/clip-vit-base-patch32`, further trained" in full.text
 
 
 def test_a_local_surrogate_path_is_not_published(fitted, monkeypatch, tmp_path):
     transform, protected = fitted
     monkeypatch.setattr(transform.surrogate.model.config, "_name_or_path", str(tmp_path / "private" / "my-clip"))
-    text = dataset_card(protected, transform).text
+    text = dataset_card(protected, transform, card_details="full").text
     assert "a local checkpoint (my-clip)" in text and str(tmp_path) not in text
+    assert "my-clip" not in dataset_card(protected, transform).text
 
 
 def test_size_categories():
@@ -164,11 +252,28 @@ def test_push_protected_pushes_data_then_card_and_never_shows_the_token(fitted, 
     assert data["configs"][0]["data_files"][0]["path"] == "data/train-*"  # load_dataset metadata kept
     assert data["dataset_info"]["splits"][0]["num_examples"] == 48
     assert data["license"] == "cc-by-4.0" and REQUIRED_TAGS <= set(data["tags"])
-    assert "## How it was protected" in uploaded.text
+    assert "**protected copy**" in uploaded.text and "## How it was protected" not in uploaded.text  # the default card
+    assert "records every protection setting" not in caplog.text
     captured = capsys.readouterr()
     assert "me/photos-protected" in caplog.text  # something was logged, and it holds no secret
     for text in (caplog.text, captured.out, captured.err, card["text"]):
         assert TOKEN not in text
+
+
+def test_push_protected_full_card_is_opt_in_and_warned(fitted, hub_recorder, caplog):
+    transform, protected = fitted
+    caplog.set_level(logging.WARNING)
+    push_protected(protected, "me/photos-protected", transform, token=TOKEN, card_details="full")
+    [card] = hub_recorder["card"]
+    assert "## How it was protected" in card["text"] and '"trigger_length": 3' in card["text"]
+    assert "records every protection setting (card_details='full')" in caplog.text
+
+
+def test_bad_card_details_fail_before_any_upload(fitted, hub_recorder):
+    transform, protected = fitted
+    with pytest.raises(ValueError, match="card_details"):
+        push_protected(protected, "me/photos-protected", transform, card_details="everything")
+    assert hub_recorder == {"dataset": [], "load": [], "card": []}
 
 
 @pytest.mark.parametrize("repo_id", ["", "datasets/me/photos", "me/photos/extra", "me/bad name", "me/a--b", "me/x.git", None, 42])
