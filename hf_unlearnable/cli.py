@@ -1,8 +1,10 @@
 """`hf-unlearnable`: protect a data set, check a protected copy, show samples.
 
 - ``protect``: with no arguments it protects the built-in synthetic data set with a tiny surrogate
-  trained from scratch and saves it to ``./protected``; with ``--dataset`` and ``--model`` it
-  protects real data.
+  trained from scratch and saves it to ``./protected``; with ``--dataset`` and ``--model`` (or
+  ``--from-scratch CLIPConfig.json``, the paper's setting) it protects real data. The data set and
+  its columns are checked before the surrogate loads; a surrogate that cannot be loaded (e.g.
+  offline) is one line with the fix, exit 2.
 - ``verify CLEAN PROTECTED``: checks a protected copy against its clean data set (rows, other
   columns, image budget, triggers); exit 0 when it keeps every promise, 1 on a violation, 2 on bad
   arguments.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import sys
@@ -26,6 +29,9 @@ import typing
 from collections.abc import Sequence
 
 from .config import MEMConfig
+
+if typing.TYPE_CHECKING:
+    from transformers import CLIPConfig, CLIPProcessor
 
 DEMO_ROWS = 256
 DEMO_OVERRIDES = {"max_rounds": 5, "surrogate_steps": 50, "batch_size": 32}
@@ -77,6 +83,117 @@ def config_from_arguments(arguments: argparse.Namespace, defaults: dict | None =
     return MEMConfig(**values)
 
 
+def add_surrogate_arguments(parser: argparse.ArgumentParser, *, required: bool, model_default: str = "") -> None:
+    """``--model`` | ``--from-scratch CONFIG_JSON``, and ``--processor`` (shared by the CLI and the recipes)."""
+    group = parser.add_argument_group("surrogate")
+    which = group.add_mutually_exclusive_group(required=required)
+    which.add_argument("--model", help="pretrained CLIP surrogate: Hub id or local folder (e.g. "
+                       f"{DEFAULT_MODEL}), further trained during protection" + (f" (default: {model_default})" if model_default else ""))
+    which.add_argument("--from-scratch", metavar="CONFIG_JSON", help="train the surrogate from scratch (the paper's "
+                       "setting) from this transformers CLIPConfig JSON file (CLIPConfig(...).to_json_file(path))")
+    group.add_argument("--processor", help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
+                       f"(default: the --model's own; with --from-scratch {DEFAULT_MODEL})")
+
+
+def _load_error(flag: str, name: str, error: Exception, what: str) -> ValueError:
+    """One line saying why ``name`` did not load and what to pass instead; never a traceback."""
+    from huggingface_hub import constants
+
+    if os.path.isdir(os.path.expanduser(name)):
+        cause = " ".join(str(error).split())[:300]
+        return ValueError(f"{flag} {name!r}: the folder does not hold a loadable CLIP {what} ({type(error).__name__}: {cause}).")
+    why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached or has no such repo"
+    fix = ("pass --processor LOCAL_FOLDER (a saved CLIPProcessor; with --from-scratch it defaults to "
+           f"{DEFAULT_MODEL}'s)" if flag == "--processor" else
+           "pass --model LOCAL_FOLDER (a CLIPModel saved with its processor), or --from-scratch CLIPConfig.json "
+           "--processor LOCAL_FOLDER (the paper's setting)")
+    return ValueError(f"{flag} {name!r} is not a local folder nor in the Hugging Face cache, and {why}. "
+                      f"Fix: {fix}, or go online (HF_HUB_OFFLINE=0).")
+
+
+def _existing_or_hub_id(flag: str, name: str) -> str:
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if os.path.exists(os.path.expanduser(name)):
+        return os.path.expanduser(name)
+    try:
+        validate_repo_id(name)
+    except HFValidationError:
+        raise ValueError(f"{flag} {name!r}: no such folder, and not a Hub repo id ('owner/name').") from None
+    return name
+
+
+def surrogate_from_arguments(
+    model: str | None, from_scratch: str | None = None, processor: str | None = None
+) -> tuple[str | CLIPConfig, CLIPProcessor]:
+    """The surrogate a command line names: ``(model, CLIPProcessor)`` for `ProtectTransform`.
+
+    ``model``: a Hub id or folder (returned as is, after its processor and config loaded) or, with
+    ``from_scratch``, the `CLIPConfig` read from that JSON file (a CLIP trained from scratch, as in
+    the paper; ``processor`` defaults to ``DEFAULT_MODEL``'s). Loads only the small files, so a
+    surrogate that cannot be loaded (offline, no such folder, no safetensors weights, a tokenizer
+    too large for the config) fails here in one line with the fix, before any weights or data work.
+    """
+    from huggingface_hub.errors import EntryNotFoundError
+    from transformers import CLIPConfig, CLIPProcessor
+
+    failures = (OSError, ValueError, EntryNotFoundError)
+    if (model is None) == (from_scratch is None):
+        raise ValueError("Name the surrogate with exactly one of --model (pretrained) or --from-scratch CONFIG_JSON.")
+    config = None
+    if from_scratch is not None:  # the cheap checks first
+        if not os.path.isfile(from_scratch):
+            raise ValueError(f"--from-scratch {from_scratch!r}: no such file (a CLIPConfig JSON, e.g. "
+                             "CLIPConfig(...).to_json_file(path)).")
+        try:
+            with open(from_scratch, encoding="utf-8") as file:
+                fields = json.load(file)
+        except (OSError, ValueError) as error:
+            fields = f"{type(error).__name__}: {error}"
+        # CLIPConfig takes any JSON (unknown keys become attributes); a wrong file would build a default-size CLIP.
+        if not isinstance(fields, dict) or not (fields.get("model_type") == "clip" or {"text_config", "vision_config"} <= set(fields)):
+            why = fields if isinstance(fields, str) else "no model_type 'clip', no text_config and vision_config"
+            raise ValueError(f"--from-scratch {from_scratch!r} is not a CLIPConfig JSON file ({why}); write one with "
+                             "CLIPConfig(...).to_json_file(path), or pass a CLIP checkpoint's config.json.")
+        config = CLIPConfig.from_dict(fields)
+    processor_flag = "--model" if processor is None and from_scratch is None else "--processor"
+    processor_name = _existing_or_hub_id(processor_flag, processor or model or DEFAULT_MODEL)
+    try:
+        loaded = CLIPProcessor.from_pretrained(processor_name)
+    except failures as error:
+        raise _load_error(processor_flag, processor_name, error, "processor") from None
+    if config is not None:
+        vocabulary = len(loaded.tokenizer)
+        if vocabulary > config.text_config.vocab_size:
+            raise ValueError(
+                f"--from-scratch {from_scratch!r} has text vocab_size={config.text_config.vocab_size} but the "
+                f"processor's tokenizer has {vocabulary} tokens; pass a --processor whose tokenizer fits the config "
+                "(or raise text_config.vocab_size)."
+            )
+        return config, loaded
+    model = _existing_or_hub_id("--model", model)
+    try:
+        CLIPConfig.from_pretrained(model)
+    except failures as error:
+        raise _load_error("--model", model, error, "model") from None
+    if os.path.isdir(model) and not any(name.endswith(".safetensors") or name.endswith(".safetensors.index.json")
+                                        for name in os.listdir(model)):
+        raise ValueError(f"--model {model!r} holds no safetensors weights; only safetensors are loaded. Convert once: "
+                         "CLIPModel.from_pretrained(FOLDER).save_pretrained(FOLDER) (writes model.safetensors).")
+    return model, loaded
+
+
+def check_columns(ds: typing.Any, image_column: str, caption_column: str) -> None:
+    """Stop on a column the data set lacks, or captions that are not text, before any model is loaded."""
+    from .checks import caption_is_list, check_column, check_is_dataset
+
+    check_is_dataset(ds, "--dataset")
+    check_column(ds, image_column, "image_column (--image-column)", "the data set")
+    check_column(ds, caption_column, "caption_column (--caption-column)", "the data set")
+    caption_is_list(ds.features[caption_column], caption_column)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-unlearnable", description="Make image-caption data unlearnable (MEM).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each round")
@@ -87,8 +204,6 @@ def build_parser() -> argparse.ArgumentParser:
     protect.add_argument("--split", default="train", help="split to protect (default: train)")
     protect.add_argument("--image-column", default="image")
     protect.add_argument("--caption-column", default="caption")
-    protect.add_argument("--model", help=f"surrogate: Hub id or local path (default: {DEFAULT_MODEL}; "
-                         "with the built-in data set, a tiny CLIP trained from scratch)")
     protect.add_argument("--output", default="protected", help="output folder for save_to_disk (default: ./protected)")
     protect.add_argument("--save-transform", help="also save the fitted ProtectTransform here")
     protect.add_argument("--work-dir", help="folder for the per-sample state and checkpoints (default: a folder in "
@@ -99,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
                          "work dir after protecting (default: deleted; a --work-dir you name is always kept)")
     protect.add_argument("--rows", type=int, default=DEMO_ROWS, help="rows of the built-in synthetic data set")
     protect.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    add_surrogate_arguments(protect, required=False, model_default=f"{DEFAULT_MODEL}; with the built-in data set, "
+                            "a tiny CLIP trained from scratch")
     add_config_arguments(protect)
 
     verify = commands.add_parser(
@@ -237,24 +354,33 @@ def run_protect(arguments: argparse.Namespace) -> int:
         import datasets
 
         datasets.disable_progress_bars()
-    if arguments.dataset is None:
-        from .testing import synthetic_captions, tiny_clip
-
-        config = config_from_arguments(arguments, DEMO_OVERRIDES)
-        ds = synthetic_captions(arguments.rows, seed=config.seed)
-        model, processor = tiny_clip(seed=config.seed) if arguments.model is None else (arguments.model, None)
-        source = f"built-in synthetic data set ({arguments.rows} rows)"
-    else:
-        config = config_from_arguments(arguments)
-        with state.main_process_first():  # the others reuse the main process's download and cache files
-            ds = load_dataset_argument(arguments.dataset, arguments.split)
-        model, processor = arguments.model or DEFAULT_MODEL, None
-        source = f"{arguments.dataset} [{arguments.split}]"
     if arguments.resume:
         if not arguments.work_dir:
             raise ValueError("--resume needs --work-dir: the folder of the run to continue.")
         if not os.path.exists(os.path.join(arguments.work_dir, "identity.json")):
             raise ValueError(f"--resume: {arguments.work_dir} holds no earlier run; drop --resume to start one.")
+    if arguments.dataset is None:
+        from .testing import synthetic_captions
+
+        config = config_from_arguments(arguments, DEMO_OVERRIDES)
+        ds = synthetic_captions(arguments.rows, seed=config.seed)
+        source = f"built-in synthetic data set ({arguments.rows} rows)"
+    else:
+        config = config_from_arguments(arguments)
+        with state.main_process_first():  # the others reuse the main process's download and cache files
+            ds = load_dataset_argument(arguments.dataset, arguments.split)
+        source = f"{arguments.dataset} [{arguments.split}]"
+    # The data set is checked before the surrogate loads: a wrong column costs a second, not a download.
+    check_columns(ds, arguments.image_column, arguments.caption_column)
+    if arguments.dataset is None and arguments.model is None and arguments.from_scratch is None:
+        if arguments.processor:
+            raise ValueError("--processor needs --model or --from-scratch (the built-in demo brings its own).")
+        from .testing import tiny_clip
+
+        model, processor = tiny_clip(seed=config.seed)
+    else:
+        default = DEFAULT_MODEL if arguments.from_scratch is None else None
+        model, processor = surrogate_from_arguments(arguments.model or default, arguments.from_scratch, arguments.processor)
     transform = ProtectTransform(model, processor, config, work_dir=arguments.work_dir,
                                  keep_work_dir=arguments.keep_work_dir,
                                  progress=not arguments.no_progress and state.is_main_process)

@@ -31,11 +31,19 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from hf_unlearnable.cli import add_config_arguments, config_from_arguments, load_dataset_argument  # noqa: E402
+from hf_unlearnable.cli import (  # noqa: E402
+    add_config_arguments,
+    add_surrogate_arguments,
+    config_from_arguments,
+    load_dataset_argument,
+    surrogate_from_arguments,
+)
 
 logger = logging.getLogger("protect_coco")
 
-DEFAULT_PROCESSOR = "openai/clip-vit-base-patch32"
+# hf_unlearnable.hub.CARD_DETAILS, spelt out so that --help does not import torch (a test keeps them equal)
+CARD_DETAILS = ("minimal", "full")
+
 # Holds each caption's original row number while a one-row-per-caption data set is grouped, so
 # --per-caption-output can restore the exact input order.
 _ROW_NUMBERS = "__hf_unlearnable_row__"
@@ -62,13 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
                       "per caption again, in the input's order (the input's layout)")
     data.add_argument("--max-rows", type=int, help="protect only the first N rows (images, after grouping): a trial run")
 
-    surrogate = parser.add_argument_group("surrogate")
-    which = surrogate.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", help="pretrained CLIP: Hub id or local folder (e.g. openai/clip-vit-base-patch32)")
-    which.add_argument("--from-scratch", metavar="CONFIG_JSON", help="train the surrogate from scratch (the paper's "
-                       "setting) from this transformers CLIPConfig JSON file")
-    surrogate.add_argument("--processor", help="CLIPProcessor (Hub id or local folder): tokenizer and image "
-                           f"normalisation (default: the --model's own; with --from-scratch {DEFAULT_PROCESSOR})")
+    add_surrogate_arguments(parser, required=True)
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True, help="folder for the protected data set (save_to_disk)")
@@ -81,6 +83,9 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--hub-token-env", default="HF_TOKEN", metavar="NAME",
                         help="environment variable holding the Hub token (default: HF_TOKEN; unset: the saved login)")
     output.add_argument("--license", help="with --push-to-hub: the licence for the dataset card (e.g. cc-by-4.0)")
+    output.add_argument("--card-details", choices=CARD_DETAILS, help="with --push-to-hub: 'minimal' (default) publishes "
+                        "that the data is protected, how to use and cite it, and no setting that helps undo it; 'full' "
+                        "adds every setting, the losses and the whole MEMConfig")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
     parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
     add_config_arguments(parser)
@@ -89,28 +94,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _is_local(path: str) -> bool:
     return os.path.exists(os.path.expanduser(path))
-
-
-def _load_surrogate(arguments: argparse.Namespace):
-    """(model argument for ProtectTransform, processor or None)."""
-    from transformers import CLIPConfig, CLIPProcessor
-
-    processor = CLIPProcessor.from_pretrained(arguments.processor) if arguments.processor else None
-    if arguments.model:
-        return arguments.model, processor
-    if not os.path.isfile(arguments.from_scratch):
-        raise FileNotFoundError(f"--from-scratch {arguments.from_scratch!r}: no such file (a CLIPConfig JSON, e.g. "
-                                "CLIPConfig(...).to_json_file(path)).")
-    config = CLIPConfig.from_json_file(arguments.from_scratch)
-    processor = processor or CLIPProcessor.from_pretrained(DEFAULT_PROCESSOR)
-    vocabulary = len(processor.tokenizer)
-    if vocabulary > config.text_config.vocab_size:
-        raise ValueError(
-            f"--from-scratch {arguments.from_scratch!r} has text vocab_size={config.text_config.vocab_size} but the "
-            f"processor's tokenizer has {vocabulary} tokens; pass a --processor whose tokenizer fits the config "
-            "(or raise text_config.vocab_size)."
-        )
-    return config, processor
 
 
 def _hub_token(arguments: argparse.Namespace) -> str | None:
@@ -195,7 +178,7 @@ def run(arguments: argparse.Namespace) -> int:
             if arguments.max_rows is not None and arguments.max_rows < len(ds):
                 ds = ds.select(range(arguments.max_rows))
 
-    model, processor = _load_surrogate(arguments)
+    model, processor = surrogate_from_arguments(arguments.model, arguments.from_scratch, arguments.processor)
     transform = ProtectTransform(
         model, processor, config, work_dir=arguments.work_dir,
         progress=not arguments.no_progress and state.is_main_process,
@@ -213,6 +196,7 @@ def run(arguments: argparse.Namespace) -> int:
             pushed_to = push(
                 protected, arguments.push_to_hub, transform, private=arguments.private, token=_hub_token(arguments),
                 source_dataset=None if _is_local(arguments.dataset) else arguments.dataset, license=arguments.license,
+                card_details=arguments.card_details or "minimal",
             )
     state.wait_for_everyone()
     if state.is_main_process:
@@ -234,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--private needs --push-to-hub")
     if arguments.license and not arguments.push_to_hub:
         parser.error("--license needs --push-to-hub")
+    if arguments.card_details and not arguments.push_to_hub:
+        parser.error("--card-details needs --push-to-hub")
     logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -1,6 +1,7 @@
 """`hf-unlearnable protect` as a user runs it: a real process, real files."""
 
 import dataclasses
+import json
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ from PIL import Image
 from hf_unlearnable import MEMConfig
 from hf_unlearnable.cli import build_parser, config_from_arguments, main
 from hf_unlearnable.images import decode_png
-from hf_unlearnable.testing import synthetic_captions, tiny_clip
+from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 
 from .test_report import TAMPERINGS, tamper_note, tamper_pixel, tamper_remove_row, tamper_trigger
 
@@ -72,7 +73,101 @@ def test_bad_arguments_exit_with_a_clear_message(tmp_path):
     result = run("protect", "--rows", "8", "--epsilon", "2", cwd=tmp_path)
     assert result.returncode == 2 and "MEMConfig.epsilon=2.0" in result.stderr
     result = run("protect", "--rows", "8", "--caption-column", "nope", "--max-rounds", "1", cwd=tmp_path)
-    assert result.returncode == 2 and "caption_column='nope'" in result.stderr
+    assert result.returncode == 2 and "caption_column (--caption-column)='nope'" in result.stderr
+
+
+# ------------------------------------------------------------------------------------ the surrogate
+@pytest.fixture(scope="module")
+def surrogate_files(tmp_path_factory):
+    """A small data set on disk, a processor-only folder, a CLIPConfig JSON and a model folder without weights."""
+    root = tmp_path_factory.mktemp("surrogate")
+    model, processor = tiny_clip(image_size=32, seed=3)
+    processor.save_pretrained(root / "processor")  # a processor, no model: --model on it cannot work
+    tiny_clip_config(32).to_json_file(root / "clip_config.json")
+    tiny_clip_config(32, hidden_size=32).to_json_file(root / "narrow_config.json")
+    small = tiny_clip_config(32)
+    small.text_config.vocab_size = 10
+    small.to_json_file(root / "small_vocab.json")
+    model.config.save_pretrained(root / "no-weights")
+    processor.save_pretrained(root / "no-weights")
+    synthetic_captions(16, image_size=32, seed=4).save_to_disk(str(root / "data"))
+    return root
+
+
+def test_offline_hub_surrogate_fails_in_one_line_with_the_fix(surrogate_files, tmp_path):
+    """No network, the default Hub surrogate (or the default --from-scratch processor) not cached: one line, exit 2."""
+    env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}  # nothing cached, whatever this machine holds
+    common = ["-m", "hf_unlearnable.cli", "protect", "--dataset", str(surrogate_files / "data"),
+              "--output", str(tmp_path / "out"), "--max-rounds", "1"]
+    cases = [([], "--model 'openai/clip-vit-base-patch32'"),
+             (["--from-scratch", str(surrogate_files / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'")]
+    for extra, names in cases:
+        result = subprocess.run([sys.executable, *common, *extra], capture_output=True, text=True, cwd=tmp_path,
+                                env=env, timeout=300)
+        assert result.returncode == 2, result.stderr
+        assert "Traceback" not in result.stderr
+        [line] = [text for text in result.stderr.splitlines() if text.startswith("error:")]
+        assert names in line and "HF_HUB_OFFLINE=1 is set" in line and "go online (HF_HUB_OFFLINE=0)" in line
+        assert "LOCAL_FOLDER" in line and (extra or "--from-scratch" in line)
+        assert not (tmp_path / "out").exists()
+
+
+def test_a_wrong_column_is_reported_before_the_surrogate_loads(surrogate_files, tmp_path, capsys):
+    data = str(surrogate_files / "data")
+    missing_model = str(tmp_path / "no-such-model")
+    for flag, message in (("--caption-column", "caption_column (--caption-column)='nope' is not a column"),
+                          ("--image-column", "image_column (--image-column)='nope' is not a column")):
+        assert main(["protect", "--dataset", data, "--model", missing_model, flag, "nope", "--output", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "no-such-model" not in err
+    # the default (offline, uncached) Hub surrogate is never reached either
+    assert main(["protect", "--dataset", data, "--caption-column", "nope", "--output", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "caption_column (--caption-column)='nope'" in err and "openai" not in err
+    # with the columns right, the same missing model is what stops it
+    assert main(["protect", "--dataset", data, "--model", missing_model, "--output", str(tmp_path / "o")]) == 2
+    assert f"--model {missing_model!r}: no such folder" in capsys.readouterr().err
+
+
+def test_protect_from_scratch_end_to_end(surrogate_files, tmp_path):
+    """--from-scratch CONFIG_JSON --processor FOLDER: a CLIP built from the JSON and trained during protection."""
+    result = run("protect", "--dataset", str(surrogate_files / "data"), "--from-scratch",
+                 str(surrogate_files / "narrow_config.json"), "--processor", str(surrogate_files / "processor"),
+                 "--output", str(tmp_path / "out"), "--save-transform", str(tmp_path / "transform"), "--max-rounds", "1",
+                 "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8", "--trigger-length", "2",
+                 "--no-progress", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "surrogate after 1 rounds" in result.stdout
+    clean = datasets.load_from_disk(str(surrogate_files / "data"))
+    out = datasets.load_from_disk(str(tmp_path / "out"))
+    assert len(out) == 16
+    for text, original in zip(out["caption"][:], clean["caption"][:]):
+        assert text.endswith(" " + original) and len(text.split()) == len(original.split()) + 2
+    saved = json.loads((tmp_path / "transform" / "surrogate" / "config.json").read_text())
+    assert saved["vision_config"]["hidden_size"] == 32 and saved["text_config"]["hidden_size"] == 32  # the JSON's CLIP
+
+
+def test_surrogate_arguments_that_cannot_work_fail_with_the_fix(surrogate_files, tmp_path, capsys):
+    data, out = str(surrogate_files / "data"), str(tmp_path / "o")
+    cases = [
+        (["--from-scratch", str(surrogate_files / "small_vocab.json"), "--processor", str(surrogate_files / "processor")],
+         "has text vocab_size=10 but the processor's tokenizer has"),
+        (["--from-scratch", str(tmp_path / "missing.json")], "no such file"),
+        (["--from-scratch", data + "/dataset_info.json", "--processor", str(surrogate_files / "processor")],
+         "is not a CLIPConfig JSON file"),
+        (["--model", str(surrogate_files / "no-weights")], "holds no safetensors weights"),
+        (["--model", str(surrogate_files / "processor")], "holds no safetensors weights"),
+        (["--model", data], "the folder does not hold a loadable CLIP processor"),
+        (["--model", "bad name!!"], "not a Hub repo id"),
+    ]
+    for extra, message in cases:
+        assert main(["protect", "--dataset", data, "--output", out, *extra]) == 2, message
+        assert message in capsys.readouterr().err
+    assert main(["protect", "--processor", str(surrogate_files / "processor"), "--output", out]) == 2
+    assert "--processor needs --model or --from-scratch" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as error:
+        main(["protect", "--model", "m", "--from-scratch", "c.json"])
+    assert error.value.code == 2
 
 
 # ------------------------------------------------------------------------------------ verify and show

@@ -151,13 +151,15 @@ def test_recipe_push_to_hub_uses_token_without_printing_it(assets, tmp_path, mon
     monkeypatch.setenv("MY_HUB_TOKEN", SECRET)
     code = load_recipe().main(["--dataset", assets["flickr8k"], "--caption-column", "caption_0,caption_1,caption_2",
                                "--model", assets["model"], "--output-dir", str(tmp_path / "out"), "--push-to-hub", "someone/protected-flickr", "--private",
-                               "--hub-token-env", "MY_HUB_TOKEN", "--license", "cc-by-4.0", "--verbose", *TINY])
+                               "--hub-token-env", "MY_HUB_TOKEN", "--license", "cc-by-4.0", "--card-details", "full",
+                               "--verbose", *TINY])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert len(calls) == 1
     call = calls[0]
     assert call["repo_id"] == "someone/protected-flickr" and call["private"] is True and call["token"] == SECRET
     assert call["rows"] == IMAGES and call["fitted"] and call["license"] == "cc-by-4.0"
+    assert call["card_details"] == "full"  # opted in; the default is "minimal"
     assert call["source_dataset"] is None  # a local path is not named in the card
     assert "pushed to https://huggingface.co/datasets/someone/protected-flickr" in captured.out
     assert SECRET not in captured.out and SECRET not in captured.err
@@ -183,7 +185,9 @@ def test_recipe_rejects_bad_arguments_before_protecting(assets, tmp_path, monkey
     assert not (tmp_path / "out").exists()
     for arguments in (["--dataset", "x", "--output-dir", "o"],  # neither --model nor --from-scratch
                       ["--dataset", "x", "--output-dir", "o", "--model", "m", "--from-scratch", "c.json"],
-                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--private"]):
+                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--private"],
+                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--card-details", "full"],
+                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--push-to-hub", "a/b", "--card-details", "all"]):
         with pytest.raises(SystemExit) as error:
             recipe.main(arguments)
         assert error.value.code == 2
@@ -202,5 +206,7 @@ def test_recipe_calls_push_protected_with_its_real_signature():
 
     hub = pytest.importorskip("hf_unlearnable.hub")
     inspect.signature(hub.push_protected).bind(
-        "ds", "user/name", "transform", private=True, token="t", source_dataset=None, license=None
+        "ds", "user/name", "transform", private=True, token="t", source_dataset=None, license=None, card_details="minimal"
     )
+    assert load_recipe().CARD_DETAILS == hub.CARD_DETAILS
+    assert inspect.signature(hub.push_protected).parameters["card_details"].default == "minimal"
