@@ -277,7 +277,7 @@ def load_dataset_argument(name: str, split: str):
 
 
 def _load_pair_member(name: str, split: str, role: str):
-    """`load_dataset_argument` for verify/show: every failure becomes a ValueError (exit 2) naming the argument."""
+    """`load_dataset_argument` for the commands: every failure becomes a ValueError (exit 2) naming the argument."""
     import datasets
 
     looks_local = name.startswith((".", "~")) or os.path.isabs(name)
@@ -368,7 +368,7 @@ def run_protect(arguments: argparse.Namespace) -> int:
     else:
         config = config_from_arguments(arguments)
         with state.main_process_first():  # the others reuse the main process's download and cache files
-            ds = load_dataset_argument(arguments.dataset, arguments.split)
+            ds = _load_pair_member(arguments.dataset, arguments.split, "--dataset")  # a load failure: one line, exit 2
         source = f"{arguments.dataset} [{arguments.split}]"
     # The data set is checked before the surrogate loads: a wrong column costs a second, not a download.
     check_columns(ds, arguments.image_column, arguments.caption_column)

@@ -124,6 +124,8 @@ def test_a_wrong_column_is_reported_before_the_surrogate_loads(surrogate_files, 
     assert main(["protect", "--dataset", data, "--caption-column", "nope", "--output", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "caption_column (--caption-column)='nope'" in err and "openai" not in err
+    assert main(["protect", "--dataset", str(tmp_path / "no-data"), "--output", str(tmp_path / "o")]) == 2
+    assert "--dataset " in (err := capsys.readouterr().err) and "no such folder" in err and "Traceback" not in err
     # with the columns right, the same missing model is what stops it
     assert main(["protect", "--dataset", data, "--model", missing_model, "--output", str(tmp_path / "o")]) == 2
     assert f"--model {missing_model!r}: no such folder" in capsys.readouterr().err
