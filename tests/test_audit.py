@@ -238,7 +238,7 @@ def test_audit_writes_markdown_json_and_figure(audited):
 def scripted_victims(monkeypatch, r10_of):
     """Replace victim training by scripted scores: ``r10_of(train_ds, defense)`` gives the final R@10.
     (A tiny victim that really learns takes minutes; the benchmarks measure real ones.)"""
-    import hf_unlearnable.audit as audit
+    import hf_unlearnable.audit.run as audit  # where evaluate_protection looks train_victim up
 
     def fake_train_victim(train_ds, eval_ds, model, processor, *, defense=None, **kwargs):
         start = {key: 5.0 for key in ("i2t_r10", "t2i_r10")} | {"epoch": 0}

@@ -1,0 +1,48 @@
+"""The audit a data owner runs before publishing: does the protected copy survive what a scraper does?
+
+`evaluate_protection` trains a victim CLIP on the clean copy and on the protected copy, once per
+defense (what an unauthorised trainer might do to each batch: JPEG, grayscale, caption cleaning,
+...), evaluates both on a clean test split and gives a verdict per defense:
+
+- **protected**: the protected victim's R@10 (mean of image-to-text and text-to-image) stays at
+  or below the *floor*: ``PROTECTED_FACTOR`` (3) times chance, the bar issue 9 sets under
+  defenses, or, for a fine-tuned victim, what the pretrained model scored before fine-tuning if
+  that is higher; and the clean victim under the same defense rose above the floor;
+- **broken**: the protected victim rose above the floor and reached at least ``BROKEN_SHARE``
+  (half) of the clean victim's R@10 under the same defense (issue 9's target 4): the copy teaches
+  nearly as much as the clean data. A defense that hurts clean data more than the protected copy
+  (stripping the first words of every caption removes a trigger, but also real words) counts
+  as broken whenever the protected victim learns more than half of what the clean one did;
+- **weakened**: above the floor, below half of the clean victim;
+- **inconclusive**: neither victim rose above the floor: nothing was learned, so the run says
+  nothing about the protection; train longer or on more rows.
+
+    report = evaluate_protection(clean["train"], protected, clean["test"],
+                                 defenses=("none", "jpeg-75", "strip-3"), victim="openai/clip-vit-base-patch32")
+    print(report.summary())        # one line per defense; report.broken lists the defenses that break it
+
+It writes ``report.md``, ``report.json`` and ``report.png`` (R@10 per defense, chance and clean
+marked) to ``output_dir``. From the shell: ``hf-unlearnable evaluate --clean-train C
+--protected-train P --test T``.
+"""
+
+from .checks import check_copies_match, check_no_overlap
+from .command import add_evaluate_parser, run_evaluate
+from .report import plot_report, write_report
+from .run import evaluate_protection, resolve_defenses
+from .verdicts import BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+
+__all__ = [
+    "BROKEN_SHARE",
+    "PROTECTED_FACTOR",
+    "ProtectionReport",
+    "Verdict",
+    "chance_scores",
+    "check_copies_match",
+    "check_no_overlap",
+    "evaluate_protection",
+    "judge",
+    "mean_recall_at_10",
+    "plot_report",
+    "write_report",
+]

@@ -1,0 +1,239 @@
+"""`evaluate_protection`: victims trained on the clean and the protected copies under each defense."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import datasets
+from tqdm.auto import tqdm
+from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+from ..checks import check_dataset
+from ..devices import process_state
+from ..surrogate import load_surrogate
+from ..victim import Defense, train_victim
+from .checks import _caption_list, check_copies_match, check_no_overlap
+from .report import write_report
+from .verdicts import _KEYS, BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+
+logger = logging.getLogger(__name__)
+
+FROM_SCRATCH, FINE_TUNED = "from scratch", "fine-tuned"
+
+
+# ---------------------------------------------------------------------------------------- defenses and victims
+
+
+def _defense_label(defense: Any) -> str:
+    for attribute in ("name", "__name__"):
+        value = getattr(defense, attribute, None)
+        if isinstance(value, str) and value and value != "<lambda>":
+            return value
+    return type(defense).__name__
+
+
+def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[tuple[str, Callable[[], Defense | None]]]:
+    """(label, factory) per defense: names go to the `hf_unlearnable.defenses` registry (a fresh
+    defense per victim, seeded; "none" trains without one), callables are used as given."""
+    from ..defenses import get_defense  # kornia loads only when an audit runs
+
+    if isinstance(defenses, str) or callable(defenses):
+        defenses = [defenses]
+    resolved: list[tuple[str, Callable[[], Defense | None]]] = []
+    for item in defenses:
+        if isinstance(item, str):
+            name = item.strip()
+            if name == "none":
+                resolved.append(("none", lambda: None))
+                continue
+            get_defense(name, seed=seed)  # an unknown name raises ValueError listing the valid ones, before any training
+            resolved.append((name, lambda name=name: get_defense(name, seed=seed)))
+        elif callable(item):
+            resolved.append((_defense_label(item), lambda item=item: item))
+        else:
+            raise TypeError(f"defenses holds {type(item).__name__}; pass defense names (str) or callables (pixels, captions, generator) -> (pixels, captions).")
+    labels = [label for label, _ in resolved]
+    if not resolved:
+        raise ValueError("defenses is empty; pass at least one, e.g. ('none',).")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"defenses has duplicate names {sorted({l for l in labels if labels.count(l) > 1})}; give each callable its own name (a .name attribute).")
+    return resolved
+
+
+@dataclass
+class _Victim:
+    label: str
+    model: CLIPModel | CLIPConfig
+    processor: CLIPProcessor
+    learning_rate: float
+    source: str
+
+
+def _source(spec: Any) -> str:
+    if isinstance(spec, (str, os.PathLike)):
+        return str(spec)
+    return type(spec).__name__
+
+
+def _resolve_victims(victim: Any, pretrained: Any, processor: CLIPProcessor | None, learning_rate: float, fine_tune_learning_rate: float, seed: int) -> list[_Victim]:
+    if victim is None and pretrained is None:
+        raise ValueError("Pass victim= (an architecture trained from scratch: CLIPConfig, Hub id or path) and/or "
+                         "pretrained= (a CLIP fine-tuned on each copy: Hub id, path or CLIPModel).")
+    victims = []
+    if victim is not None:
+        if isinstance(victim, (str, os.PathLike)):
+            path = str(victim)
+            config = CLIPConfig.from_json_file(path) if path.endswith(".json") else CLIPConfig.from_pretrained(path)
+            victim_processor = processor or CLIPProcessor.from_pretrained(os.path.dirname(path) if path.endswith(".json") else path)
+        elif isinstance(victim, CLIPModel):
+            config, victim_processor = victim.config, processor
+        elif isinstance(victim, CLIPConfig):
+            config, victim_processor = victim, processor
+        else:
+            raise TypeError(f"victim must be a CLIPConfig, a CLIPModel (its architecture) or a Hub id / path, got {type(victim).__name__}.")
+        if victim_processor is None:
+            raise ValueError("processor is required with a CLIPConfig or CLIPModel victim: pass processor=CLIPProcessor(...).")
+        victims.append(_Victim(FROM_SCRATCH, config, victim_processor, learning_rate, _source(victim)))
+    if pretrained is not None:
+        if isinstance(pretrained, CLIPConfig):
+            raise TypeError("pretrained must hold weights (a CLIPModel, Hub id or path); a CLIPConfig belongs in victim=.")
+        model, pretrained_processor = load_surrogate(pretrained, processor, seed)
+        victims.append(_Victim(FINE_TUNED, model, pretrained_processor, fine_tune_learning_rate, _source(pretrained)))
+    return victims
+
+
+def _image_size(model: CLIPModel | CLIPConfig) -> int:
+    config = model.config if isinstance(model, CLIPModel) else model
+    return int(config.vision_config.image_size)
+
+
+# ---------------------------------------------------------------------------------------- the audit
+
+
+def evaluate_protection(
+    clean_train: datasets.Dataset,
+    protected_train: datasets.Dataset | Mapping[str, datasets.Dataset],
+    test: datasets.Dataset,
+    *,
+    defenses: Iterable[str | Defense] = ("none",),
+    victim: CLIPConfig | CLIPModel | str | os.PathLike | None = None,
+    processor: CLIPProcessor | None = None,
+    pretrained: CLIPModel | str | os.PathLike | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    learning_rate: float = 5e-4,
+    fine_tune_learning_rate: float = 1e-5,
+    seed: int = 0,
+    image_column: str = "image",
+    caption_column: str = "caption",
+    epsilon: float = 8 / 255,
+    mixed_precision: str = "auto",
+    output_dir: str | os.PathLike | None = None,
+    progress: bool = True,
+) -> ProtectionReport:
+    """Train victims on the clean and the protected copy under each defense; a verdict per defense.
+
+    For each victim (``victim``: trained from scratch; ``pretrained``: fine-tuned; both when both
+    are given) and each defense, `train_victim` trains one model on ``clean_train`` and one on each
+    protected copy, with the same recipe, seed and defense, and evaluates them on the clean
+    ``test`` split after every epoch. The verdict (module docstring: protected / weakened / broken /
+    inconclusive) compares the protected victim's mean R@10 with chance and with the clean victim
+    under the same defense. Runs on the GPU when there is one (Accelerate); under ``accelerate
+    launch`` every process trains its share and the main process writes the report.
+
+    Args:
+        clean_train: the clean training data.
+        protected_train: its protected copy (same rows, same order), or a mapping from a label to
+            several copies (e.g. ``{"MEM-3": ..., "EM": ...}``) audited against one clean victim.
+        test: clean evaluation rows, none of them in ``clean_train``.
+        defenses: names from `hf_unlearnable.defenses.available_defenses()` ("none" = no defense)
+            and/or callables ``defense(pixels, captions, generator) -> (pixels, captions)`` (see
+            `train_victim`), labelled by their ``name`` or ``__name__``.
+        victim: the architecture trained from scratch, as in the MEM paper: a `CLIPConfig`, a
+            `CLIPModel` (its config; weights unused) or a Hub id / path / config.json file.
+        processor: the `CLIPProcessor`; loaded from the path when ``victim``/``pretrained`` is one.
+        pretrained: a pretrained CLIP (Hub id, path or `CLIPModel`) fine-tuned on each copy at
+            ``fine_tune_learning_rate``, as a trainer who starts from public weights would.
+        epochs, batch_size, learning_rate, seed, mixed_precision: the victim recipe (`train_victim`);
+            ``learning_rate`` for victims from scratch.
+        fine_tune_learning_rate: peak learning rate when fine-tuning ``pretrained`` (1e-5 class).
+        image_column, caption_column: column names (the same in all three data sets).
+        epsilon: image budget of the protection, for the row-for-row check of the copies.
+        output_dir: where to write ``report.md``, ``report.json`` and ``report.png`` (None: nothing written).
+        progress: a bar over victims and one per victim over its epochs.
+
+    Returns:
+        `ProtectionReport`: ``verdicts`` (one per copy, victim and defense), ``broken``, ``summary()``.
+
+    Raises:
+        ValueError: an unknown defense name (listing the valid ones), a test split sharing rows with
+            the training split, a protected copy that does not match the clean copy row for row, a
+            missing column, neither ``victim`` nor ``pretrained``.
+        TypeError: data sets or models of the wrong type.
+    """
+    copies = dict(protected_train) if isinstance(protected_train, Mapping) else {"protected": protected_train}
+    if not copies:
+        raise ValueError("protected_train is an empty mapping; pass at least one protected copy.")
+    if "clean" in copies:
+        raise ValueError('"clean" names the clean victim; label the protected copies otherwise.')
+    check_dataset(clean_train, image_column, caption_column, name="clean_train")
+    check_dataset(test, image_column, caption_column, name="test")
+    resolved = resolve_defenses(defenses, seed)
+    victims = _resolve_victims(victim, pretrained, processor, learning_rate, fine_tune_learning_rate, seed)
+    for label, copy in copies.items():
+        name = "protected_train" if label == "protected" else f"protected_train[{label!r}]"
+        check_copies_match(clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name)
+    check_no_overlap(clean_train, test, image_size=_image_size(victims[0].model), image_column=image_column, caption_column=caption_column)
+
+    captions = test.select_columns([caption_column]).with_format(None)[caption_column]
+    chance = chance_scores([len(_caption_list(value)) for value in captions])
+    chance10 = mean_recall_at_10(chance)
+    settings = {
+        "defenses": [label for label, _ in resolved], "victims": {v.label: v.source for v in victims},
+        "copies": list(copies), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
+        "fine_tune_learning_rate": fine_tune_learning_rate, "seed": seed, "mixed_precision": mixed_precision,
+        "rows": {"train": len(clean_train), "test": len(test)}, "epsilon": epsilon,
+        "thresholds": {"protected_times_chance": PROTECTED_FACTOR, "broken_share_of_clean": BROKEN_SHARE},
+    }
+    histories: dict[str, list[dict[str, float]]] = {}
+    verdicts: list[Verdict] = []
+    total = len(victims) * len(resolved) * (1 + len(copies))
+    bar = tqdm(total=total, desc="audit", unit="victim", disable=not progress, position=0)
+    for spec in victims:
+        for defense_label, make_defense in resolved:
+            finals = {}
+            for copy_label, data in (("clean", clean_train), *copies.items()):
+                bar.set_postfix_str(f"{spec.label} | {defense_label} | {copy_label}")
+                result = train_victim(
+                    data, test, spec.model, spec.processor, image_column=image_column, caption_column=caption_column,
+                    epochs=epochs, batch_size=batch_size, learning_rate=spec.learning_rate, seed=seed,
+                    defense=make_defense(), mixed_precision=mixed_precision, progress=progress,
+                )
+                result.model = None  # free it before the next victim
+                histories[f"{spec.label} | {defense_label} | {copy_label}"] = result.history
+                finals[copy_label] = result.history
+                bar.update(1)
+            clean_history = finals.pop("clean")
+            clean10, start10 = mean_recall_at_10(clean_history[-1]), mean_recall_at_10(clean_history[0])
+            for copy_label, history in finals.items():
+                protected10 = mean_recall_at_10(history[-1])
+                verdict, reason = judge(protected10, clean10, chance10, start10)
+                verdicts.append(Verdict(
+                    copy_label, spec.label, defense_label, verdict, protected10, clean10, chance10, start10, reason,
+                    {k: history[-1][k] for k in _KEYS}, {k: clean_history[-1][k] for k in _KEYS},
+                ))
+                if verdict == "broken":
+                    logger.warning("defense %s breaks the protection of %s (%s victim): %s", defense_label, copy_label, spec.label, reason)
+    bar.close()
+    report = ProtectionReport(verdicts, chance, histories, settings)
+    if output_dir is not None and _is_main_process():
+        write_report(report, output_dir)
+    return report
+
+
+def _is_main_process() -> bool:
+    return process_state().is_main_process
