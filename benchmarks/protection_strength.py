@@ -65,6 +65,7 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
     config = MEMConfig(
         trigger_length=trigger_length,
         image_noise=method != "trigger",
+        shuffle_captions=trigger_length > 0,  # EM: each image's own caption, as in the reference EM
         max_rounds=arguments.rounds,
         surrogate_steps=arguments.surrogate_steps,
         pgd_steps=arguments.pgd_steps,

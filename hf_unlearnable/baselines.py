@@ -28,7 +28,7 @@ def random_noise(
 ) -> datasets.Dataset:
     """Uniform noise on the integer levels within +-epsilon, one draw per row (seeded by row index);
     captions unchanged. The control that shows MEM's effect is not just "any noise"."""
-    levels = MEMConfig(epsilon=epsilon, trigger_length=0).epsilon_levels
+    levels = MEMConfig(epsilon=epsilon, trigger_length=0, shuffle_captions=False).epsilon_levels
     for column in (image_column, caption_column):
         if column not in ds.column_names:
             raise ValueError(f"Column {column!r} is not in the data set; its columns are {ds.column_names}.")
@@ -58,8 +58,12 @@ def error_minimizing_noise(
     caption_column: str = "caption",
     progress: bool = True,
 ) -> datasets.Dataset:
-    """EM (Huang et al., ICLR 2021) for image-text pairs: MEM with ``trigger_length=0``."""
-    config = (config or MEMConfig()).replace(trigger_length=0, image_noise=True)
+    """EM (Huang et al., ICLR 2021) for image-text pairs: MEM with ``trigger_length=0``.
+
+    PGD pulls each image toward its own caption (``shuffle_captions=False``), as in the reference
+    EM: with no trigger, a shuffled caption would be another sample's, not a shortcut to learn.
+    """
+    config = (config or MEMConfig()).replace(trigger_length=0, image_noise=True, shuffle_captions=False)
     transform = ProtectTransform(model, processor, config, progress=progress)
     return transform.protect(ds, image_column=image_column, caption_column=caption_column)
 

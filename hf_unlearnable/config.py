@@ -33,8 +33,10 @@ class MEMConfig:
         batch_size: samples per batch for surrogate training, HotFlip and PGD.
         learning_rate: AdamW learning rate of the surrogate.
         weight_decay: AdamW weight decay of the surrogate (not applied to norms, biases, logit scale).
-        shuffle_captions: PGD sees caption bodies shuffled inside the batch, triggers kept with
-            their images, so the noise binds to the trigger rather than to the caption content.
+        shuffle_captions: PGD sees caption bodies shuffled inside the batch (a fresh permutation
+            at every PGD step), triggers kept with their images, so the noise binds to the trigger
+            rather than to the caption content. Needs a trigger: with trigger_length=0 (EM) it
+            must be False, and each image is paired with its own caption.
         image_noise: optimise the image noise (False: trigger-only baseline).
         max_caption_tokens: token budget per caption including start/end and trigger
             (None: the surrogate's text context length).
@@ -128,6 +130,12 @@ class MEMConfig:
             raise ValueError(
                 "MEMConfig has image_noise=False and trigger_length=0: nothing would be optimised. "
                 "Set trigger_length >= 1 or image_noise=True."
+            )
+        if self.shuffle_captions and self.trigger_length == 0 and self.image_noise:
+            raise ValueError(
+                "MEMConfig has shuffle_captions=True and trigger_length=0: with no trigger to bind to, PGD "
+                "would pull each image toward another sample's caption instead of minimising its own loss. "
+                "For EM (no trigger) set shuffle_captions=False, or use baselines.error_minimizing_noise."
             )
 
     # -- serialisation --------------------------------------------------------------------

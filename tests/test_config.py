@@ -67,3 +67,10 @@ def test_epsilon_above_the_int8_store_states_the_allowed_range():
 def test_nothing_to_optimise_is_refused():
     with pytest.raises(ValueError, match="nothing would be optimised"):
         MEMConfig(trigger_length=0, image_noise=False)
+
+
+def test_shuffled_captions_without_a_trigger_are_refused():
+    # with no trigger, a shuffled caption is another sample's: PGD would not minimise anything useful
+    with pytest.raises(ValueError, match="shuffle_captions=False"):
+        MEMConfig(trigger_length=0)
+    assert not MEMConfig(trigger_length=0, shuffle_captions=False).shuffle_captions

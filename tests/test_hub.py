@@ -183,7 +183,7 @@ def test_license_is_inherited_or_left_out(fitted):
 def test_em_card_for_an_unfitted_transform_with_a_named_surrogate(clip, fitted, monkeypatch):
     model, processor = clip
     _, protected = fitted
-    transform = ProtectTransform(model, processor, MEMConfig(trigger_length=0), progress=False)
+    transform = ProtectTransform(model, processor, MEMConfig(trigger_length=0, shuffle_captions=False), progress=False)
     monkeypatch.setattr(transform.surrogate.model.config, "_name_or_path", "openai/clip-vit-base-patch32")
     card = dataset_card(protected, transform)
     assert "em" in card.data.tags
