@@ -3,9 +3,12 @@
 import datasets
 import numpy as np
 import pytest
+import torch
 
 from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
 from hf_unlearnable.images import decode_png, prepare_image
+from hf_unlearnable.mem.loop import MEMStep
+from hf_unlearnable.mem.pgd import PGD
 
 from .conftest import FAST_CONFIG
 
@@ -39,9 +42,26 @@ def test_random_noise(data):
     assert (pixels(random_noise(data, 32, seed=4)) != pixels(out)).any()
 
 
-def test_em_is_mem_without_trigger(clip, data):
+def test_em_is_mem_without_trigger_and_pulls_each_image_toward_its_own_caption(clip, data, monkeypatch):
     model, processor = clip
-    out = error_minimizing_noise(data, model, processor, CONFIG, progress=False)
+    current, checked = {}, []
+    step_call, attack_call = MEMStep.__call__, PGD.__call__
+
+    def spy_step(self, batch, update_triggers, generator):
+        current.update(step=self, batch=batch)
+        return step_call(self, batch, update_triggers, generator)
+
+    def spy_attack(self, images, noise, text_features):
+        step, batch = current["step"], current["batch"]
+        with torch.no_grad():  # each image's own (trigger-free) caption
+            own = step.surrogate.text_features(*step.codec.build(batch["triggers"], batch["bodies"], batch["lengths"]))
+        checked.append(bool(torch.allclose(text_features, own.expand_as(text_features), atol=1e-5)))
+        return attack_call(self, images, noise, text_features)
+
+    monkeypatch.setattr(MEMStep, "__call__", spy_step)
+    monkeypatch.setattr(PGD, "__call__", spy_attack)
+    out = error_minimizing_noise(data, model, processor, CONFIG.replace(shuffle_captions=True), progress=False)
+    assert checked and all(checked)  # every PGD step of every batch and round: own caption, never another's
     check_shape(out, data)
     difference = pixels(out) - pixels(data)
     assert 0 < np.abs(difference).max() <= 8

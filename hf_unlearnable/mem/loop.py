@@ -68,13 +68,7 @@ class MEMStep:
             triggers = input_ids[:, 1 : 1 + codec.trigger_length]
 
         if config.image_noise and config.pgd_steps:
-            order = torch.arange(len(images), device=device)
-            if config.shuffle_captions:
-                order = torch.randperm(len(images), generator=generator).to(device)
-            input_ids, mask = codec.build(triggers, bodies[order], lengths[order])
-            with torch.no_grad():
-                text_features = surrogate.text_features(input_ids, mask)
-            noise = self.pgd(images, noise, text_features)
+            noise = self.pgd(images, noise, self.pgd_text_features(triggers, bodies, lengths, generator))
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
@@ -87,6 +81,22 @@ class MEMStep:
                 surrogate.image_features(pixels_from_uint8(images)), surrogate.text_features(clean_ids, clean_mask), logit_scale
             )
         return BatchResult(noise, triggers, float(protected), float(clean))
+
+    @torch.no_grad()
+    def pgd_text_features(
+        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator
+    ) -> torch.Tensor:
+        """The text PGD pulls each image toward: with ``shuffle_captions``, (S, B, D) where step s
+        pairs image i's own trigger with the caption body of sample ``order_s[i]``, a fresh
+        permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption."""
+        if not self.config.shuffle_captions:
+            return self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths))
+        batch, steps = len(bodies), self.config.pgd_steps
+        features = []
+        for _ in range(steps):  # one text-tower pass per step, B texts each: memory stays that of one batch
+            order = torch.randperm(batch, generator=generator).to(bodies.device)
+            features.append(self.surrogate.text_features(*self.codec.build(triggers, bodies[order], lengths[order])))
+        return torch.stack(features)
 
 
 def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -14,6 +14,12 @@ class PGD:
     [0, 1]. Everything is done in whole 8-bit levels, so from d = 0 the noise stays exactly on the
     1/255 grid and a PNG of x + d reproduces it bit for bit.
 
+    T_shuffled is drawn anew at every step, as in the reference code: step s uses text_features[s],
+    the features of each image's own trigger followed by the caption body of another sample of the
+    batch. A single draw per batch would let the noise fit one mismatched caption; fresh draws
+    leave the trigger as the only text the image can rely on. EM (no trigger) passes each image's
+    own caption, the same at every step.
+
     Arguments:
         surrogate (Surrogate): frozen during the attack; only input gradients are computed.
         epsilon_levels (int): l_inf budget in levels (8 for eps = 8/255). Default: 8.
@@ -23,7 +29,8 @@ class PGD:
     Shape:
         - images: uint8 (B, H, W, 3), the clean base x in levels 0..255.
         - noise: int8 (B, H, W, 3), d in levels, |d| <= epsilon_levels.
-        - text_features: float (B, D) unit-norm, fixed: trigger t_i with a (shuffled) caption body.
+        - text_features: float unit-norm, fixed (no gradient): (S, B, D), one set per step (the
+          shuffled captions of step s), or (B, D), the same at every step.
         - output: int8 (B, H, W, 3), the new d.
 
     Examples::
@@ -39,13 +46,20 @@ class PGD:
         self.loss = ContrastiveLoss(gather=False)
 
     def __call__(self, images: torch.Tensor, noise: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+        if text_features.dim() == 2:
+            text_features = text_features.expand(self.steps, *text_features.shape)
+        if text_features.shape[:2] != (self.steps, len(images)):
+            raise ValueError(
+                f"PGD got text_features of shape {tuple(text_features.shape)}; expected ({self.steps}, "
+                f"{len(images)}, D) (one set per step) or ({len(images)}, D)."
+            )
         clean = images.permute(0, 3, 1, 2).to(torch.int16)
         delta = noise.permute(0, 3, 1, 2).to(torch.int16)
         with frozen(self.surrogate):
             logit_scale = self.surrogate.logit_scale().detach()
-            for _ in range(self.steps):
+            for step in range(self.steps):
                 pixels = (clean + delta).float().div_(255.0).requires_grad_(True)
-                loss = self.loss(self.surrogate.image_features(pixels), text_features, logit_scale)
+                loss = self.loss(self.surrogate.image_features(pixels), text_features[step], logit_scale)
                 (gradient,) = torch.autograd.grad(loss, pixels)
                 delta = delta - self.step_levels * torch.sign(gradient).to(torch.int16)
                 delta = delta.clamp(-self.epsilon_levels, self.epsilon_levels)
