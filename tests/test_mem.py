@@ -1,15 +1,18 @@
-"""Eq. 5 (PGD) and Eq. 6 (HotFlip) on their own, on tensors."""
+"""Eq. 5 (PGD) and Eq. 6 (HotFlip) on tensors, one MEMStep, and Algorithm 1's schedule and stop rule."""
 
+import datasets
 import numpy as np
 import pytest
 import torch
 
+from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
-from hf_unlearnable.mem.hotflip import HotFlip, loss_with_text_replaced
-from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, pixels_from_uint8
-from hf_unlearnable.testing import synthetic_captions, tiny_clip
 from hf_unlearnable.images import prepare_image
+from hf_unlearnable.mem.hotflip import HotFlip, loss_with_text_replaced
+from hf_unlearnable.mem.loop import MEMStep
+from hf_unlearnable.mem.pgd import PGD
+from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from hf_unlearnable.testing import synthetic_captions, tiny_clip
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +92,182 @@ def test_hotflip_with_an_embedding_table_larger_than_the_vocabulary(setup):
         image_features = surrogate.image_features(pixels_from_uint8(images))
     new_ids = HotFlip(surrogate, vocabulary.mask, candidates=4)(image_features, ids, mask, trigger_length=3)
     assert bool(vocabulary.mask[new_ids[:, 1:4]].all())  # never one of the spare rows
+
+
+# ----------------------------------------------------------------------------------------------
+# HotFlip's candidates come from the gradient, with the right sign
+# ----------------------------------------------------------------------------------------------
+
+
+class RandomCandidates(HotFlip):
+    """The control: HotFlip's exact scoring of K candidates, but candidates ranked by a random
+    direction instead of the gradient, i.e. K random allowed tokens per position."""
+
+    def __init__(self, *args, seed: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def _text_and_gradient(self, *args):
+        text, loss, gradient = super()._text_and_gradient(*args)
+        return text, loss, torch.randn(gradient.shape, generator=self.generator)
+
+
+class SignFlipped(HotFlip):
+    """The bug the test must catch: candidates chosen to raise the loss to first order."""
+
+    def _text_and_gradient(self, *args):
+        text, loss, gradient = super()._text_and_gradient(*args)
+        return text, loss, -gradient
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """A tiny CLIP trained a little on 16 triggered pairs, so its gradients carry information."""
+    model, processor = tiny_clip(seed=1)
+    surrogate = Surrogate(model)
+    ds = synthetic_captions(16, seed=2)
+    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
+    codec = CaptionCodec(processor.tokenizer, 3, 77)
+    bodies, lengths = (torch.from_numpy(a) for a in codec.encode_bodies(ds["caption"][:]))
+    vocabulary = TriggerVocabulary(processor.tokenizer)
+    triggers = torch.from_numpy(vocabulary.sample((16, 3), np.random.default_rng(99))).long()
+    ids, mask = codec.build(triggers, bodies, lengths)
+    torch.manual_seed(0)
+    optimizer = torch.optim.AdamW(parameter_groups(surrogate, 0.1), lr=1e-3)
+    loss = ContrastiveLoss()
+    for _ in range(30):
+        loss(*surrogate(pixels_from_uint8(images), ids, mask), surrogate.logit_scale()).backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    surrogate.eval()
+    return surrogate, images, codec, bodies, lengths, vocabulary
+
+
+def search_losses(trained, search_class, seeds=(0, 1, 2), candidates=4):
+    """(loss after `search_class`, loss after the random-candidate control), from fresh random
+    triggers, for each seed."""
+    surrogate, images, codec, bodies, lengths, vocabulary = trained
+    with torch.no_grad():
+        image_features = surrogate.image_features(pixels_from_uint8(images))
+    results = []
+    for seed in seeds:
+        triggers = torch.from_numpy(vocabulary.sample((len(images), 3), np.random.default_rng(seed))).long()
+        ids, mask = codec.build(triggers, bodies, lengths)
+        searched = search_class(surrogate, vocabulary.mask, candidates)(image_features, ids, mask, trigger_length=3)
+        control = RandomCandidates(surrogate, vocabulary.mask, candidates, seed=seed)(image_features, ids, mask, trigger_length=3)
+        results.append((batch_loss(surrogate, images, None, searched, mask), batch_loss(surrogate, images, None, control, mask)))
+    return results
+
+
+def test_hotflip_candidates_beat_random_candidates(trained):
+    for searched, control in search_losses(trained, HotFlip):
+        assert searched < control, (searched, control)
+
+
+def test_the_random_candidate_check_fails_for_a_sign_flipped_hotflip(trained):
+    # the check above can fail: with the first-order term's sign flipped, HotFlip proposes the
+    # tokens that raise the loss most, and random tokens beat it on every seed
+    for searched, control in search_losses(trained, SignFlipped):
+        assert searched > control, (searched, control)
+
+
+# ----------------------------------------------------------------------------------------------
+# MEMStep: what text PGD pulls each image toward
+# ----------------------------------------------------------------------------------------------
+
+
+def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8):
+    """Run one MEMStep with a spy on PGD; for every step s and image i, return the index j of the
+    caption body whose features (with image i's own trigger) PGD was given, or -1 if none."""
+    model, processor = tiny_clip(seed=3)
+    surrogate = Surrogate(model).eval()
+    ds = synthetic_captions(batch, seed=4)
+    codec = CaptionCodec(processor.tokenizer, trigger_length, 77)
+    vocabulary = TriggerVocabulary(processor.tokenizer)
+    bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
+    triggers = torch.from_numpy(vocabulary.sample((batch, trigger_length), np.random.default_rng(5))).long()
+    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
+    config = MEMConfig(trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch)
+    step = MEMStep(surrogate, codec, vocabulary if trigger_length else None, config)
+    seen = []
+    attack = step.pgd
+    step.pgd = lambda images, noise, text_features: seen.append(text_features) or attack(images, noise, text_features)
+    batch_data = {"images": images, "noise": torch.zeros_like(images, dtype=torch.int8), "triggers": triggers,
+                  "bodies": bodies, "lengths": lengths}
+    step(batch_data, update_triggers=False, generator=torch.Generator().manual_seed(6))
+    (given,) = seen
+    given = given.expand(steps, *given.shape) if given.dim() == 2 else given
+    assert given.shape[:2] == (steps, batch)
+    # features of every (own trigger i, body j) pairing
+    pairs = torch.cartesian_prod(torch.arange(batch), torch.arange(batch))
+    with torch.no_grad():
+        every = surrogate.text_features(*codec.build(triggers[pairs[:, 0]], bodies[pairs[:, 1]], lengths[pairs[:, 1]]))
+    every = every.view(batch, batch, -1)  # (image i, body j, D)
+    distance = (given.unsqueeze(2) - every.unsqueeze(0)).norm(dim=-1)  # (step, image i, body j)
+    closest = distance.argmin(dim=2)
+    return torch.where(distance.min(dim=2).values < 1e-4, closest, torch.full_like(closest, -1))
+
+
+def test_pgd_shuffles_bodies_per_step_and_keeps_triggers_with_their_images():
+    targets = pgd_text_targets(trigger_length=3, shuffle_captions=True)
+    # every image's text is its own trigger + some body (-1: a trigger travelled with its body)
+    assert (targets >= 0).all(), targets
+    for order in targets:  # each step pairs the bodies one to one: a permutation of the batch
+        assert sorted(order.tolist()) == list(range(len(order)))
+    assert (targets != torch.arange(targets.shape[1])).any()  # bodies really move
+    assert len({tuple(order.tolist()) for order in targets}) == len(targets)  # a new permutation every step
+
+
+def test_em_pgd_uses_each_images_own_caption():
+    targets = pgd_text_targets(trigger_length=0, shuffle_captions=False)
+    assert (targets == torch.arange(targets.shape[1])).all(), targets
+
+
+# ----------------------------------------------------------------------------------------------
+# Algorithm 1: triggers freeze after trigger_rounds; stop_loss stops
+# ----------------------------------------------------------------------------------------------
+
+LOOP_CONFIG = MEMConfig(
+    max_rounds=2, surrogate_steps=5, batch_size=8, pgd_steps=2, trigger_rounds=1, hotflip_candidates=8,
+    learning_rate=5e-4, online_rounds=1,
+)
+
+
+@pytest.fixture(scope="module")
+def rows(dataset):
+    return dataset.select(range(16))
+
+
+def run(clip, rows, config):
+    model, processor = clip
+    transform = ProtectTransform(model, processor, config, progress=False)
+    out = transform.protect(rows).cast_column("image", datasets.Image(decode=False))
+    return out["caption"][:], [image["bytes"] for image in out["image"]], transform.history
+
+
+def test_triggers_freeze_after_trigger_rounds(clip, rows):
+    # one round equals the first round of a longer run (determinism), so these are the states
+    # after round 1 and after round 2
+    captions_1, images_1, _ = run(clip, rows, LOOP_CONFIG.replace(max_rounds=1))
+    captions_2, images_2, _ = run(clip, rows, LOOP_CONFIG.replace(max_rounds=2))
+    assert captions_2 == captions_1  # trigger_rounds=1: round 2 leaves the triggers alone
+    assert images_2 != images_1  # while the noise still moved
+    # the control: allowed a second trigger round, HotFlip does change triggers in round 2
+    captions_hot, _, _ = run(clip, rows, LOOP_CONFIG.replace(max_rounds=2, trigger_rounds=2))
+    assert captions_hot != captions_1
+
+
+def test_stop_loss_stops_when_met_and_runs_every_round_when_not(clip, rows):
+    config = LOOP_CONFIG.replace(max_rounds=3)
+    *_, full = run(clip, rows, config)
+    losses = [record["protected_loss"] for record in full]
+    assert len(full) == 3
+
+    threshold = losses[1] + 1e-6  # met by round 2 at the latest
+    expected = next(index for index, loss in enumerate(losses) if loss < threshold) + 1
+    *_, stopped = run(clip, rows, config.replace(stop_loss=threshold))
+    assert len(stopped) == expected < config.max_rounds
+    assert [r["protected_loss"] for r in stopped] == losses[:expected]
+
+    *_, unmet = run(clip, rows, config.replace(stop_loss=min(losses) - 1e-6))
+    assert len(unmet) == config.max_rounds
