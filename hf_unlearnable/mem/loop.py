@@ -92,11 +92,10 @@ class MEMStep:
         if not self.config.shuffle_captions:
             return self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths))
         batch, steps = len(bodies), self.config.pgd_steps
-        features = []
-        for _ in range(steps):  # one text-tower pass per step, B texts each: memory stays that of one batch
-            order = torch.randperm(batch, generator=generator).to(bodies.device)
-            features.append(self.surrogate.text_features(*self.codec.build(triggers, bodies[order], lengths[order])))
-        return torch.stack(features)
+        orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
+        # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
+        input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders])
+        return self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
 
 
 def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
