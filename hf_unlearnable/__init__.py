@@ -14,8 +14,9 @@ __version__ = "0.1.0"
 #: bit-identical): a work dir remembers the value it was computed with, so a rerun after such an
 #: upgrade never reuses state computed by the old algorithm.
 #: 1: first release. 2: the surrogate's contrastive loss is computed in float32 under mixed
-#: precision (one CLIP training step shared with the victim).
-ALGORITHM_VERSION = 2
+#: precision (one CLIP training step shared with the victim). 3: PGD draws a new caption permutation
+#: at every step; EM pairs each image with its own caption.
+ALGORITHM_VERSION = 3
 
 from .audit import evaluate_protection
 from .config import MEMConfig
