@@ -80,6 +80,8 @@ def config_from_arguments(arguments: argparse.Namespace, defaults: dict | None =
         value = getattr(arguments, field.name, None)
         if value is not None:
             values[field.name] = value
+    if values.get("trigger_length") == 0 and "shuffle_captions" not in values:
+        values["shuffle_captions"] = False  # --trigger-length 0 is EM: each image keeps its own caption
     return MEMConfig(**values)
 
 

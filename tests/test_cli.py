@@ -34,6 +34,10 @@ def test_every_config_field_is_a_flag():
     )
     config = config_from_arguments(arguments)
     assert (config.max_rounds, config.trigger_length, config.stop_loss, config.shuffle_captions) == (3, 5, 0.5, False)
+    em = config_from_arguments(build_parser().parse_args(["protect", "--trigger-length", "0"]))
+    assert (em.trigger_length, em.shuffle_captions) == (0, False)  # EM: own captions unless told otherwise
+    with pytest.raises(ValueError, match="shuffle_captions=True and trigger_length=0"):
+        config_from_arguments(build_parser().parse_args(["protect", "--trigger-length", "0", "--shuffle-captions", "true"]))
     help_text = build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
     for field in dataclasses.fields(MEMConfig):
         assert "--" + field.name.replace("_", "-") in help_text
