@@ -1,4 +1,4 @@
-"""hub.py: the dataset card and push_protected, fully offline (uploads are recorded, never sent)."""
+"""hub: the dataset card and push_protected, fully offline (uploads are recorded, never sent)."""
 
 from __future__ import annotations
 
