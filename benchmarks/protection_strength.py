@@ -1,12 +1,13 @@
 """Does the protection protect? The paper's main comparison at CPU scale.
 
-Protects a synthetic training set with each method (clean, random noise, EM, trigger-only, MEM-3,
+Protects a training set (synthetic scenes, the icon set, or any saved DatasetDict: ``--dataset``) with each method (clean, random noise, EM, trigger-only, MEM-3,
 MEM-5), trains a CLIP victim from scratch on each copy, and evaluates retrieval on a clean test set
 after every epoch. A transfer row trains a victim of another architecture on the MEM-3 copy.
 Writes a Markdown table, a CSV, the per-epoch histories (JSON) and a figure of training loss and
 MedR per epoch (like the paper's Figures 1-2).
 
     python benchmarks/protection_strength.py                       # the recorded run (~1 h, 2 cores)
+    python benchmarks/protection_strength.py --dataset icons       # the icon set of build_icon_dataset.py
     python benchmarks/protection_strength.py --smoke               # tiny sizes, < 1 min
 """
 
@@ -22,36 +23,21 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import KEYS, SURROGATE, TRANSFER  # one victim recipe for every protection benchmark
+from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
 
-from hf_unlearnable import MEMConfig, ProtectTransform
+from hf_unlearnable import ProtectTransform
 from hf_unlearnable.baselines import random_noise
-from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import train_victim
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", type=int, default=2000, help="training pairs")
-    parser.add_argument("--test", type=int, default=500, help="clean test images (one caption each)")
-    parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--epochs", type=int, default=12, help="victim epochs")
-    parser.add_argument("--victim-batch", type=int, default=64)
-    parser.add_argument("--victim-lr", type=float, default=1e-3)
-    parser.add_argument("--rounds", type=int, default=10, help="MEM max_rounds")
-    parser.add_argument("--surrogate-steps", type=int, default=60, help="MEM M")
-    parser.add_argument("--pgd-steps", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=32, help="MEM batch size")
+    add_victim_and_mem_arguments(parser)
     parser.add_argument("--methods", default="clean,random,em,trigger,mem3,mem5,transfer")
     parser.add_argument("--output", default="benchmarks/results/protection_strength")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs")
     arguments = parser.parse_args(argv)
     if arguments.smoke:
-        arguments.train, arguments.test, arguments.epochs = 48, 24, 1
-        arguments.rounds, arguments.surrogate_steps, arguments.pgd_steps, arguments.batch_size = 1, 2, 1, 16
-        arguments.victim_batch = 16
+        apply_smoke(arguments)
     return arguments
 
 
@@ -61,19 +47,10 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
         return train, []
     if method == "random":
         return random_noise(train, arguments.image_size, seed=arguments.seed), []
-    trigger_length = {"em": 0, "trigger": 3, "mem3": 3, "mem5": 5}[method]
-    config = MEMConfig(
-        trigger_length=trigger_length,
-        image_noise=method != "trigger",
-        shuffle_captions=trigger_length > 0,  # EM: each image's own caption, as in the reference EM
-        max_rounds=arguments.rounds,
-        surrogate_steps=arguments.surrogate_steps,
-        pgd_steps=arguments.pgd_steps,
-        batch_size=arguments.batch_size,
-        learning_rate=5e-4,
-        seed=arguments.seed,
-    )
-    surrogate = tiny_clip_config(arguments.image_size, **SURROGATE)  # trained from scratch, as in the paper
+    config = mem_config(arguments, {"em": 0, "trigger": 3, "mem3": 3, "mem5": 5}[method])
+    if method == "trigger":
+        config = config.replace(image_noise=False)
+    surrogate = victim_config(arguments, processor)  # trained from scratch, as in the paper
     transform = ProtectTransform(surrogate, processor, config, progress=False)
     return transform.protect(train), transform.history
 
@@ -141,9 +118,7 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     output = Path(arguments.output)
     started = time.perf_counter()
-    train = synthetic_captions(arguments.train, arguments.image_size, seed=arguments.seed)
-    test = synthetic_captions(arguments.test, arguments.image_size, seed=arguments.seed + 1000)
-    _, processor = tiny_clip(arguments.image_size, seed=arguments.seed, **SURROGATE)
+    train, test, _, processor = load_data(arguments)
     methods = [m for m in arguments.methods.split(",") if m]
     results: dict = {"chance": {"final": chance_row(arguments.test), "history": []}}
     seconds: dict = {}
@@ -155,10 +130,10 @@ def main(argv=None) -> int:
             copies[source] = protect(source, train, arguments, processor)
         protect_seconds = time.perf_counter() - protect_started
         protected, protect_history = copies[source]
-        victim_config = tiny_clip_config(arguments.image_size, **(TRANSFER if method == "transfer" else SURROGATE))
+        victim = victim_config(arguments, processor, transfer=method == "transfer")
         victim_started = time.perf_counter()
         victim = train_victim(
-            protected, test, victim_config, processor,
+            protected, test, victim, processor,
             epochs=arguments.epochs, batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
             seed=arguments.seed, progress=False,
         )
