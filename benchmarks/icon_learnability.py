@@ -20,21 +20,11 @@ from pathlib import Path
 import datasets
 import torch
 import transformers
+from _common import KEYS
 
+from hf_unlearnable.audit import chance_scores
 from hf_unlearnable.testing import tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import train_victim
-
-KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
-
-
-def chance(test_rows: int) -> dict[str, float]:
-    """Expected R@K (percent) and MedR of a random ranking over `test_rows` images, one caption each."""
-    values = {}
-    for direction in ("i2t", "t2i"):
-        for k in (1, 5, 10):
-            values[f"{direction}_r{k}"] = 100.0 * min(k, test_rows) / test_rows
-        values[f"{direction}_medr"] = (test_rows + 1) / 2
-    return values
 
 
 def main(argv=None) -> dict:
@@ -66,7 +56,7 @@ def main(argv=None) -> dict:
     )
     seconds = time.perf_counter() - started
     final = result.history[-1]
-    random = chance(len(dataset["test"]))
+    random = chance_scores([1] * len(dataset["test"]))
     print(f"{len(dataset['train'])} train / {len(dataset['test'])} test pairs, {arguments.image_size} px, "
           f"hidden {arguments.hidden_size}, {arguments.layers} layers, {arguments.epochs} epochs, "
           f"{seconds / 60:.1f} min")

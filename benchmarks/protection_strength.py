@@ -26,6 +26,7 @@ import torch
 from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
 
 from hf_unlearnable import ProtectTransform
+from hf_unlearnable.audit import chance_scores
 from hf_unlearnable.baselines import random_noise
 from hf_unlearnable.victim import train_victim
 
@@ -53,16 +54,6 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
     surrogate = victim_config(arguments, processor)  # trained from scratch, as in the paper
     transform = ProtectTransform(surrogate, processor, config, progress=False)
     return transform.protect(train), transform.history
-
-
-def chance_row(test_size: int) -> dict:
-    """A model that ranks at random: R@K = 100 K / N, MedR = (N + 1) / 2 (one caption per image)."""
-    row = {}
-    for direction in ("i2t", "t2i"):
-        for k in (1, 5, 10):
-            row[f"{direction}_r{k}"] = 100.0 * min(k, test_size) / test_size
-        row[f"{direction}_medr"] = (test_size + 1) / 2
-    return row
 
 
 def write_outputs(results: dict, arguments, seconds: dict, output: Path) -> str:
@@ -120,7 +111,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     train, test, _, processor = load_data(arguments)
     methods = [m for m in arguments.methods.split(",") if m]
-    results: dict = {"chance": {"final": chance_row(arguments.test), "history": []}}
+    results: dict = {"chance": {"final": chance_scores([1] * arguments.test), "history": []}}
     seconds: dict = {}
     copies: dict = {}
     for method in methods:
