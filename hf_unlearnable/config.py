@@ -41,6 +41,14 @@ class MEMConfig:
         max_caption_tokens: token budget per caption including start/end and trigger
             (None: the surrogate's text context length).
         online_rounds: rounds of HotFlip + PGD for rows the transform was not fitted on.
+        trigger_dropout: share of samples whose trigger is removed, drawn anew at every surrogate
+            step and every PGD step (0: never, as in the paper). A dropped sample is trained on, and
+            its noise pulled toward, its own caption alone, the caption an attacker who strips the
+            trigger trains on, so the image noise has to carry protection of its own.
+        eot_transforms: expectation over transformation in PGD: at every step the noised image goes
+            through the identity or one of these, drawn uniformly ("jpeg", "crop-flip",
+            "grayscale", "blur"; see `mem.eot`), so the noise survives what a victim's pipeline
+            does to images (empty: none, as in the paper).
         mixed_precision: "auto" (bf16 autocast on a GPU that supports it, else none), "no", "bf16"
             or "fp16"; handed to Accelerate.
         seed: seeds every random choice (trigger init, batch order, caption sampling).
@@ -62,11 +70,28 @@ class MEMConfig:
     image_noise: bool = True
     max_caption_tokens: int | None = None
     online_rounds: int = 5
+    trigger_dropout: float = 0.0
+    eot_transforms: tuple[str, ...] = ()
     mixed_precision: str = "auto"
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if isinstance(self.eot_transforms, (list, str)):  # from JSON, or a comma list
+            names = self.eot_transforms.split(",") if isinstance(self.eot_transforms, str) else self.eot_transforms
+            self.eot_transforms = tuple(name.strip() for name in names if name.strip())
         self.validate()
+
+    @classmethod
+    def paper(cls, **changes: Any) -> "MEMConfig":
+        """The settings of the MEM paper and its reference code (Liu et al., ACM MM 2024): eps 8/255,
+        8 PGD steps of 1/255, k = 3, 16 HotFlip candidates, triggers updated in rounds 1-5, M = 200,
+        20 rounds, bodies shuffled in PGD, no trigger dropout and no EOT. For comparing with the paper."""
+        values = dict(
+            epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
+            trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
+            trigger_dropout=0.0, eot_transforms=(),
+        )
+        return cls(**{**values, **changes})
 
     # -- derived integer quantities -------------------------------------------------------
     @property
@@ -121,6 +146,20 @@ class MEMConfig:
             raise bad("learning_rate", "in [0, 1)")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise bad("weight_decay", ">= 0")
+        if isinstance(self.trigger_dropout, bool) or not isinstance(self.trigger_dropout, (int, float)) or not (
+            0 <= self.trigger_dropout < 1
+        ):
+            raise bad("trigger_dropout", "a number in [0, 1) (the share of samples whose trigger is removed)")
+        if self.trigger_dropout and self.trigger_length == 0:
+            raise bad("trigger_dropout", "0 when trigger_length=0 (there is no trigger to drop)")
+        if not isinstance(self.eot_transforms, tuple) or not all(isinstance(n, str) for n in self.eot_transforms):
+            raise bad("eot_transforms", 'a tuple of names, e.g. ("jpeg", "crop-flip")')
+        from .mem.eot import check_eot_transforms  # here: mem imports this module
+
+        try:
+            check_eot_transforms(self.eot_transforms)
+        except ValueError as error:
+            raise ValueError(f"MEMConfig.eot_transforms: {error}") from None
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise bad("mixed_precision", 'one of "auto", "no", "bf16", "fp16"')
         for name in ("shuffle_captions", "image_noise"):

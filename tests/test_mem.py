@@ -176,7 +176,7 @@ def test_the_random_candidate_check_fails_for_a_sign_flipped_hotflip(trained):
 # ----------------------------------------------------------------------------------------------
 
 
-def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8):
+def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8, trigger_dropout=0.0, spy=None):
     """Run one MEMStep with a spy on PGD; for every step s and image i, return the index j of the
     caption body whose features (with image i's own trigger) PGD was given, or -1 if none."""
     model, processor = tiny_clip(seed=3)
@@ -187,11 +187,12 @@ def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8):
     bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
     triggers = torch.from_numpy(vocabulary.sample((batch, trigger_length), np.random.default_rng(5))).long()
     images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
-    config = MEMConfig(trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch)
+    config = MEMConfig(trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch,
+                       trigger_dropout=trigger_dropout)
     step = MEMStep(surrogate, codec, vocabulary if trigger_length else None, config)
     seen = []
     attack = step.pgd
-    step.pgd = lambda images, noise, text_features: seen.append(text_features) or attack(images, noise, text_features)
+    step.pgd = lambda images, noise, text_features, generator=None: seen.append(text_features) or attack(images, noise, text_features, generator)
     batch_data = {"images": images, "noise": torch.zeros_like(images, dtype=torch.int8), "triggers": triggers,
                   "bodies": bodies, "lengths": lengths}
     step(batch_data, update_triggers=False, generator=torch.Generator().manual_seed(6))
@@ -205,7 +206,12 @@ def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8):
     every = every.view(batch, batch, -1)  # (image i, body j, D)
     distance = (given.unsqueeze(2) - every.unsqueeze(0)).norm(dim=-1)  # (step, image i, body j)
     closest = distance.argmin(dim=2)
-    return torch.where(distance.min(dim=2).values < 1e-4, closest, torch.full_like(closest, -1))
+    targets = torch.where(distance.min(dim=2).values < 1e-4, closest, torch.full_like(closest, -1))
+    if spy is not None:  # also: which targets are the image's own caption with no trigger at all
+        with torch.no_grad():
+            own = surrogate.text_features(*CaptionCodec(processor.tokenizer, 0, 77).build(triggers[:, :0], bodies, lengths))
+        spy["stripped"] = (given - own.unsqueeze(0)).norm(dim=-1) < 1e-4  # (step, image)
+    return targets
 
 
 def test_pgd_shuffles_bodies_per_step_and_keeps_triggers_with_their_images():
@@ -216,6 +222,20 @@ def test_pgd_shuffles_bodies_per_step_and_keeps_triggers_with_their_images():
         assert sorted(order.tolist()) == list(range(len(order)))
     assert (targets != torch.arange(targets.shape[1])).any()  # bodies really move
     assert len({tuple(order.tolist()) for order in targets}) == len(targets)  # a new permutation every step
+
+
+def test_trigger_dropout_pulls_some_images_toward_their_own_caption_without_trigger():
+    spy = {}
+    targets = pgd_text_targets(trigger_length=3, shuffle_captions=True, steps=8, batch=8, trigger_dropout=0.5, spy=spy)
+    stripped = spy["stripped"]
+    # a dropped (step, image) pair is the image's own caption without any trigger; every other pair is
+    # the image's own trigger + a shuffled body, as without dropout
+    assert ((targets >= 0) ^ stripped).all()
+    assert 0.25 < stripped.float().mean() < 0.75, stripped.float().mean()  # 64 draws of p = 0.5
+    assert (stripped.any(dim=0) & ~stripped.all(dim=0)).any()  # drawn per step, not once per image
+    spy = {}
+    pgd_text_targets(trigger_length=3, shuffle_captions=True, steps=8, batch=8, trigger_dropout=0.0, spy=spy)
+    assert not spy["stripped"].any()
 
 
 def test_em_pgd_uses_each_images_own_caption():

@@ -6,6 +6,7 @@
         for each batch:
             if r <= trigger_rounds: HotFlip update of t
             PGD update of d, caption bodies shuffled inside the batch, triggers kept with images
+              (options: trigger dropout, EOT through kornia transformations; see MEMConfig)
     until protected loss < stop_loss or r = max_rounds
 
 This module works on tensors and a `SampleStore`; it knows nothing of `datasets`.
@@ -28,6 +29,7 @@ from ..config import MEMConfig
 from ..store import SampleStore
 from ..surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, pixels_from_uint8
 from .checkpoint import Checkpointer, DiskCheckpointer
+from .eot import EOT
 from .hotflip import HotFlip
 from .pgd import PGD
 
@@ -51,7 +53,7 @@ class MEMStep:
         self.clean_codec = CaptionCodec(codec.tokenizer, 0, codec.max_tokens)
         self.config = config
         self.hotflip = HotFlip(surrogate, vocabulary.mask, config.hotflip_candidates) if vocabulary is not None else None
-        self.pgd = PGD(surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps)
+        self.pgd = PGD(surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps, EOT(config.eot_transforms))
         self.loss = ContrastiveLoss(gather=False)
 
     def __call__(self, batch: dict[str, torch.Tensor], update_triggers: bool, generator: torch.Generator) -> BatchResult:
@@ -68,7 +70,7 @@ class MEMStep:
             triggers = input_ids[:, 1 : 1 + codec.trigger_length]
 
         if config.image_noise and config.pgd_steps:
-            noise = self.pgd(images, noise, self.pgd_text_features(triggers, bodies, lengths, generator))
+            noise = self.pgd(images, noise, self.pgd_text_features(triggers, bodies, lengths, generator), generator)
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
@@ -88,14 +90,23 @@ class MEMStep:
     ) -> torch.Tensor:
         """The text PGD pulls each image toward: with ``shuffle_captions``, (S, B, D) where step s
         pairs image i's own trigger with the caption body of sample ``order_s[i]``, a fresh
-        permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption."""
-        if not self.config.shuffle_captions:
-            return self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths))
-        batch, steps = len(bodies), self.config.pgd_steps
-        orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
-        # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
-        input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders])
-        return self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
+        permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption.
+        With ``trigger_dropout`` p, each (step, image) is instead, with probability p, the image's
+        own caption without any trigger (always (S, B, D) then)."""
+        config = self.config
+        batch, steps = len(bodies), config.pgd_steps
+        if not config.shuffle_captions:
+            features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths))
+        else:
+            orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
+            # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
+            input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders])
+            features = self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
+        if not config.trigger_dropout:
+            return features
+        dropped = (torch.rand(steps, batch, generator=generator) < config.trigger_dropout).to(bodies.device)
+        own = self.surrogate.text_features(*self.clean_codec.build(triggers[:, :0], bodies, lengths))
+        return torch.where(dropped.unsqueeze(-1), own.unsqueeze(0), features.expand(steps, *own.shape))
 
 
 def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -196,7 +207,11 @@ class MEMLoop:
                 stream, position = rng.permutation(len(store)), 0
             batch = store.batch(stream[position : position + config.batch_size], rng)
             position += config.batch_size
-            input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"])
+            if config.trigger_dropout:  # some samples train on their caption alone, as after stripping
+                keep = torch.from_numpy(rng.random(len(batch["bodies"])) >= config.trigger_dropout)
+                input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep)
+            else:
+                input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"])
             pixels = pixels_from_uint8(batch["images"], batch["noise"])
             loss = clip_training_step(self.model, self.surrogate, self.loss, self.optimizer, self.accelerator, pixels, input_ids, mask)
             losses.append(float(loss))

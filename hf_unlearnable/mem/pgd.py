@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..surrogate import ContrastiveLoss, Surrogate, frozen
+from .eot import EOT
 
 
 class PGD:
@@ -25,6 +26,8 @@ class PGD:
         epsilon_levels (int): l_inf budget in levels (8 for eps = 8/255). Default: 8.
         step_levels (int): alpha in levels (1 for 1/255). Default: 1.
         steps (int): S, number of sign steps. Default: 8.
+        eot (EOT): transformations drawn per step and applied to x + d before the surrogate
+            (expectation over transformation; `mem.eot`). Default: none.
 
     Shape:
         - images: uint8 (B, H, W, 3), the clean base x in levels 0..255.
@@ -38,14 +41,19 @@ class PGD:
         >>> noise = attack(images, noise, text_features)
     """
 
-    def __init__(self, surrogate: Surrogate, epsilon_levels: int = 8, step_levels: int = 1, steps: int = 8):
+    def __init__(
+        self, surrogate: Surrogate, epsilon_levels: int = 8, step_levels: int = 1, steps: int = 8, eot: EOT | None = None
+    ):
         self.surrogate = surrogate
         self.epsilon_levels = epsilon_levels
         self.step_levels = step_levels
         self.steps = steps
+        self.eot = eot if eot is not None else EOT()
         self.loss = ContrastiveLoss(gather=False)
 
-    def __call__(self, images: torch.Tensor, noise: torch.Tensor, text_features: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, images: torch.Tensor, noise: torch.Tensor, text_features: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         if text_features.dim() == 2:
             text_features = text_features.expand(self.steps, *text_features.shape)
         if text_features.shape[:2] != (self.steps, len(images)):
@@ -59,7 +67,12 @@ class PGD:
             logit_scale = self.surrogate.logit_scale().detach()
             for step in range(self.steps):
                 pixels = (clean + delta).float().div_(255.0).requires_grad_(True)
-                loss = self.loss(self.surrogate.image_features(pixels), text_features[step], logit_scale)
+                seen = pixels
+                if self.eot:  # one transformation per step, drawn from the caller's generator
+                    if generator is None:
+                        raise ValueError("PGD with EOT transformations needs a generator (every draw must replay).")
+                    seen = self.eot(pixels, self.eot.draw(generator), generator)
+                loss = self.loss(self.surrogate.image_features(seen), text_features[step], logit_scale)
                 (gradient,) = torch.autograd.grad(loss, pixels)
                 delta = delta - self.step_levels * torch.sign(gradient).to(torch.int16)
                 delta = delta.clamp(-self.epsilon_levels, self.epsilon_levels)
