@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from transformers import CLIPConfig, CLIPModel
 
-from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
+from hf_unlearnable.captions import CaptionCodec, trigger_vocabulary
 from hf_unlearnable.config import MEMConfig
 from hf_unlearnable.images import prepare_image
 from hf_unlearnable.mem.hotflip import HotFlip
@@ -72,7 +72,7 @@ def measure(name: str, config: CLIPConfig, image_size: int, arguments, device) -
     images = torch.from_numpy(np.stack([prepare_image(r["image"], image_size) for r in rows])).to(device)
     codec = CaptionCodec(tokenizer, mem.trigger_length, 77)
     bodies, lengths = codec.encode_bodies(rows["caption"][:])
-    vocabulary = TriggerVocabulary(tokenizer)
+    vocabulary = trigger_vocabulary(tokenizer, mem)
     triggers = torch.from_numpy(vocabulary.sample((arguments.batch, 3), np.random.default_rng(0))).long()
     input_ids, mask = codec.build(triggers, torch.from_numpy(bodies).long(), torch.from_numpy(lengths).long())
     input_ids, mask = input_ids.to(device), mask.to(device)

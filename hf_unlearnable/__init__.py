@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 #: upgrade never reuses state computed by the old algorithm.
 #: 1: first release. 2: the surrogate's contrastive loss is computed in float32 under mixed
 #: precision (one CLIP training step shared with the victim). 3: PGD draws a new caption permutation
-#: at every step; EM pairs each image with its own caption.
-ALGORITHM_VERSION = 3
+#: at every step; EM pairs each image with its own caption. 4: triggers are dictionary words on no
+#: blocklist by default (``MEMConfig.trigger_words``).
+ALGORITHM_VERSION = 4
 
 from .audit import evaluate_protection
 from .config import MEMConfig

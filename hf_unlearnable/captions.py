@@ -4,52 +4,144 @@ A protected caption is ``"<trigger words> <original caption>"``. Token-wise the 
 ``[start] t_1 .. t_k body_1 .. body_n [end]``: the k trigger slots sit right after the start token.
 Trigger tokens come only from a *round-trip-safe* vocabulary (whole-word alphabetic tokens whose
 decode-then-encode gives back the same single token), so tokenising the saved text gives back
-exactly the optimised ids. Over-long captions lose tokens at the tail, never the trigger.
+exactly the optimised ids. By default that vocabulary is further cut to English dictionary words
+(`pyspellchecker`'s dictionary and `wordfreq`'s frequent words) that are on no blocklist (`better-profanity`'s word list plus the user's), so a
+trigger reads as words, not as word pieces ("gue", "ttle") or slurs. Over-long captions lose tokens
+at the tail, never the trigger.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from .checks import check_caption  # noqa: F401  (re-exported: it used to live here)
+from .config import TRIGGER_WORDS, MEMConfig
 
 _WORD = re.compile(r"^[a-z]+$")
 _END_OF_WORD = "</w>"
+
+#: A "dictionary word" is in a spelling dictionary (pyspellchecker's English one) *and* among
+#: wordfreq's N most frequent English words. Neither list alone is enough: wordfreq counts text as
+#: written, so hyphenation debris and abbreviations rank high ("ing" 7,700, "int" 9,800, "tal" and
+#: "ter" 20,800); the spelling dictionary drops those but holds rare and archaic words. N = 50,000
+#: word forms (inflections count apart) is roughly an adult reader's vocabulary: words near that
+#: rank are still familiar ("croissant" 37,900, "walrus" 29,900) and rarer ones are not needed, as
+#: a CLIP tokenizer (49,408 tokens) has far fewer whole-word tokens than that. Both lists still let
+#: a few pieces through ("ard", "lon"): add them to ``MEMConfig.trigger_blocklist``.
+DICTIONARY_SIZE = 50_000
+#: Shortest dictionary word. The one- and two-letter entries of both lists are mostly letters,
+#: contraction pieces and abbreviations ("s", "ll", "tv", "uk", "mr"); the real ones ("a", "to",
+#: "of") are function words, so dropping them costs a trigger a few dozen tokens out of thousands.
+MIN_WORD_LETTERS = 3
+
+
+@functools.lru_cache(maxsize=1)
+def dictionary_words() -> frozenset[str]:
+    """The words a ``trigger_words="dictionary"`` trigger may use: lower-case ASCII letters only, at
+    least `MIN_WORD_LETTERS` long, among wordfreq's `DICTIONARY_SIZE` most frequent English words
+    and in pyspellchecker's English dictionary. Loaded once per process (both ship their data in
+    the wheel, so this works offline)."""
+    import wordfreq  # imported here: only the "dictionary" trigger vocabulary needs them
+    from spellchecker import SpellChecker
+
+    spelling = SpellChecker(language="en", distance=1).word_frequency
+    return frozenset(
+        word for word in wordfreq.top_n_list("en", DICTIONARY_SIZE)
+        if len(word) >= MIN_WORD_LETTERS and _WORD.match(word) and word in spelling
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def offensive_words() -> frozenset[str]:
+    """The single words of better-profanity's maintained word list, lower-cased.
+
+    Read straight from the package's ``profanity_wordlist.txt`` (no censor machinery). Its few
+    multi-word entries ("blow job") are left out: their parts are ordinary words ("blow", "job").
+    """
+    spec = importlib.util.find_spec("better_profanity")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(
+            "better-profanity is not installed; it is a dependency of hf_unlearnable "
+            "(pip install better-profanity), needed for MEMConfig.trigger_words='dictionary'."
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / "profanity_wordlist.txt"
+    lines = (line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines())
+    return frozenset(line for line in lines if line and " " not in line)
+
+
+def allowed_trigger_word(word: str, blocklist: Collection[str] = ()) -> bool:
+    """Whether `word` may be a trigger word under ``trigger_words="dictionary"``: a dictionary word
+    on neither better-profanity's list nor `blocklist` (lower-case words)."""
+    word = word.lower()
+    return word in dictionary_words() and word not in offensive_words() and word not in blocklist
 
 
 class TriggerVocabulary:
     """The token ids a trigger may use, found once per tokenizer.
 
     A token qualifies when it is a whole lower-case alphabetic word (ends with ``</w>``), is no
-    special token, and ``encode(decode(id)) == [id]`` without special tokens.
+    special token, and ``encode(decode(id)) == [id]`` without special tokens. With
+    ``words="dictionary"`` (the default) its word must also be a dictionary word
+    (`dictionary_words`) on neither better-profanity's list (`offensive_words`) nor `blocklist`;
+    ``words="any"`` keeps every round-trip-safe token (word pieces included).
+
+    Args:
+        tokenizer: the surrogate's CLIP tokenizer.
+        words: "dictionary" or "any" (``MEMConfig.trigger_words``).
+        blocklist: extra words never to use (``MEMConfig.trigger_blocklist``), any case.
+        min_size: fewest tokens the filtered vocabulary may have (``hotflip_candidates + 1``, so a
+            HotFlip candidate list is full besides the current token); capped at the round-trip-safe
+            count, so ``words="any"`` without a blocklist only needs one token, as before.
     """
 
-    def __init__(self, tokenizer: Any):
+    def __init__(self, tokenizer: Any, words: str = "dictionary", blocklist: Iterable[str] = (), min_size: int = 1):
+        if words not in TRIGGER_WORDS:
+            raise ValueError(f"TriggerVocabulary words={words!r} is invalid: it must be one of {TRIGGER_WORDS}.")
+        blocked = {str(word).lower() for word in blocklist}
         vocab: dict[str, int] = tokenizer.get_vocab()
         special = set(getattr(tokenizer, "all_special_ids", []))
-        words, ids = [], []
+        words_found, ids = [], []
         for token, token_id in vocab.items():
             if token_id in special or not token.endswith(_END_OF_WORD):
                 continue
             word = token[: -len(_END_OF_WORD)]
             if _WORD.match(word):
-                words.append(word)
+                words_found.append(word)
                 ids.append(token_id)
-        encoded = tokenizer(words, add_special_tokens=False)["input_ids"] if words else []
+        encoded = tokenizer(words_found, add_special_tokens=False)["input_ids"] if words_found else []
         safe = sorted(
             token_id
-            for word, token_id, got in zip(words, ids, encoded)
+            for word, token_id, got in zip(words_found, ids, encoded)
             if list(got) == [token_id] and tokenizer.decode([token_id]).strip() == word
         )
         if not safe:
             raise ValueError(
                 "The tokenizer has no round-trip-safe whole-word tokens to build triggers from; "
                 "use a CLIP-style BPE tokenizer (words end with '</w>'), or set trigger_length=0 (EM)."
+            )
+        # every round-trip-safe token under "any"; the filter may only cut it down to min_size
+        needed = max(1, min(min_size, len(safe)))
+        self.words, self.round_trip_safe = words, len(safe)
+        word_of = dict(zip(ids, words_found))
+        if words == "dictionary":
+            safe = [token_id for token_id in safe if allowed_trigger_word(word_of[token_id], blocked)]
+        elif blocked:
+            safe = [token_id for token_id in safe if word_of[token_id] not in blocked]
+        if len(safe) < needed:
+            raise ValueError(
+                f"Only {len(safe)} of the tokenizer's {len(tokenizer)} tokens ({self.round_trip_safe} round-trip-safe "
+                f"whole words) may be trigger words with MEMConfig.trigger_words={words!r} and {len(blocked)} "
+                f"blocklisted word(s); at least {needed} are needed (MEMConfig.hotflip_candidates + 1). "
+                "Set MEMConfig.trigger_words='any' to allow every whole-word token, shorten "
+                "MEMConfig.trigger_blocklist, or use a tokenizer with a larger English vocabulary."
             )
         self.token_ids = np.asarray(safe, dtype=np.int64)
         self.vocab_size = max(len(tokenizer), max(vocab.values()) + 1)
@@ -62,6 +154,16 @@ class TriggerVocabulary:
     def sample(self, shape: tuple[int, ...], generator: np.random.Generator) -> np.ndarray:
         """Random trigger ids (the initial t of Algorithm 1)."""
         return self.token_ids[generator.integers(0, len(self.token_ids), size=shape)].astype(np.int32)
+
+
+def trigger_vocabulary(tokenizer: Any, config: MEMConfig) -> TriggerVocabulary | None:
+    """The trigger vocabulary `config` asks for (None for EM, ``trigger_length=0``): one place, so
+    fitting, online protection of unseen rows, the baselines and a loaded protector agree."""
+    if not config.trigger_length:
+        return None
+    return TriggerVocabulary(
+        tokenizer, config.trigger_words, config.trigger_blocklist, min_size=config.hotflip_candidates + 1
+    )
 
 
 class CaptionCodec:

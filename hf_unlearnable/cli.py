@@ -59,18 +59,23 @@ def _parse_optional_int(text: str) -> int | None:
     return None if text.lower() in ("none", "") else int(text)
 
 
+def _parse_words(text: str) -> tuple[str, ...]:
+    """``"lamp,harbor"`` -> ``("lamp", "harbor")`` (tuple fields such as ``--trigger-blocklist``; "" is empty)."""
+    return tuple(word.strip() for word in text.split(",") if word.strip())
+
+
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """One ``--kebab-case`` flag per MEMConfig field (shared by the CLI and the recipes)."""
     group = parser.add_argument_group("MEM settings (MEMConfig fields)")
     hints = typing.get_type_hints(MEMConfig)
     for field in dataclasses.fields(MEMConfig):
         hint = hints[field.name]
-        parse = {int: int, float: float, bool: _parse_bool, str: str}.get(hint)
+        parse = {int: int, float: float, bool: _parse_bool, str: str, tuple[str, ...]: _parse_words}.get(hint)
         if parse is None:
             parse = _parse_optional_float if float in typing.get_args(hint) else _parse_optional_int
         group.add_argument(
             _flag(field.name), dest=field.name, type=parse, default=None, metavar=field.name.upper(),
-            help=f"default: {field.default!r}",
+            help=f"default: {field.default!r}" + (" (comma-separated)" if hint == tuple[str, ...] else ""),
         )
 
 

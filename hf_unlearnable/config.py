@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+#: The allowed values of ``MEMConfig.trigger_words`` (see ``captions.TriggerVocabulary``).
+TRIGGER_WORDS = ("dictionary", "any")
 _LEVEL_TOLERANCE = 1e-6
 MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
 
@@ -26,6 +28,14 @@ class MEMConfig:
         pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
         trigger_length: k, trigger tokens inserted after the start token; 0 means EM (no trigger).
         hotflip_candidates: K, candidate tokens scored per trigger position (Eq. 6).
+        trigger_words: which tokens a trigger may use. "dictionary" (default): whole-word tokens
+            that are English dictionary words (3+ letters, in `pyspellchecker`'s English
+            dictionary and among `wordfreq`'s 50,000 most frequent words) and on no blocklist
+            (`better-profanity`'s word list and ``trigger_blocklist``), so a trigger reads as
+            words. "any": every round-trip-safe whole-word token, word pieces such as "ttle"
+            included (the behaviour before this option, and `paper`'s).
+        trigger_blocklist: extra words never to use in a trigger (one word per entry, any case;
+            stored lower-cased), e.g. words offensive in your domain that the list misses.
         trigger_rounds: rounds (from the first) in which triggers are updated.
         surrogate_steps: M, surrogate training steps per round.
         max_rounds: upper bound on rounds.
@@ -59,6 +69,8 @@ class MEMConfig:
     pgd_step_size: float = 1 / 255
     trigger_length: int = 3
     hotflip_candidates: int = 16
+    trigger_words: str = "dictionary"
+    trigger_blocklist: tuple[str, ...] = ()
     trigger_rounds: int = 5
     surrogate_steps: int = 200
     max_rounds: int = 20
@@ -79,17 +91,22 @@ class MEMConfig:
         if isinstance(self.eot_transforms, (list, str)):  # from JSON, or a comma list
             names = self.eot_transforms.split(",") if isinstance(self.eot_transforms, str) else self.eot_transforms
             self.eot_transforms = tuple(name.strip() for name in names if name.strip())
+        # JSON gives a list back: keep the blocklist a tuple of lower-case words (hashable, one form)
+        blocklist = self.trigger_blocklist
+        if isinstance(blocklist, (list, tuple)) and all(isinstance(word, str) for word in blocklist):
+            self.trigger_blocklist = tuple(word.strip().lower() for word in blocklist)
         self.validate()
 
     @classmethod
     def paper(cls, **changes: Any) -> "MEMConfig":
         """The settings of the MEM paper and its reference code (Liu et al., ACM MM 2024): eps 8/255,
         8 PGD steps of 1/255, k = 3, 16 HotFlip candidates, triggers updated in rounds 1-5, M = 200,
-        20 rounds, bodies shuffled in PGD, no trigger dropout and no EOT. For comparing with the paper."""
+        20 rounds, bodies shuffled in PGD, no trigger dropout, no EOT, and any whole-word token as a
+        trigger word (``trigger_words="any"``). For comparing with the paper."""
         values = dict(
             epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
             trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
-            trigger_dropout=0.0, eot_transforms=(),
+            trigger_dropout=0.0, eot_transforms=(), trigger_words="any", trigger_blocklist=(),
         )
         return cls(**{**values, **changes})
 
@@ -146,6 +163,19 @@ class MEMConfig:
             raise bad("learning_rate", "in [0, 1)")
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise bad("weight_decay", ">= 0")
+        if self.trigger_words not in TRIGGER_WORDS:
+            raise bad("trigger_words", 'one of "dictionary" (English dictionary words on no blocklist) or "any" (every whole-word token)')
+        blocklist = self.trigger_blocklist
+        if (
+            not isinstance(blocklist, (list, tuple))
+            or not all(isinstance(word, str) for word in blocklist)
+            or not all(word.isalpha() for word in blocklist)
+        ):
+            raise bad(
+                "trigger_blocklist",
+                'a list or tuple of single words made of letters, e.g. ("lamp", "harbor") (not one string; '
+                "a trigger is checked word by word)",
+            )
         if isinstance(self.trigger_dropout, bool) or not isinstance(self.trigger_dropout, (int, float)) or not (
             0 <= self.trigger_dropout < 1
         ):

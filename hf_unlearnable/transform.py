@@ -29,7 +29,7 @@ from accelerate import Accelerator
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from . import ALGORITHM_VERSION, __version__
-from .captions import CaptionCodec, TriggerVocabulary
+from .captions import CaptionCodec, trigger_vocabulary
 from .checks import check_dataset
 from .config import MEMConfig
 from .devices import build_accelerator
@@ -96,7 +96,7 @@ class ProtectTransform:
             self.codec = CaptionCodec(self.tokenizer, self.config.trigger_length, max_tokens)
         except ValueError as error:
             raise ValueError(f"MEMConfig.trigger_length: {error}") from error
-        self.vocabulary = TriggerVocabulary(self.tokenizer) if self.config.trigger_length else None
+        self.vocabulary = trigger_vocabulary(self.tokenizer, self.config)
         self.image_size = self.surrogate.image_size
         self.image_column, self.caption_column = "image", "caption"
         self.work_dir = Path(work_dir) if work_dir is not None else None
@@ -277,7 +277,11 @@ class ProtectTransform:
         if not config_file.exists():
             raise FileNotFoundError(f"{directory} is not a saved ProtectTransform (no {_CONFIG_FILE}).")
         meta = json.loads(config_file.read_text())
-        transform = cls(directory / _SURROGATE_DIR, config=MEMConfig.from_dict(meta["config"]), progress=progress)
+        config = dict(meta["config"])
+        # saved before trigger_words existed (algorithm <= 3): its triggers came from every
+        # whole-word token, so rows it has not seen get the same vocabulary
+        config.setdefault("trigger_words", "any")
+        transform = cls(directory / _SURROGATE_DIR, config=MEMConfig.from_dict(config), progress=progress)
         transform.image_column, transform.caption_column = meta["image_column"], meta["caption_column"]
         transform.history = meta.get("history", [])
         if meta.get("fitted"):

@@ -159,14 +159,18 @@ def _default_cache_root() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "hf_unlearnable"
 
 
-def clip_tokenizer(cache_dir: str | os.PathLike | None = None) -> transformers.CLIPTokenizer:
+def clip_tokenizer(
+    cache_dir: str | os.PathLike | None = None, extra_words: Sequence[str] = ()
+) -> transformers.CLIPTokenizer:
     """A CLIP BPE tokenizer built offline, in which every caption and extra word is one token.
 
     The files (``vocab.json``, ``merges.txt``, ``tokenizer_config.json``; CLIP's format) are built
     deterministically on first use and kept under `cache_dir` (default ``$HF_UNLEARNABLE_CACHE`` or
     ``~/.cache/hf_unlearnable``) in a folder named after their content; parallel callers are safe.
+    `extra_words` (lower-case letters) become whole-word tokens too, e.g. to plant a word piece or
+    a blocklisted word in the vocabulary for a test.
     """
-    words = sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS))
+    words = sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS) | {str(word).lower() for word in extra_words})
     digest = hashlib.sha256(f"{_TOKENIZER_FORMAT}\n{' '.join(words)}".encode()).hexdigest()[:12]
     root = Path(cache_dir) if cache_dir is not None else _default_cache_root()
     folder = root / f"clip-tokenizer-v{_TOKENIZER_FORMAT}-{digest}"
