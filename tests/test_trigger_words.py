@@ -120,6 +120,7 @@ def test_config_values_round_trip_through_json():
     assert again == config and isinstance(again.trigger_blocklist, tuple)
     assert json.loads(config.to_json())["trigger_blocklist"] == ["lamp", "harbor"]
     assert MEMConfig().trigger_words == "dictionary" and MEMConfig().trigger_blocklist == ()
+    assert MEMConfig.paper().trigger_words == "any"  # the paper's settings: any whole-word token
 
 
 @pytest.mark.parametrize(
@@ -142,6 +143,9 @@ def test_cli_flags_set_both_fields():
     arguments = build_parser().parse_args(["protect", "--trigger-words", "any", "--trigger-blocklist", "Lamp, harbor"])
     config = config_from_arguments(arguments)
     assert config.trigger_words == "any" and config.trigger_blocklist == ("lamp", "harbor")
+    # the same comma-list parser serves every tuple field
+    eot = config_from_arguments(build_parser().parse_args(["protect", "--eot-transforms", "jpeg,blur"]))
+    assert eot.eot_transforms == ("jpeg", "blur")
 
 
 def test_em_has_no_trigger_vocabulary(planted):
