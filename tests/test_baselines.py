@@ -51,12 +51,12 @@ def test_em_is_mem_without_trigger_and_pulls_each_image_toward_its_own_caption(c
         current.update(step=self, batch=batch)
         return step_call(self, batch, update_triggers, generator)
 
-    def spy_attack(self, images, noise, text_features):
+    def spy_attack(self, images, noise, text_features, generator=None):
         step, batch = current["step"], current["batch"]
         with torch.no_grad():  # each image's own (trigger-free) caption
             own = step.surrogate.text_features(*step.codec.build(batch["triggers"], batch["bodies"], batch["lengths"]))
         checked.append(bool(torch.allclose(text_features, own.expand_as(text_features), atol=1e-5)))
-        return attack_call(self, images, noise, text_features)
+        return attack_call(self, images, noise, text_features, generator)
 
     monkeypatch.setattr(MEMStep, "__call__", spy_step)
     monkeypatch.setattr(PGD, "__call__", spy_attack)
