@@ -6,6 +6,7 @@ A *variant* is MEM-3 at the benchmark sizes (`_common.mem_config`) with levers j
     dropout[=P]    trigger dropout P (default 0.5)                   eot       EOT: jpeg, crop-flip, grayscale, blur
     eot-NAME       EOT with one transformation (eot-jpeg, ...)       em        no trigger (EM), own captions
     k=N            trigger length N                                  words=any trigger tokens need not be words
+    restarts=N     surrogate re-initialised N times                 pos=random trigger at a random word boundary
 
 Each protected copy is audited (`hf_unlearnable.evaluate_protection`, one victim recipe) against
 the defenses of the targets, by a victim trained from scratch and, with ``--victims
@@ -13,7 +14,7 @@ scratch,finetuned``, a fine-tuned one. The table marks each target:
 
     T1  no defense: R@10 <= 2x chance both directions and MedR >= 0.8x the chance MedR
     T2  jpeg-75, grayscale, resized-crop-flip, eda, strip-k: R@10 <= 3x chance each
-    T3  every trigger stripped (strip-k, k the trigger length): R@10 <= 3x chance
+    T3  every trigger removed (an oracle: the protected images with the clean captions): R@10 <= 3x chance
     T4  fine-tuned: R@10 at most half of the same fine-tuning on the clean copy
     cost  protect seconds per sample per round (issue 9: at most 2x the paper's)
 
@@ -51,6 +52,7 @@ from hf_unlearnable.victim import train_victim
 
 TARGET_DEFENSES = ("none", "jpeg-75", "grayscale", "resized-crop-flip", "eda", "strip-{k}")
 CLEAN = "clean"
+IMAGES_ONLY = " | images only"
 
 
 def lever_changes(variant: str) -> dict:
@@ -72,6 +74,10 @@ def lever_changes(variant: str) -> dict:
             changes.update(trigger_length=0, shuffle_captions=False)
         elif name == "k" and value.isdigit():
             changes["trigger_length"] = int(value)
+        elif name == "pos" and value in ("start", "random"):
+            changes["trigger_position"] = value
+        elif name == "restarts" and value.isdigit():
+            changes["surrogate_restarts"] = int(value)
         elif name == "words" and value:
             changes["trigger_words"] = value
         else:
@@ -117,7 +123,13 @@ def defenses_for(arguments, variants: list[str]) -> list[str]:
 
 def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants: list[str], tag: str) -> Path:
     """Audit the saved copies of ``variants``; write OUTPUT/parts/<tag>.json."""
-    copies = {v: datasets.load_from_disk(str(Path(arguments.output) / "copies" / folder_name(v))) for v in variants}
+    copies = {}
+    for variant in variants:
+        protected = datasets.load_from_disk(str(Path(arguments.output) / "copies" / folder_name(variant)))
+        copies[variant] = protected
+        if variant_config(arguments, variant).trigger_length and not arguments.no_oracle:
+            # T3: every trigger removed by an oracle: the protected images with the clean captions
+            copies[variant + IMAGES_ONLY] = protected.remove_columns("caption").add_column("caption", train["caption"])
     recipe = dict(defenses=defenses_for(arguments, variants), processor=processor, epochs=arguments.epochs,
                   batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
                   fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed, progress=False)
@@ -139,8 +151,9 @@ def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants
     return path
 
 
-def targets(rows: dict, chance: dict, k: int, em: bool) -> dict[str, str]:
-    """'yes' / 'no' / '-' (not measured) per target, from {(victim, defense): verdict dict}."""
+def targets(rows: dict, images_only: dict, chance: dict, k: int, em: bool) -> dict[str, str]:
+    """'yes' / 'no' / '-' (not measured) per target, from {(victim, defense): verdict dict} of the
+    copy and of its images-only twin (protected images, clean captions)."""
 
     def r10(verdict, key="protected_final"):
         return verdict[key]["i2t_r10"], verdict[key]["t2i_r10"]
@@ -156,7 +169,7 @@ def targets(rows: dict, chance: dict, k: int, em: bool) -> dict[str, str]:
     measured = [rows[("from scratch", d)] for d in wanted if ("from scratch", d) in rows]
     out["T2"] = "-" if not measured else ("yes" if all(within(v, 3) for v in measured) and len(measured) == len(wanted) else
                                           "no" if not all(within(v, 3) for v in measured) else "part")
-    stripped = none if em else rows.get(("from scratch", f"strip-{k}"))
+    stripped = none if em else images_only.get(("from scratch", "none"))
     out["T3"] = "-" if stripped is None else ("yes" if within(stripped, 3) else "no")
     tuned = rows.get(("fine-tuned", "none"))
     out["T4"] = "-" if tuned is None else ("yes" if tuned["protected_r10"] <= 0.5 * tuned["clean_r10"] else "no")
@@ -173,7 +186,7 @@ def write_table(arguments, started: float) -> str:
     if chance is None:
         raise SystemExit(f"no audit results under {output / 'parts'}: run --stage evaluate first")
     costs = {p.stem: json.loads(p.read_text()) for p in sorted((output / "copies").glob("*.json"))}
-    variants = list(dict.fromkeys(v["copy"] for v in verdicts))
+    variants = list(dict.fromkeys(v["copy"] for v in verdicts if not v["copy"].endswith(IMAGES_ONLY)))
     columns = list(dict.fromkeys((v["victim"], v["defense"]) for v in verdicts))
     chance_r10 = (chance["i2t_r10"] + chance["t2i_r10"]) / 2
     lines = [f"# Robustness ablation: {arguments.dataset}", "",
@@ -183,19 +196,20 @@ def write_table(arguments, started: float) -> str:
              f"{chance['t2i_r10']:.1f}, chance MedR {chance['i2t_medr']:.0f}. MEM {arguments.rounds} rounds, "
              f"M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. Machine: {machine()}.", "",
              "| copy | " + " | ".join(f"{victim} / {defense}" for victim, defense in columns)
-             + " | T1 | T2 | T3 | T4 | ms / sample / round |",
-             "|---" * (len(columns) + 6) + "|"]
+             + " | triggers removed (oracle) | T1 | T2 | T3 | T4 | ms / sample / round |",
+             "|---" * (len(columns) + 7) + "|"]
     clean_cells = []
     for victim, defense in columns:
         first = next(v for v in verdicts if (v["victim"], v["defense"]) == (victim, defense))
         clean_cells.append(f"{first['clean_final']['i2t_r10']:.1f} / {first['clean_final']['t2i_r10']:.1f}")
-    lines.append(f"| {CLEAN} | " + " | ".join(clean_cells) + " | | | | | |")
+    lines.append(f"| {CLEAN} | " + " | ".join(clean_cells) + " | | | | | | |")
     csv_rows = []
     for variant in variants:
         rows = {(v["victim"], v["defense"]): v for v in verdicts if v["copy"] == variant}
+        twin = {(v["victim"], v["defense"]): v for v in verdicts if v["copy"] == variant + IMAGES_ONLY}
         config = costs.get(folder_name(variant), {}).get("config", {})
         k = int(config.get("trigger_length", 3))
-        marks = targets(rows, chance, k, em=k == 0)
+        marks = targets(rows, twin, chance, k, em=k == 0)
         cells = []
         for column in columns:
             v = rows.get(column)
@@ -203,6 +217,11 @@ def write_table(arguments, started: float) -> str:
             if v is not None:
                 csv_rows.append([variant, *column, *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
                                  *(f"{v['clean_final'][key]:.4f}" for key in KEYS), v["verdict"]])
+        for v in twin.values():
+            csv_rows.append([variant + IMAGES_ONLY, v["victim"], v["defense"], *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
+                             *(f"{v['clean_final'][key]:.4f}" for key in KEYS), v["verdict"]])
+        oracle = twin.get(("from scratch", "none"))
+        cells.append("" if oracle is None else f"{oracle['protected_final']['i2t_r10']:.1f} / {oracle['protected_final']['t2i_r10']:.1f}")
         cost = costs.get(folder_name(variant), {}).get("seconds_per_sample_round")
         lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(marks[t] for t in ("T1", "T2", "T3", "T4"))
                      + f" | {'' if cost is None else f'{cost * 1e3:.2f}'} |")
@@ -260,6 +279,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--pretrain", type=int, default=1000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
     parser.add_argument("--pretrain-epochs", type=int, default=5)
     parser.add_argument("--finetune-lr", type=float, default=3e-5)
+    parser.add_argument("--no-oracle", action="store_true", help="skip the images-only copies (T3's victims)")
     parser.add_argument("--stage", choices=("all", "protect", "evaluate", "table"), default="all")
     parser.add_argument("--jobs", type=int, default=1, help="with --stage all: run variants and victims in this many processes")
     parser.add_argument("--tag", default="all", help="name of this --stage evaluate share (its file under OUTPUT/parts)")
@@ -268,7 +288,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     if arguments.smoke:
         apply_smoke(arguments)
         arguments.pretrain, arguments.pretrain_epochs = 32, 1
-        arguments.variants = arguments.variants if argv and "--variants" in argv else "paper,dropout+eot-jpeg"
+        given = sys.argv[1:] if argv is None else argv
+        arguments.variants = arguments.variants if "--variants" in given else "paper,dropout+eot-jpeg"
         arguments.defenses = arguments.defenses or "none,strip-3"
     unknown = set(arguments.victims.split(",")) - {"scratch", "finetuned"}
     if unknown:

@@ -16,8 +16,9 @@ __version__ = "0.1.0"
 #: 1: first release. 2: the surrogate's contrastive loss is computed in float32 under mixed
 #: precision (one CLIP training step shared with the victim). 3: PGD draws a new caption permutation
 #: at every step; EM pairs each image with its own caption. 4: triggers are dictionary words on no
-#: blocklist by default (``MEMConfig.trigger_words``).
-ALGORITHM_VERSION = 4
+#: blocklist by default (``MEMConfig.trigger_words``). 5: the work dir stores where each caption takes its
+#: trigger (``MEMConfig.trigger_position``; "start" computes what 4 did, but v4 work dirs lack the array).
+ALGORITHM_VERSION = 5
 
 from .audit import evaluate_protection
 from .config import MEMConfig

@@ -13,6 +13,7 @@ at the tail, never the trigger.
 from __future__ import annotations
 
 import functools
+import hashlib
 import importlib.util
 import re
 from collections.abc import Collection, Iterable, Sequence
@@ -27,6 +28,7 @@ from .config import TRIGGER_WORDS, MEMConfig
 
 _WORD = re.compile(r"^[a-z]+$")
 _END_OF_WORD = "</w>"
+_WORDS = re.compile(r"\S+")
 
 #: A "dictionary word" is in a spelling dictionary (pyspellchecker's English one) *and* among
 #: wordfreq's N most frequent English words. Neither list alone is enough: wordfreq counts text as
@@ -166,16 +168,28 @@ def trigger_vocabulary(tokenizer: Any, config: MEMConfig) -> TriggerVocabulary |
     )
 
 
+TRIGGER_POSITIONS = ("start", "random")
+
+
 class CaptionCodec:
     """Token ids with trigger slots, built with tensor operations (no loop over samples).
 
     Args:
         tokenizer: the surrogate's CLIP tokenizer.
-        trigger_length: k, number of trigger slots after the start token.
+        trigger_length: k, number of trigger slots.
         max_tokens: the whole sequence budget (start + trigger + body + end).
+        position: where the trigger goes: "start" (right after the start token, as in the paper)
+            or "random" (before a word of the caption chosen from a hash of the caption and
+            ``seed``, so it is the same wherever the caption is seen, and an attacker cannot
+            delete it by position).
+        seed: keys the random word boundary.
     """
 
-    def __init__(self, tokenizer: Any, trigger_length: int, max_tokens: int):
+    def __init__(self, tokenizer: Any, trigger_length: int, max_tokens: int, position: str = "start", seed: int = 0):
+        if position not in TRIGGER_POSITIONS:
+            raise ValueError(f"trigger position {position!r} is invalid: it must be one of {TRIGGER_POSITIONS}.")
+        self.position = position
+        self.seed = seed
         if tokenizer.bos_token_id is None or tokenizer.eos_token_id is None:
             raise ValueError("The tokenizer needs start and end tokens (a CLIP tokenizer has both).")
         body_budget = max_tokens - 2 - trigger_length
@@ -207,46 +221,90 @@ class CaptionCodec:
             lengths[index] = len(tokens)
         return ids, lengths
 
-    def build(
-        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[start] trigger body [end] pad..`` for a batch, padded to the longest sequence.
+    # -- where the trigger goes -----------------------------------------------------------
+    def word_slot(self, caption: str) -> int:
+        """The character index where the trigger is inserted: the start of a word of ``caption``
+        (or its end), 0 for "start"; "random" picks one of the n + 1 boundaries from a hash."""
+        if self.position == "start":
+            return 0
+        starts = [match.start() for match in _WORDS.finditer(caption)]
+        digest = hashlib.blake2b(f"{self.seed}\x00{caption}".encode(), digest_size=8).digest()
+        choice = int.from_bytes(digest, "little") % (len(starts) + 1)
+        return starts[choice] if choice < len(starts) else len(caption.rstrip())
 
-        Args: triggers (B, k) long, bodies (B, body_budget) long, lengths (B,) long.
+    def encode_positions(self, captions: Sequence[str]) -> np.ndarray:
+        """For each caption, the number of body tokens before the trigger (int32 (n,)), within
+        the body budget; zeros for "start"."""
+        positions = np.zeros(len(captions), dtype=np.int32)
+        if self.position == "start":
+            return positions
+        prefixes = [caption[: self.word_slot(caption)] for caption in captions]
+        encoded = self.tokenizer(prefixes, add_special_tokens=False)["input_ids"]
+        for index, tokens in enumerate(encoded):
+            positions[index] = min(len(tokens), self.body_budget)
+        return positions
+
+    def slots(self, positions: torch.Tensor | None, batch: int, device: torch.device | None = None) -> torch.Tensor:
+        """Columns of the trigger tokens in `build`'s input_ids: (B, k) long."""
+        offsets = torch.arange(1, 1 + self.trigger_length, device=device)
+        if positions is None:
+            return offsets.expand(batch, -1)
+        return positions.long().to(device).unsqueeze(1) + offsets
+
+    # -- token ids ----------------------------------------------------------------------------
+    def build(
+        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, positions: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[start] body[:p] trigger body[p:] [end] pad..`` for a batch, padded to the longest
+        sequence (p = 0 without ``positions``: the trigger right after the start token).
+
+        Args: triggers (B, k) long, bodies (B, body_budget) long, lengths (B,) long, positions (B,)
+        long, each <= its length (`encode_positions`).
         Returns: input_ids (B, L) long and attention_mask (B, L) long, L = 2 + k + max(lengths).
         """
-        return self._build(triggers, bodies, lengths, self.trigger_length)
+        return self._build(triggers, bodies, lengths, self.trigger_length, positions)
 
     def _build(
-        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, k: int
+        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, k: int, positions: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch = triggers.shape[0]
         longest = int(lengths.max()) if batch else 0
         device = bodies.device
-        body = bodies[:, :longest].long()
-        body = torch.where(torch.arange(longest, device=device) < lengths.unsqueeze(1), body, self.pad)
-        ids = torch.cat(
-            [
-                torch.full((batch, 1), self.bos, dtype=torch.long, device=device),
-                triggers.long().to(device).reshape(batch, k),
-                body,
-                torch.full((batch, 1), self.pad, dtype=torch.long, device=device),
-            ],
-            dim=1,
-        )
-        body_end = 1 + k + lengths.long().unsqueeze(1)  # index of the end token
-        ids.scatter_(1, body_end, self.eos)
-        mask = (torch.arange(ids.shape[1], device=device).unsqueeze(0) <= body_end).long()
+        width = 2 + k + longest
+        column = torch.arange(width, device=device).unsqueeze(0)  # (1, L)
+        length = lengths.long().to(device).unsqueeze(1)
+        start = torch.zeros_like(length) if positions is None else torch.minimum(positions.long().to(device).unsqueeze(1), length)
+        body = torch.cat([bodies[:, :longest].long(), torch.full((batch, 1), self.pad, dtype=torch.long, device=device)], 1)
+        trigger = torch.cat([triggers.long().to(device).reshape(batch, k), torch.zeros((batch, 1), dtype=torch.long, device=device)], 1)
+        # column c holds: 0 start | 1..p body[c-1] | p+1..p+k trigger[c-1-p] | p+k+1..n+k body[c-1-k] | n+k+1 end | pad
+        before = (column >= 1) & (column <= start)
+        in_trigger = (column > start) & (column <= start + k)
+        after = (column > start + k) & (column <= length + k)
+        body_before = body.gather(1, (column - 1).clamp(0, longest).expand(batch, -1))
+        body_after = body.gather(1, (column - 1 - k).clamp(0, longest).expand(batch, -1))
+        trigger_ids = trigger.gather(1, (column - 1 - start).clamp(0, k))
+        ids = torch.full((batch, width), self.pad, dtype=torch.long, device=device)
+        ids = torch.where(before, body_before, ids)
+        ids = torch.where(in_trigger, trigger_ids, ids)
+        ids = torch.where(after, body_after, ids)
+        ids = torch.where(column == length + k + 1, torch.full_like(ids, self.eos), ids)
+        ids[:, 0] = self.bos
+        mask = (column <= length + k + 1).long().expand(batch, -1).contiguous()
         return ids, mask
 
     def build_dropped(
-        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor
+        self,
+        triggers: torch.Tensor,
+        bodies: torch.Tensor,
+        lengths: torch.Tensor,
+        keep: torch.Tensor,
+        positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Like `build`, but rows where ``keep`` is False get no trigger at all (``[start] body [end]``),
         as a caption reads after an attacker strips the trigger; both kinds padded to one length.
 
         Args: as `build`, plus keep (B,) bool. Returns input_ids and attention_mask (B, L)."""
-        with_trigger, with_mask = self.build(triggers, bodies, lengths)
+        with_trigger, with_mask = self.build(triggers, bodies, lengths, positions)
         without, without_mask = self._build(triggers[:, :0], bodies, lengths, 0)
         pad = with_trigger.shape[1] - without.shape[1]
         without = torch.nn.functional.pad(without, (0, pad), value=self.pad)
@@ -259,12 +317,23 @@ class CaptionCodec:
         return " ".join(self.tokenizer.decode([int(t)]).strip() for t in trigger_ids)
 
     def apply(self, trigger_ids: Sequence[int], caption: str) -> str:
-        """The protected caption: trigger words, one space, the caption unchanged."""
+        """The protected caption: the caption unchanged, with the trigger words and one space
+        inserted at its word slot (before the first word for "start")."""
         if self.trigger_length == 0:
             return caption
-        return f"{self.trigger_text(trigger_ids)} {caption}"
+        cut = self.word_slot(caption)
+        trigger = self.trigger_text(trigger_ids)
+        if cut >= len(caption.rstrip()) and cut > 0:  # after the last word
+            return f"{caption[:cut]} {trigger}{caption[cut:]}"
+        return f"{caption[:cut]}{trigger} {caption[cut:]}"
 
-    def read_trigger(self, text: str) -> list[int]:
-        """Tokenise a saved caption and return the ids at the trigger slots (for verification)."""
+    def read_trigger(self, text: str, caption: str | None = None) -> list[int]:
+        """Tokenise a saved caption and return the ids at the trigger slots (for verification);
+        with "random" placement the clean ``caption`` says where the slots are."""
+        position = 0
+        if self.position != "start":
+            if caption is None:
+                raise ValueError("read_trigger with trigger_position='random' needs the clean caption to find the slots.")
+            position = int(self.encode_positions([caption])[0])
         ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
-        return [int(t) for t in ids[1 : 1 + self.trigger_length]]
+        return [int(t) for t in ids[1 + position : 1 + position + self.trigger_length]]

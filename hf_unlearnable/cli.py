@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help=f"image budget in [0, 1] pixel space (default: {MEMConfig().epsilon:.7f} = 8/255)")
     verify.add_argument("--trigger-length", type=int, default=MEMConfig().trigger_length,
                         help=f"trigger words per caption; 0 for EM (default: {MEMConfig().trigger_length})")
+    verify.add_argument("--trigger-position", choices=("start", "random"), default=MEMConfig().trigger_position,
+                        help="where the trigger sits: start (the paper) or random (a word boundary); "
+                        f"default: {MEMConfig().trigger_position}")
     verify.add_argument("--model", help="surrogate (model folder, saved ProtectTransform folder or Hub id) whose "
                         "tokenizer must re-tokenise each trigger to --trigger-length tokens")
     verify.add_argument("--image-size", type=int, help="protect resolution in pixels (default: the first protected image's)")
@@ -319,7 +322,8 @@ def run_verify(arguments: argparse.Namespace) -> int:
     tokenizer = _load_tokenizer(arguments.model) if arguments.model else None
     report = verify_protected(
         clean, protected, image_column=arguments.image_column, caption_column=arguments.caption_column,
-        epsilon=arguments.epsilon, trigger_length=arguments.trigger_length, tokenizer=tokenizer,
+        epsilon=arguments.epsilon, trigger_length=arguments.trigger_length,
+        trigger_position=arguments.trigger_position, tokenizer=tokenizer,
         image_size=arguments.image_size, progress=False if arguments.no_progress else None,
     )
     print(f"verify {arguments.protected} against {arguments.clean}")

@@ -55,6 +55,13 @@ class MEMConfig:
             step and every PGD step (0: never, as in the paper). A dropped sample is trained on, and
             its noise pulled toward, its own caption alone, the caption an attacker who strips the
             trigger trains on, so the image noise has to carry protection of its own.
+        trigger_position: where the trigger goes in each caption: "start" (right after the start
+            token, as in the paper) or "random" (before a word of the caption picked by a hash of
+            the caption and the seed, so deleting the first words does not remove it).
+        surrogate_restarts: times the surrogate is re-initialised (fresh random weights, a new
+            seed, a new optimizer state) at evenly spaced rounds, so the noise must also bind for a
+            model early in training, as a victim trained from scratch is (0: never, as in the paper;
+            a surrogate loaded from the Hub is re-initialised from its config too).
         eot_transforms: expectation over transformation in PGD: at every step the noised image goes
             through the identity or one of these, drawn uniformly ("jpeg", "crop-flip",
             "grayscale", "blur"; see `mem.eot`), so the noise survives what a victim's pipeline
@@ -84,6 +91,8 @@ class MEMConfig:
     online_rounds: int = 5
     trigger_dropout: float = 0.0
     eot_transforms: tuple[str, ...] = ()
+    surrogate_restarts: int = 0
+    trigger_position: str = "start"
     mixed_precision: str = "auto"
     seed: int = 0
 
@@ -106,7 +115,7 @@ class MEMConfig:
         values = dict(
             epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
             trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
-            trigger_dropout=0.0, eot_transforms=(), trigger_words="any", trigger_blocklist=(),
+            trigger_dropout=0.0, eot_transforms=(), surrogate_restarts=0, trigger_position="start", trigger_words="any", trigger_blocklist=(),
         )
         return cls(**{**values, **changes})
 
@@ -155,6 +164,9 @@ class MEMConfig:
         check_int("batch_size", 2)
         check_int("online_rounds", 1)
         check_int("seed", 0)
+        check_int("surrogate_restarts", 0)
+        if self.surrogate_restarts >= self.max_rounds:
+            raise bad("surrogate_restarts", f"< max_rounds={self.max_rounds} (at most one restart per round after the first)")
         if self.max_caption_tokens is not None:
             check_int("max_caption_tokens", 3)
         if self.stop_loss is not None and (not isinstance(self.stop_loss, (int, float)) or self.stop_loss < 0):
@@ -190,6 +202,8 @@ class MEMConfig:
             check_eot_transforms(self.eot_transforms)
         except ValueError as error:
             raise ValueError(f"MEMConfig.eot_transforms: {error}") from None
+        if self.trigger_position not in ("start", "random"):
+            raise bad("trigger_position", '"start" (the paper) or "random" (a word boundary picked per caption)')
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise bad("mixed_precision", 'one of "auto", "no", "bf16", "fp16"')
         for name in ("shuffle_captions", "image_noise"):

@@ -93,7 +93,7 @@ class OnlineProtector:
         count = len(images)
         seed_material = hashlib.blake2b(images.tobytes() + json.dumps(captions).encode(), digest_size=8).digest()
         rng = np.random.default_rng([config.seed, int.from_bytes(seed_material, "little")])
-        bodies = [codec.encode_bodies(texts) for texts in captions]
+        bodies = [(*codec.encode_bodies(texts), codec.encode_positions(texts)) for texts in captions]
         images_all = images
         if count < 2:
             if not fitted:
@@ -114,13 +114,14 @@ class OnlineProtector:
         generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
         self.surrogate.eval()
         for _ in range(config.online_rounds):
-            choice = [int(rng.integers(len(ids))) for ids, _ in bodies]
+            choice = [int(rng.integers(len(ids))) for ids, _, _ in bodies]
             batch = {
                 "images": torch.from_numpy(images_all),
                 "noise": noise,
                 "triggers": triggers,
-                "bodies": torch.from_numpy(np.stack([ids[c] for (ids, _), c in zip(bodies, choice)])).long(),
-                "lengths": torch.from_numpy(np.array([lengths[c] for (_, lengths), c in zip(bodies, choice)])).long(),
+                "bodies": torch.from_numpy(np.stack([ids[c] for (ids, _, _), c in zip(bodies, choice)])).long(),
+                "lengths": torch.from_numpy(np.array([lengths[c] for (_, lengths, _), c in zip(bodies, choice)])).long(),
+                "positions": torch.from_numpy(np.array([where[c] for (_, _, where), c in zip(bodies, choice)])).long(),
             }
             with autocast():
                 result = step(batch, update_triggers=True, generator=generator)
@@ -128,8 +129,8 @@ class OnlineProtector:
             triggers = result.triggers.cpu()
         return noise[:count].numpy(), triggers[:count].numpy().astype(np.int32)
 
-    def _random_body(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """A caption body of random whole words: (ids (1, body_budget), lengths (1,))."""
+    def _random_body(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A caption body of random whole words: (ids (1, body_budget), lengths (1,), positions (1,))."""
         if self._token_pool is None:
             if self.vocabulary is not None:
                 self._token_pool = self.vocabulary.token_ids
@@ -140,7 +141,7 @@ class OnlineProtector:
         length = min(_NEGATIVE_TOKENS, self.codec.body_budget)
         ids = np.full((1, self.codec.body_budget), self.codec.pad, dtype=np.int32)
         ids[0, :length] = rng.choice(self._token_pool, size=length)
-        return ids, np.array([length], dtype=np.int32)
+        return ids, np.array([length], dtype=np.int32), np.zeros(1, dtype=np.int32)
 
 
 def protect_batch(

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 # The clean copy of the data (what must not outlive the run, nor be shared) ...
-CLEAN_ARRAYS = ("images", "caption_ids", "caption_lengths", "caption_offsets")
+CLEAN_ARRAYS = ("images", "caption_ids", "caption_lengths", "caption_positions", "caption_offsets")
 # ... and the protection: all a fitted transform needs to write its rows again (matched by digest).
 PROTECTION_ARRAYS = ("noise", "triggers", "digests")
 _ARRAYS = CLEAN_ARRAYS + PROTECTION_ARRAYS
@@ -163,6 +163,7 @@ class SampleStore:
             "triggers": ((n, k), np.int32),
             "caption_ids": ((layout.num_captions, layout.body_budget), np.int32),
             "caption_lengths": ((layout.num_captions,), np.int32),
+            "caption_positions": ((layout.num_captions,), np.int32),  # body tokens before the trigger
             "caption_offsets": ((n + 1,), np.int64),
             "digests": ((n,), np.uint64),
         }
@@ -231,6 +232,7 @@ class SampleStore:
             "triggers": torch.from_numpy(self.triggers[indices]).long(),
             "bodies": torch.from_numpy(self.caption_ids[captions]).long(),
             "lengths": torch.from_numpy(self.caption_lengths[captions]).long(),
+            "positions": torch.from_numpy(self.caption_positions[captions]).long(),
         }
 
     def write(self, indices: np.ndarray, noise: torch.Tensor | np.ndarray | None = None, triggers: torch.Tensor | np.ndarray | None = None) -> None:

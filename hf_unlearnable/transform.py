@@ -93,7 +93,9 @@ class ProtectTransform:
                 f"MEMConfig.max_caption_tokens={max_tokens} exceeds the surrogate's text context of {context} tokens."
             )
         try:
-            self.codec = CaptionCodec(self.tokenizer, self.config.trigger_length, max_tokens)
+            self.codec = CaptionCodec(
+                self.tokenizer, self.config.trigger_length, max_tokens, self.config.trigger_position, self.config.seed
+            )
         except ValueError as error:
             raise ValueError(f"MEMConfig.trigger_length: {error}") from error
         self.vocabulary = trigger_vocabulary(self.tokenizer, self.config)

@@ -265,6 +265,7 @@ def ingest(
             store.images[row] = image
             store.caption_ids[caption_row : caption_row + len(texts)] = ids
             store.caption_lengths[caption_row : caption_row + len(texts)] = lengths
+            store.caption_positions[caption_row : caption_row + len(texts)] = codec.encode_positions(texts)
             caption_row += len(texts)
             store.caption_offsets[row + 1] = caption_row
             store.digests[row] = row_digest(image, texts)

@@ -54,12 +54,13 @@ class HotFlip:
 
     Shape:
         - image_features: (B, D) unit-norm features of x + d, fixed.
-        - input_ids, attention_mask: (B, L) with the trigger at positions 1..k.
+        - input_ids, attention_mask: (B, L) with the trigger at columns ``slots`` (B, k) (an int k:
+          columns 1..k, right after the start token, for every row).
         - output: the new input_ids (B, L).
 
     Examples::
         >>> search = HotFlip(surrogate, vocabulary.mask, candidates=16)
-        >>> input_ids = search(image_features, input_ids, attention_mask, trigger_length=3)
+        >>> input_ids = search(image_features, input_ids, attention_mask, codec.slots(positions, batch))
     """
 
     def __init__(self, surrogate: Surrogate, allowed: torch.Tensor, candidates: int = 16):
@@ -88,11 +89,15 @@ class HotFlip:
 
     @torch.no_grad()
     def __call__(
-        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trigger_length: int
+        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trigger_length: int | torch.Tensor
     ) -> torch.Tensor:
         batch = input_ids.shape[0]
         input_ids = input_ids.clone()
         index = torch.arange(batch, device=input_ids.device)
+        slots = trigger_length
+        if isinstance(slots, int):
+            slots = torch.arange(1, 1 + slots, device=input_ids.device).expand(batch, -1)
+        slots = slots.to(input_ids.device)
         with frozen(self.surrogate):
             logit_scale = self.surrogate.logit_scale()
             table = self.surrogate.token_embedding.weight  # (V, E)
@@ -100,18 +105,18 @@ class HotFlip:
             allowed = torch.zeros(table.shape[0], dtype=torch.bool, device=table.device)
             size = min(len(self.allowed), table.shape[0])
             allowed[:size] = self.allowed[:size].to(table.device)
-            for position in range(1, 1 + trigger_length):
+            for column in slots.T:  # (B,): this trigger token's column in every row
                 current_text, batch_loss, gradient = self._text_and_gradient(
                     image_features, input_ids, attention_mask, logit_scale
                 )
-                gradient = gradient[:, position]
+                gradient = gradient[index, column]
                 first_order = gradient.float() @ table.float().T  # (B, V); e_cur . g is constant per row
                 first_order[:, ~allowed] = float("inf")
-                first_order[index, input_ids[:, position]] = float("inf")  # the current token is scored apart
+                first_order[index, input_ids[index, column]] = float("inf")  # the current token is scored apart
                 candidates = first_order.topk(self.candidates, dim=1, largest=False).indices  # (B, K)
 
                 trial = input_ids.unsqueeze(1).repeat(1, self.candidates, 1)  # (B, K, L)
-                trial[:, :, position] = candidates
+                trial[index.unsqueeze(1), torch.arange(self.candidates, device=trial.device), column.unsqueeze(1)] = candidates
                 trial_mask = attention_mask.unsqueeze(1).expand_as(trial)
                 trial_text = self.surrogate.text_features(trial.flatten(0, 1), trial_mask.flatten(0, 1))
                 trial_text = trial_text.view(batch, self.candidates, -1)
@@ -130,5 +135,5 @@ class HotFlip:
                     improves = torch.zeros_like(improves)
                     improves[single] = True
                 new_tokens = candidates[index, best]
-                input_ids[:, position] = torch.where(improves, new_tokens, input_ids[:, position])
+                input_ids[index, column] = torch.where(improves, new_tokens, input_ids[index, column])
         return input_ids

@@ -61,20 +61,23 @@ class MEMStep:
         device = surrogate.image_mean.device
         images, noise = batch["images"].to(device), batch["noise"].to(device)
         triggers, bodies, lengths = batch["triggers"].to(device), batch["bodies"].to(device), batch["lengths"].to(device)
+        positions = batch["positions"].to(device) if "positions" in batch else None  # body tokens before the trigger
 
         if update_triggers and self.hotflip is not None and codec.trigger_length:
             with torch.no_grad():
                 image_features = surrogate.image_features(pixels_from_uint8(images, noise))
-            input_ids, mask = codec.build(triggers, bodies, lengths)
-            input_ids = self.hotflip(image_features, input_ids, mask, codec.trigger_length)
-            triggers = input_ids[:, 1 : 1 + codec.trigger_length]
+            input_ids, mask = codec.build(triggers, bodies, lengths, positions)
+            slots = codec.slots(positions, len(bodies), device)
+            input_ids = self.hotflip(image_features, input_ids, mask, slots)
+            triggers = input_ids.gather(1, slots)
 
         if config.image_noise and config.pgd_steps:
-            noise = self.pgd(images, noise, self.pgd_text_features(triggers, bodies, lengths, generator), generator)
+            text_features = self.pgd_text_features(triggers, bodies, lengths, generator, positions)
+            noise = self.pgd(images, noise, text_features, generator)
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
-            input_ids, mask = codec.build(triggers, bodies, lengths)
+            input_ids, mask = codec.build(triggers, bodies, lengths, positions)
             protected = self.loss(
                 surrogate.image_features(pixels_from_uint8(images, noise)), surrogate.text_features(input_ids, mask), logit_scale
             )
@@ -86,21 +89,28 @@ class MEMStep:
 
     @torch.no_grad()
     def pgd_text_features(
-        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, generator: torch.Generator
+        self,
+        triggers: torch.Tensor,
+        bodies: torch.Tensor,
+        lengths: torch.Tensor,
+        generator: torch.Generator,
+        positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The text PGD pulls each image toward: with ``shuffle_captions``, (S, B, D) where step s
         pairs image i's own trigger with the caption body of sample ``order_s[i]``, a fresh
         permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption.
         With ``trigger_dropout`` p, each (step, image) is instead, with probability p, the image's
-        own caption without any trigger (always (S, B, D) then)."""
+        own caption without any trigger (always (S, B, D) then). ``positions``: where each body
+        takes a trigger (`CaptionCodec.encode_positions`); a shuffled body keeps its own."""
         config = self.config
         batch, steps = len(bodies), config.pgd_steps
         if not config.shuffle_captions:
-            features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths))
+            features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
         else:
             orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
             # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
-            input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders])
+            shuffled_positions = None if positions is None else positions[orders]
+            input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders], shuffled_positions)
             features = self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
         if not config.trigger_dropout:
             return features
@@ -179,6 +189,8 @@ class MEMLoop:
             if state is not None and (state["round"], state["phase"]) == (round_index, "sweep"):
                 surrogate_loss, started = state["surrogate_loss"], started - state["seconds"]  # trained before the kill
             else:
+                if round_index in self.restart_rounds():
+                    self.restart_surrogate(round_index)
                 surrogate_loss = self.train_surrogate(round_index)  # M steps on (x + d, t + caption)
                 self._save(round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started)
             protected_loss, clean_loss = self.sweep(round_index)  # HotFlip (early rounds) + PGD on every batch
@@ -193,6 +205,20 @@ class MEMLoop:
                 break
         self.surrogate.eval()
         return history
+
+    def restart_rounds(self) -> set[int]:
+        """Rounds whose surrogate training starts from fresh weights (``surrogate_restarts``, evenly spaced)."""
+        restarts, rounds = self.config.surrogate_restarts, self.config.max_rounds
+        return {1 + (index * rounds) // (restarts + 1) for index in range(1, restarts + 1)}
+
+    def restart_surrogate(self, round_index: int) -> None:
+        """Fresh random weights from a seed of (seed, round), and an empty optimizer state, on every process."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(self._rng(round_index, 3).integers(2**62)))
+            fresh = type(self.surrogate.model)(self.surrogate.model.config)
+        self.surrogate.model.load_state_dict(fresh.state_dict())
+        self.optimizer.state.clear()
+        logger.info("MEM round %d: surrogate re-initialised", round_index)
 
     def train_surrogate(self, round_index: int) -> float:
         """M steps of contrastive training on the current protected data; returns the mean loss."""
@@ -209,9 +235,9 @@ class MEMLoop:
             position += config.batch_size
             if config.trigger_dropout:  # some samples train on their caption alone, as after stripping
                 keep = torch.from_numpy(rng.random(len(batch["bodies"])) >= config.trigger_dropout)
-                input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep)
+                input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep, batch["positions"])
             else:
-                input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"])
+                input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"], batch["positions"])
             pixels = pixels_from_uint8(batch["images"], batch["noise"])
             loss = clip_training_step(self.model, self.surrogate, self.loss, self.optimizer, self.accelerator, pixels, input_ids, mask)
             losses.append(float(loss))

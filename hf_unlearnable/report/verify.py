@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any
@@ -123,11 +124,13 @@ def _short(value: Any, width: int = 40) -> str:
     return textwrap.shorten(repr(value), width=width, placeholder="...")
 
 
-def split_trigger(protected: str, clean: str, trigger_length: int) -> tuple[str | None, str | None]:
+def split_trigger(protected: str, clean: str, trigger_length: int, position: str = "start") -> tuple[str | None, str | None]:
     """(trigger words, problem): the trigger of a protected caption, or why it has none.
 
     A valid protected caption is exactly ``trigger_length`` space-separated words, one space, then
-    the clean caption unchanged. With ``trigger_length == 0`` (EM) it equals the clean caption.
+    the clean caption unchanged ("start"), or the clean caption with those words and one space
+    inserted before one of its words or appended after its last ("random"). With
+    ``trigger_length == 0`` (EM) it equals the clean caption.
     """
     if not isinstance(protected, str):
         return None, f"caption is a {type(protected).__name__}, expected a string"
@@ -135,6 +138,8 @@ def split_trigger(protected: str, clean: str, trigger_length: int) -> tuple[str 
         return ("", None) if protected == clean else (None, "caption changed (EM keeps captions unchanged)")
     if protected == clean:
         return None, "caption has no trigger (identical to the clean caption)"
+    if position == "random":
+        return _inserted_trigger(protected, clean, trigger_length)
     if not protected.endswith(clean):
         return None, f"caption does not end with its clean caption {_short(clean)}"
     prefix = protected[: len(protected) - len(clean)]
@@ -142,6 +147,27 @@ def split_trigger(protected: str, clean: str, trigger_length: int) -> tuple[str 
     if len(words) != trigger_length or not all(word and not any(ch.isspace() for ch in word) for word in words):
         return None, f"trigger prefix {prefix!r} is not exactly {trigger_length} words followed by one space"
     return prefix[:-1], None
+
+
+def _is_words(text: str, count: int) -> bool:
+    words = text.split(" ")
+    return len(words) == count and all(word and not any(ch.isspace() for ch in word) for word in words)
+
+
+def _inserted_trigger(protected: str, clean: str, trigger_length: int) -> tuple[str | None, str | None]:
+    """The words inserted into ``clean`` at a word boundary (``"w1 w2 "`` before a word, or
+    ``" w1 w2"`` after the last), the leftmost boundary that explains ``protected``."""
+    extra = len(protected) - len(clean)
+    end = len(clean.rstrip())
+    for boundary in [match.start() for match in re.finditer(r"\S+", clean)] + [end]:
+        inserted = protected[boundary : boundary + extra]
+        if protected[:boundary] != clean[:boundary] or protected[boundary + extra :] != clean[boundary:]:
+            continue
+        if boundary < end and inserted.endswith(" ") and _is_words(inserted[:-1], trigger_length):
+            return inserted[:-1], None
+        if boundary == end and inserted.startswith(" ") and _is_words(inserted[1:], trigger_length):
+            return inserted[1:], None
+    return None, f"caption is not its clean caption {_short(clean)} with {trigger_length} trigger words inserted at a word boundary"
 
 
 def verify_protected(
@@ -152,6 +178,7 @@ def verify_protected(
     caption_column: str = "caption",
     epsilon: float = _DEFAULT_EPSILON,
     trigger_length: int = 3,
+    trigger_position: str = "start",
     tokenizer: Any = None,
     image_size: int | None = None,
     max_violations: int = 1000,
@@ -163,7 +190,8 @@ def verify_protected(
     protected image decodes, is a PNG at the protect resolution (``image_size``, default: the first
     protected image's) and differs from its clean base (``prepare_image(clean, size)``) by at most
     ``floor(epsilon * 255)`` levels; each caption is ``trigger_length`` words, one space, then its
-    clean caption; all captions of one image share the trigger; with ``tokenizer``, the trigger
+    clean caption (``trigger_position="random"``: those words inserted at a word boundary of the
+    clean caption); all captions of one image share the trigger; with ``tokenizer``, the trigger
     re-tokenises to ``trigger_length`` tokens at the trigger slots. Bad arguments (missing columns,
     epsilon out of range) raise ValueError/TypeError; broken promises are collected in the report.
     """
@@ -171,6 +199,8 @@ def verify_protected(
         check_dataset(ds, image_column, caption_column, name=name, min_rows=0)
     if isinstance(trigger_length, bool) or not isinstance(trigger_length, int) or trigger_length < 0:
         raise ValueError(f"trigger_length={trigger_length!r} must be an integer >= 0 (0 = EM, no trigger).")
+    if trigger_position not in ("start", "random"):
+        raise ValueError(f"trigger_position={trigger_position!r} must be \"start\" or \"random\" (MEMConfig.trigger_position).")
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels).")
     report = VerifyReport(
@@ -205,12 +235,13 @@ def verify_protected(
                     report.add(row, "column", f"column {column!r} changed: {_short(before)} -> {_short(after)}")
             _check_image(report, row, clean_batch[image_column][offset], protected_batch[image_column][offset])
             triggers = _check_captions(
-                report, row, clean_batch[caption_column][offset], protected_batch[caption_column][offset], trigger_length
+                report, row, clean_batch[caption_column][offset], protected_batch[caption_column][offset], trigger_length,
+                trigger_position,
             )
             if tokenizer is not None and trigger_length and triggers:
                 to_tokenize += [(row, trigger, caption) for trigger, caption in triggers[:1]]
         if to_tokenize:
-            _check_tokens(report, to_tokenize, tokenizer, trigger_length)
+            _check_tokens(report, to_tokenize, tokenizer, trigger_length, trigger_position)
         report.rows_checked = stop
         bar.update(stop - start)
     bar.close()
@@ -258,7 +289,7 @@ def _check_image(report: VerifyReport, row: int, clean_value: Any, protected_val
 
 
 def _check_captions(
-    report: VerifyReport, row: int, clean_value: Any, protected_value: Any, trigger_length: int
+    report: VerifyReport, row: int, clean_value: Any, protected_value: Any, trigger_length: int, position: str = "start"
 ) -> list[tuple[str, str]]:
     """Check one row's caption(s); return (trigger, protected caption) of the valid ones."""
     clean_is_list, protected_is_list = isinstance(clean_value, (list, tuple)), isinstance(protected_value, (list, tuple))
@@ -272,7 +303,7 @@ def _check_captions(
         return []
     found: list[tuple[str, str]] = []
     for index, (protected, clean) in enumerate(pairs):
-        trigger, problem = split_trigger(protected, clean, trigger_length)
+        trigger, problem = split_trigger(protected, clean, trigger_length, position)
         label = f"caption {index}: " if clean_is_list else ""
         if problem is not None:
             report.add(row, "trigger" if "trigger" in problem and trigger_length else "caption", label + problem)
@@ -283,12 +314,17 @@ def _check_captions(
     return found
 
 
-def _check_tokens(report: VerifyReport, items: list[tuple[int, str, str]], tokenizer: Any, trigger_length: int) -> None:
+def _check_tokens(
+    report: VerifyReport, items: list[tuple[int, str, str]], tokenizer: Any, trigger_length: int, position: str = "start"
+) -> None:
     rows, triggers, captions = zip(*items)
     alone = tokenizer(list(triggers), add_special_tokens=False)["input_ids"]
-    full = tokenizer(list(captions), truncation=True, max_length=trigger_length + 2)["input_ids"]
+    full = tokenizer(list(captions), truncation=position == "start", max_length=trigger_length + 2)["input_ids"]
     for row, trigger, ids, sequence in zip(rows, triggers, alone, full):
+        ids, sequence = list(ids), list(sequence)
         if len(ids) != trigger_length:
             report.add(row, "trigger", f"trigger {trigger!r} tokenises to {len(ids)} tokens, expected {trigger_length}")
-        elif list(sequence[1 : 1 + trigger_length]) != list(ids):
+        elif position == "random" and not any(sequence[i : i + trigger_length] == ids for i in range(1, len(sequence))):
+            report.add(row, "trigger", f"trigger {trigger!r} is not a run of its own tokens when the caption is tokenised")
+        elif position == "start" and sequence[1 : 1 + trigger_length] != ids:
             report.add(row, "trigger", f"trigger {trigger!r} does not sit at the trigger slots when the caption is tokenised")
