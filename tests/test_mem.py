@@ -291,3 +291,47 @@ def test_stop_loss_stops_when_met_and_runs_every_round_when_not(clip, rows):
 
     *_, unmet = run(clip, rows, config.replace(stop_loss=min(losses) - 1e-6))
     assert len(unmet) == config.max_rounds
+
+
+def test_surrogate_restarts_start_training_from_fresh_weights(clip, rows, monkeypatch):
+    """At a restart round the surrogate trains from new random weights and an empty optimizer state."""
+    from hf_unlearnable.mem.loop import MEMLoop
+
+    config = LOOP_CONFIG.replace(max_rounds=4, surrogate_restarts=1)
+    seen = {}
+    train = MEMLoop.train_surrogate
+
+    def spy(self, round_index):
+        seen[round_index] = (
+            {name: value.detach().clone() for name, value in self.surrogate.model.state_dict().items()},
+            len(self.optimizer.state),
+        )
+        return train(self, round_index)
+
+    monkeypatch.setattr(MEMLoop, "train_surrogate", spy)
+    run(clip, rows, config)
+    assert sorted(seen) == [1, 2, 3, 4]
+    before_restart, after_restart = seen[2][0], seen[3][0]  # restart_rounds() == {3} for 1 restart of 4 rounds
+    moved = [name for name in after_restart if not torch.equal(after_restart[name], before_restart[name])]
+    assert len(moved) > len(after_restart) // 2  # weights replaced, not trained on
+    assert seen[3][1] == 0 and seen[2][1] > 0  # a fresh optimizer state
+    fresh = type(clip[0])(clip[0].config).state_dict()
+    # fresh init statistics: e.g. LayerNorm weights back to ones
+    norms = [name for name in after_restart if name.endswith("layer_norm1.weight")]
+    assert norms and all(torch.equal(after_restart[name], torch.ones_like(fresh[name])) for name in norms)
+    assert not all(torch.equal(before_restart[name], torch.ones_like(fresh[name])) for name in norms)
+    # the control: without restarts, round 3 starts from round 2's trained weights
+    seen.clear()
+    run(clip, rows, config.replace(surrogate_restarts=0))
+    assert seen[3][1] > 0
+
+
+def test_restart_rounds_are_evenly_spaced():
+    from hf_unlearnable.mem.loop import MEMLoop
+
+    loop = MEMLoop.__new__(MEMLoop)
+    for restarts, rounds, expected in [(0, 10, set()), (1, 10, {6}), (4, 10, {3, 5, 7, 9}), (9, 10, set(range(2, 11))), (3, 20, {6, 11, 16})]:
+        loop.config = MEMConfig(surrogate_restarts=restarts, max_rounds=rounds)
+        assert loop.restart_rounds() == expected
+    with pytest.raises(ValueError, match="surrogate_restarts"):
+        MEMConfig(surrogate_restarts=10, max_rounds=10)
