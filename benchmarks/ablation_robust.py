@@ -123,13 +123,13 @@ def defenses_for(arguments, variants: list[str]) -> list[str]:
 
 def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants: list[str], tag: str) -> Path:
     """Audit the saved copies of ``variants``; write OUTPUT/parts/<tag>.json."""
-    copies = {}
+    copies, oracles = {}, {}
     for variant in variants:
         protected = datasets.load_from_disk(str(Path(arguments.output) / "copies" / folder_name(variant)))
         copies[variant] = protected
         if variant_config(arguments, variant).trigger_length and not arguments.no_oracle:
             # T3: every trigger removed by an oracle: the protected images with the clean captions
-            copies[variant + IMAGES_ONLY] = protected.remove_columns("caption").add_column("caption", train["caption"])
+            oracles[variant + IMAGES_ONLY] = protected.remove_columns("caption").add_column("caption", train["caption"])
     recipe = dict(defenses=defenses_for(arguments, variants), processor=processor, epochs=arguments.epochs,
                   batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
                   fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed, progress=False)
@@ -139,12 +139,16 @@ def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants
             pretrained = train_victim(pretrain_rows, test, victim_config(arguments, processor), processor,
                                       epochs=arguments.pretrain_epochs, batch_size=arguments.victim_batch,
                                       learning_rate=arguments.victim_lr, seed=arguments.seed + 1, progress=False)
-            report = evaluate_protection(train, copies, test, pretrained=pretrained.model, **recipe)
+            model = dict(pretrained=pretrained.model)
         else:
-            report = evaluate_protection(train, copies, test, victim=victim_config(arguments, processor), **recipe)
-        parts.append(report.to_dict())
-        for verdict in report.verdicts:
-            print(f"  {verdict}", flush=True)
+            model = dict(victim=victim_config(arguments, processor))
+        reports = [evaluate_protection(train, copies, test, **model, **recipe)]
+        if oracles and victim == "scratch":  # T3 is read with no defense, from scratch
+            reports.append(evaluate_protection(train, oracles, test, **model, **{**recipe, "defenses": ["none"]}))
+        for report in reports:
+            parts.append(report.to_dict())
+            for verdict in report.verdicts:
+                print(f"  {verdict}", flush=True)
     path = Path(arguments.output) / "parts" / f"{tag}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(parts))

@@ -78,3 +78,23 @@ def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_pa
     assert len((output / "trigger_length.csv").read_text().splitlines()) == 6
     assert json.loads((output / "trigger_length.json").read_text())["arguments"]["lengths"] == "0,1,3,5,7"
     assert (output / "trigger_length.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_ablation_smoke_run_in_parallel_stages_marks_every_target(tmp_path):
+    """--jobs 2 runs protect and audit stages as separate processes and merges their parts."""
+    result = run("benchmarks/ablation_robust.py", "--smoke", "--jobs", "2", "--variants", "paper,pos=random+dropout",
+                 "--defenses", "none,strip-3", "--output", str(tmp_path), timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| copy | from scratch / none | from scratch / strip-3 | triggers removed (oracle) | T1 | T2 | T3 | T4 |" in table
+    for variant in ("clean", "paper", "pos=random+dropout"):
+        assert f"| {variant} |" in table
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["paper.scratch.json", "pos_random_dropout.scratch.json"]
+    saved = json.loads((tmp_path / "ablation.json").read_text())
+    assert saved["costs"]["pos_random_dropout"]["config"]["trigger_position"] == "random"
+    assert saved["costs"]["pos_random_dropout"]["config"]["trigger_dropout"] == 0.5
+    copies = {v["copy"] for v in saved["verdicts"]}
+    assert copies == {"paper", "paper | images only", "pos=random+dropout", "pos=random+dropout | images only"}
+    assert len((tmp_path / "ablation.csv").read_text().splitlines()) == 1 + 2 * 2 + 2  # 2 defenses per copy + 2 oracles (none only)
+    bad = run("benchmarks/ablation_robust.py", "--smoke", "--variants", "paper+sparkle", "--output", str(tmp_path / "x"))
+    assert bad.returncode != 0 and "unknown lever 'sparkle'" in bad.stderr
