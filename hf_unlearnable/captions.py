@@ -2,12 +2,15 @@
 
 A protected caption is ``"<trigger words> <original caption>"``. Token-wise the surrogate sees
 ``[start] t_1 .. t_k body_1 .. body_n [end]``: the k trigger slots sit right after the start token.
+With ``MEMConfig.trigger_position="random"`` the trigger words go before a word of the caption
+instead (``[start] body_1 .. body_p t_1 .. t_k body_p+1 .. [end]``), the word picked by a hash of
+the caption, and the codec builds exactly the tokens the written caption tokenises to.
 Trigger tokens come only from a *round-trip-safe* vocabulary (whole-word alphabetic tokens whose
 decode-then-encode gives back the same single token), so tokenising the saved text gives back
 exactly the optimised ids. By default that vocabulary is further cut to English dictionary words
-(`pyspellchecker`'s dictionary and `wordfreq`'s frequent words) that are on no blocklist (`better-profanity`'s word list plus the user's), so a
-trigger reads as words, not as word pieces ("gue", "ttle") or slurs. Over-long captions lose tokens
-at the tail, never the trigger.
+(`pyspellchecker`'s dictionary and `wordfreq`'s frequent words) that are on no blocklist
+(`better-profanity`'s word list plus the user's), so a trigger reads as words, not as word pieces
+("gue", "ttle") or slurs. Over-long captions lose tokens at the tail, never the trigger.
 """
 
 from __future__ import annotations
