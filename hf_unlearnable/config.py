@@ -115,7 +115,8 @@ class MEMConfig:
         values = dict(
             epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
             trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
-            trigger_dropout=0.0, eot_transforms=(), surrogate_restarts=0, trigger_position="start", trigger_words="any", trigger_blocklist=(),
+            trigger_dropout=0.0, eot_transforms=(), surrogate_restarts=0, trigger_position="start",
+            trigger_words="any", trigger_blocklist=(),
         )
         return cls(**{**values, **changes})
 
