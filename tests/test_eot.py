@@ -10,11 +10,12 @@ from PIL import Image
 from hf_unlearnable import MEMConfig
 from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.defenses import get_defense
-from hf_unlearnable.images import prepare_image
 from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from hf_unlearnable.surrogate import ContrastiveLoss, pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
+
+from .conftest import trained_surrogate
 
 
 def pixels(seed=0, batch=4, size=32):
@@ -73,23 +74,10 @@ def test_unknown_transformation_names_the_valid_ones():
 @pytest.fixture(scope="module")
 def trained():
     """A tiny CLIP trained on 16 pairs, and their features: PGD's attack target."""
-    model, processor = tiny_clip(seed=1)
-    surrogate = Surrogate(model)
-    ds = synthetic_captions(16, seed=2)
-    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
-    codec = CaptionCodec(processor.tokenizer, 0, 77)
-    bodies, lengths = (torch.from_numpy(a) for a in codec.encode_bodies(ds["caption"][:]))
-    ids, mask = codec.build(torch.zeros(16, 0, dtype=torch.long), bodies, lengths)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(parameter_groups(surrogate, 0.1), lr=1e-3)
-    for _ in range(30):
-        ContrastiveLoss()(*surrogate(pixels_from_uint8(images), ids, mask), surrogate.logit_scale()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    surrogate.eval()
+    pairs = trained_surrogate(trigger_length=0)
     with torch.no_grad():
-        text = surrogate.text_features(ids, mask)
-    return surrogate, images, text
+        text = pairs["surrogate"].text_features(pairs["ids"], pairs["mask"])
+    return pairs["surrogate"], pairs["images"], text
 
 
 def loss_after(surrogate, images, noise, text, defense_name):

@@ -11,8 +11,10 @@ from hf_unlearnable.images import prepare_image
 from hf_unlearnable.mem.hotflip import HotFlip, loss_with_text_replaced
 from hf_unlearnable.mem.loop import MEMStep
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
+
+from .conftest import trained_surrogate
 
 
 @pytest.fixture(scope="module")
@@ -123,24 +125,8 @@ class SignFlipped(HotFlip):
 @pytest.fixture(scope="module")
 def trained():
     """A tiny CLIP trained a little on 16 triggered pairs, so its gradients carry information."""
-    model, processor = tiny_clip(seed=1)
-    surrogate = Surrogate(model)
-    ds = synthetic_captions(16, seed=2)
-    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
-    codec = CaptionCodec(processor.tokenizer, 3, 77)
-    bodies, lengths = (torch.from_numpy(a) for a in codec.encode_bodies(ds["caption"][:]))
-    vocabulary = TriggerVocabulary(processor.tokenizer)
-    triggers = torch.from_numpy(vocabulary.sample((16, 3), np.random.default_rng(99))).long()
-    ids, mask = codec.build(triggers, bodies, lengths)
-    torch.manual_seed(0)
-    optimizer = torch.optim.AdamW(parameter_groups(surrogate, 0.1), lr=1e-3)
-    loss = ContrastiveLoss()
-    for _ in range(30):
-        loss(*surrogate(pixels_from_uint8(images), ids, mask), surrogate.logit_scale()).backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    surrogate.eval()
-    return surrogate, images, codec, bodies, lengths, vocabulary
+    pairs = trained_surrogate(trigger_length=3)
+    return tuple(pairs[key] for key in ("surrogate", "images", "codec", "bodies", "lengths", "vocabulary"))
 
 
 def search_losses(trained, search_class, seeds=(0, 1, 2), candidates=4):
