@@ -24,6 +24,7 @@ from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10, plot_report
 from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
+from hf_unlearnable.victim import VictimResult, train_victim
 
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
 
@@ -63,11 +64,27 @@ def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs (< 1 min)")
 
 
+def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
+    """The fine-tuned victim's options (its recipe was chosen by measurement: robustness.py's docstring)."""
+    parser.add_argument("--pretrain", type=int, default=1000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
+    parser.add_argument("--pretrain-epochs", type=int, default=5, help="short on purpose: see benchmarks/robustness.py's docstring")
+    parser.add_argument("--finetune-lr", type=float, default=3e-5, help="fine-tuning learning rate (1e-5 class; see benchmarks/robustness.py's docstring)")
+
+
 def apply_smoke(arguments: argparse.Namespace) -> None:
     """Tiny sizes for --smoke."""
     arguments.train, arguments.test, arguments.epochs = 48, 24, 1
     arguments.rounds, arguments.surrogate_steps, arguments.pgd_steps, arguments.batch_size = 1, 2, 1, 16
     arguments.victim_batch = 16
+    if hasattr(arguments, "pretrain"):  # add_finetune_arguments
+        arguments.pretrain, arguments.pretrain_epochs = 32, 1
+
+
+def default_output(arguments: argparse.Namespace, name: str) -> None:
+    """``--output`` when not given: benchmarks/results/<name>_<data set> (a path's folder name)."""
+    if arguments.output is None:
+        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
+        arguments.output = f"benchmarks/results/{name}_{label}"
 
 
 def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None, transformers.CLIPProcessor]:
@@ -103,6 +120,14 @@ def victim_config(arguments: argparse.Namespace, processor: transformers.CLIPPro
     """The victim (and surrogate) architecture, or the transfer victim's, for the recipe's tokenizer."""
     sizes = TRANSFER if transfer else SURROGATE
     return tiny_clip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes)
+
+
+def pretrain_victim(arguments: argparse.Namespace, rows: datasets.Dataset, test: datasets.Dataset, processor) -> VictimResult:
+    """The fine-tuned victim's starting point: the victim architecture trained on ``rows``, clean
+    pairs disjoint from the training split, for ``--pretrain-epochs`` (seed + 1)."""
+    return train_victim(rows, test, victim_config(arguments, processor), processor, epochs=arguments.pretrain_epochs,
+                        batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr, seed=arguments.seed + 1,
+                        mixed_precision="auto", progress=False)
 
 
 def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:

@@ -44,11 +44,11 @@ from pathlib import Path
 import datasets
 import torch
 
-from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, load_data, machine, mem_config, victim_config
+from _common import (KEYS, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, default_output, load_data,
+                     machine, mem_config, pretrain_victim, victim_config)
 
 from hf_unlearnable import MEMConfig, ProtectTransform, evaluate_protection
 from hf_unlearnable.mem.eot import EOT_TRANSFORMS
-from hf_unlearnable.victim import train_victim
 
 TARGET_DEFENSES = ("none", "jpeg-75", "grayscale", "resized-crop-flip", "eda", "strip-{k}")
 CLEAN = "clean"
@@ -136,9 +136,7 @@ def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants
     parts = []
     for victim in [v for v in arguments.victims.split(",") if v]:
         if victim == "finetuned":
-            pretrained = train_victim(pretrain_rows, test, victim_config(arguments, processor), processor,
-                                      epochs=arguments.pretrain_epochs, batch_size=arguments.victim_batch,
-                                      learning_rate=arguments.victim_lr, seed=arguments.seed + 1, progress=False)
+            pretrained = pretrain_victim(arguments, pretrain_rows, test, processor)
             model = dict(pretrained=pretrained.model)
         else:
             model = dict(victim=victim_config(arguments, processor))
@@ -280,9 +278,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--defenses", help="comma list (default: the targets' defenses: none, jpeg-75, grayscale, "
                         "resized-crop-flip, eda, strip-k for each trigger length)")
     parser.add_argument("--victims", default="scratch", help="comma list of scratch, finetuned")
-    parser.add_argument("--pretrain", type=int, default=1000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
-    parser.add_argument("--pretrain-epochs", type=int, default=5)
-    parser.add_argument("--finetune-lr", type=float, default=3e-5)
+    add_finetune_arguments(parser)
     parser.add_argument("--no-oracle", action="store_true", help="skip the images-only copies (T3's victims)")
     parser.add_argument("--stage", choices=("all", "protect", "evaluate", "table"), default="all")
     parser.add_argument("--jobs", type=int, default=1, help="with --stage all: run variants and victims in this many processes")
@@ -291,7 +287,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
-        arguments.pretrain, arguments.pretrain_epochs = 32, 1
         given = sys.argv[1:] if argv is None else argv
         arguments.variants = arguments.variants if "--variants" in given else "paper,dropout+eot-jpeg"
         arguments.defenses = arguments.defenses or "none,strip-3"
@@ -300,9 +295,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         parser.error(f"--victims: unknown {sorted(unknown)}; choose from scratch, finetuned")
     for variant in arguments.variants.split(","):
         lever_changes(variant)  # an unknown lever stops here, before any work
-    if arguments.output is None:
-        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
-        arguments.output = f"benchmarks/results/ablation_{label}"
+    default_output(arguments, "ablation")
     return arguments
 
 

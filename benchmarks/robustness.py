@@ -34,12 +34,12 @@ from pathlib import Path
 import datasets
 import torch
 
-from _common import add_victim_and_mem_arguments, apply_smoke, load_data, machine, method_name, protect, victim_config, write_outputs
+from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, default_output, load_data, machine,
+                     method_name, pretrain_victim, protect, victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10
 from hf_unlearnable.defenses import available_defenses
-from hf_unlearnable.victim import train_victim
 
 VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned"}
 SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
@@ -51,22 +51,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--methods", default="mem3,em,trigger", help="comma list of mem3, em, trigger, random, memK")
     parser.add_argument("--defenses", help="comma list of defense names (default: every one in hf_unlearnable.defenses)")
     parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned")
-    parser.add_argument("--pretrain", type=int, default=1000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
-    parser.add_argument("--pretrain-epochs", type=int, default=5, help="short on purpose: see the module docstring")
-    parser.add_argument("--finetune-lr", type=float, default=3e-5, help="fine-tuning learning rate (1e-5 class; see the module docstring)")
+    add_finetune_arguments(parser)
     parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
-        arguments.pretrain, arguments.pretrain_epochs = 32, 1
         arguments.defenses = arguments.defenses or ",".join(SMOKE_DEFENSES)
     arguments.defenses = arguments.defenses or ",".join(available_defenses())
     unknown = set(arguments.victims.split(",")) - set(VICTIMS)
     if unknown:
         parser.error(f"--victims: unknown {sorted(unknown)}; choose from {', '.join(VICTIMS)}")
-    if arguments.output is None:
-        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
-        arguments.output = f"benchmarks/results/robustness_{label}"
+    default_output(arguments, "robustness")
     return arguments
 
 
@@ -98,10 +93,7 @@ def main(argv=None) -> int:
     for victim in victims:
         victim_started = time.perf_counter()
         if victim == "finetuned":
-            pretrained = train_victim(pretrain_rows, test, victim_config(arguments, processor), processor,
-                                      epochs=arguments.pretrain_epochs, batch_size=arguments.victim_batch,
-                                      learning_rate=arguments.victim_lr, seed=arguments.seed + 1, mixed_precision="auto",
-                                      progress=False)
+            pretrained = pretrain_victim(arguments, pretrain_rows, test, processor)
             pretrained_scores = pretrained.final
             report = evaluate_protection(train, copies, test, pretrained=pretrained.model, **recipe)
         else:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import add_victim_and_mem_arguments, apply_smoke, load_data, machine, protect, victim_config, write_outputs
+from _common import add_victim_and_mem_arguments, apply_smoke, default_output, load_data, machine, protect, victim_config, write_outputs
 
 from hf_unlearnable import evaluate_protection
 
@@ -36,9 +36,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
-    if arguments.output is None:
-        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
-        arguments.output = f"benchmarks/results/trigger_length_{label}"
+    default_output(arguments, "trigger_length")
     return arguments
 
 
