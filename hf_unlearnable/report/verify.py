@@ -143,8 +143,7 @@ def split_trigger(protected: str, clean: str, trigger_length: int, position: str
     if not protected.endswith(clean):
         return None, f"caption does not end with its clean caption {_short(clean)}"
     prefix = protected[: len(protected) - len(clean)]
-    words = prefix[:-1].split(" ") if prefix.endswith(" ") else []
-    if len(words) != trigger_length or not all(word and not any(ch.isspace() for ch in word) for word in words):
+    if not (prefix.endswith(" ") and _is_words(prefix[:-1], trigger_length)):
         return None, f"trigger prefix {prefix!r} is not exactly {trigger_length} words followed by one space"
     return prefix[:-1], None
 
