@@ -16,9 +16,12 @@ __version__ = "0.1.0"
 #: 1: first release. 2: the surrogate's contrastive loss is computed in float32 under mixed
 #: precision (one CLIP training step shared with the victim). 3: PGD draws a new caption permutation
 #: at every step; EM pairs each image with its own caption. 4: triggers are dictionary words on no
-#: blocklist by default (``MEMConfig.trigger_words``). 5: the work dir stores where each caption takes its
-#: trigger (``MEMConfig.trigger_position``; "start" computes what 4 did, but v4 work dirs lack the array).
-ALGORITHM_VERSION = 5
+#: blocklist by default (``MEMConfig.trigger_words``). 5: the work dir stores where each caption takes
+#: its trigger (``MEMConfig.trigger_position``; "start" computes what 4 did, but v4 work dirs lack the
+#: array). 6: a "random" slot is drawn only among the word boundaries inside the text context (a
+#: caption longer than the context could put its trigger past what a truncating victim reads);
+#: "start", and captions that fit the context, compute what 5 did.
+ALGORITHM_VERSION = 6
 
 from .audit import evaluate_protection
 from .config import MEMConfig

@@ -227,13 +227,25 @@ class CaptionCodec:
     # -- where the trigger goes -----------------------------------------------------------
     def word_slot(self, caption: str) -> int:
         """The character index where the trigger is inserted: the start of a word of ``caption``
-        (or its end), 0 for "start"; "random" picks one of the n + 1 boundaries from a hash."""
+        (or its end), 0 for "start"; "random" picks one of the n + 1 boundaries from a hash.
+
+        Only boundaries with at most ``body_budget`` tokens before them are candidates, so the
+        trigger always lies inside the text context: a victim that truncates a long caption at
+        ``max_tokens`` still reads it (and reads exactly what the surrogate optimised). Captions
+        that fit the context keep all n + 1 boundaries."""
         if self.position == "start":
             return 0
-        starts = [match.start() for match in _WORDS.finditer(caption)]
+        boundaries = [match.start() for match in _WORDS.finditer(caption)] + [len(caption.rstrip())]
+        if len(self.tokenizer(caption, add_special_tokens=False)["input_ids"]) > self.body_budget:
+            # token counts of the prefixes grow with the boundary: bisect for the last one that fits
+            low, high = 1, len(boundaries)  # boundaries[0] has no word before it, so it always fits
+            while low < high:
+                middle = (low + high) // 2
+                before = len(self.tokenizer(caption[: boundaries[middle]], add_special_tokens=False)["input_ids"])
+                low, high = (middle + 1, high) if before <= self.body_budget else (low, middle)
+            boundaries = boundaries[:low]
         digest = hashlib.blake2b(f"{self.seed}\x00{caption}".encode(), digest_size=8).digest()
-        choice = int.from_bytes(digest, "little") % (len(starts) + 1)
-        return starts[choice] if choice < len(starts) else len(caption.rstrip())
+        return boundaries[int.from_bytes(digest, "little") % len(boundaries)]
 
     def encode_positions(self, captions: Sequence[str]) -> np.ndarray:
         """For each caption, the number of body tokens before the trigger (int32 (n,)), within

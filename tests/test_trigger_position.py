@@ -50,6 +50,28 @@ def test_build_is_token_for_token_the_tokenized_written_caption(tokenizer):
             assert written.replace(trigger_text + " ", "", 1) == caption or written.replace(" " + trigger_text, "", 1) == caption
 
 
+def test_a_long_captions_trigger_stays_inside_the_context_the_victim_reads(tokenizer):
+    # 120 words, well past the 77-token context: a slot past the context would be cut off by the
+    # victim's truncation, which would then train on the caption with no trigger at all
+    caption = " ".join(f"river{i} stone" for i in range(60))
+    assert len(tokenizer(caption)["input_ids"]) > 2 * 77
+    vocabulary = TriggerVocabulary(tokenizer)
+    slots = set()
+    for seed in range(24):
+        codec = CaptionCodec(tokenizer, 3, 77, position="random", seed=seed)
+        bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies([caption]))
+        positions = torch.from_numpy(codec.encode_positions([caption])).long()
+        triggers = torch.from_numpy(vocabulary.sample((1, 3), np.random.default_rng(seed))).long()
+        ids, mask = codec.build(triggers, bodies, lengths, positions)
+        written = codec.apply(triggers[0].tolist(), caption)
+        truncated = tokenizer(written, truncation=True, max_length=77)["input_ids"]
+        assert ids[0][mask[0].bool()].tolist() == truncated, seed  # the surrogate saw what the victim reads
+        assert truncated[1 + int(positions[0]) : 4 + int(positions[0])] == triggers[0].tolist(), seed
+        assert codec.read_trigger(written, caption) == triggers[0].tolist()
+        slots.add(int(positions[0]))
+    assert len(slots) > 8  # still spread over the part of the caption the context holds
+
+
 def test_start_position_is_the_papers_layout(tokenizer):
     codec, start = CaptionCodec(tokenizer, 3, 77), CaptionCodec(tokenizer, 3, 77, position="start", seed=5)
     assert start.apply([tokenizer.convert_tokens_to_ids("red</w>")] * 3, "a blue cube") == "red red red a blue cube"
