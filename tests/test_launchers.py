@@ -186,3 +186,42 @@ def test_only_devices_builds_the_process_state():
                *sorted((ROOT / "benchmarks").rglob("*.py"))]
     builders = [str(path.relative_to(ROOT)) for path in sources if pattern.search(path.read_text())]
     assert builders == ["hf_unlearnable/devices.py"]
+
+
+# issue 9's levers, each off by default: a random word slot per caption, trigger dropout, EOT in PGD
+# and a surrogate restart (round 2 of 2)
+LEVERS = ["--trigger-position", "random", "--trigger-dropout", "0.5", "--eot-transforms", "jpeg,crop-flip",
+          "--surrogate-restarts", "1", "--max-rounds", "2", "--seed", "7"]
+
+
+def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
+    """Each process sweeps its own shard of rows: each caption's trigger must sit at that caption's
+    own word slot (the slot array is sharded with the rows), every image keeps the budget, and the
+    restart, dropout and EOT steps run under torchrun."""
+    from hf_unlearnable import ProtectTransform
+
+    output, saved = tmp_path / "out", tmp_path / "saved"
+    result = run([*launcher("torchrun"), "-m", "hf_unlearnable.cli", "--verbose", "protect", "--dataset", assets["data"],
+                  "--model", assets["model"], *TINY, *LEVERS, "--output", str(output), "--work-dir", str(tmp_path / "work"),
+                  "--keep-work-dir", "--save-transform", str(saved)])
+    assert re.findall(r"processes: \d+", result.stdout) == ["processes: 2"], result.stdout
+    assert result.stderr.count("MEM round 2: surrogate re-initialised") == 2, result.stderr[-3000:]  # on both processes
+    protected, clean = datasets.load_from_disk(str(output)), assets["clean"]
+    assert protected["row_id"][:] == clean["row_id"][:] and protected["note"][:] == clean["note"][:]
+    clean_images = clean.cast_column("image", datasets.Image(decode=False))["image"][:]
+    for stored, original in zip(images(protected), clean_images):
+        assert np.abs(decode_png(stored).astype(int) - prepare_image(original, SIZE)).max() <= 8
+    codec = ProtectTransform.from_pretrained(saved, progress=False).codec
+    assert codec.position == "random" and codec.seed == 7
+    # the layout the surrogate optimised (the work dir's per-caption slots) is the one written out
+    (slots,) = (tmp_path / "work").rglob("caption_positions.npy")
+    flat = [caption for captions in clean["caption"][:] for caption in captions]
+    np.testing.assert_array_equal(np.load(slots), codec.encode_positions(flat))
+    moved = 0
+    for texts, originals in zip(protected["caption"][:], clean["caption"][:]):
+        triggers = [codec.read_trigger(text, original) for text, original in zip(texts, originals)]
+        assert all(trigger == triggers[0] for trigger in triggers)  # one trigger per image
+        for text, original in zip(texts, originals):
+            assert codec.apply(triggers[0], original) == text  # at this caption's own slot, nothing else changed
+            moved += not text.endswith(" " + original)
+    assert moved > ROWS // 2  # most triggers are not at the start
