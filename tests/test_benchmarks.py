@@ -98,3 +98,44 @@ def test_ablation_smoke_run_in_parallel_stages_marks_every_target(tmp_path):
     assert len((tmp_path / "ablation.csv").read_text().splitlines()) == 1 + 2 * 2 + 2  # 2 defenses per copy + 2 oracles (none only)
     bad = run("benchmarks/ablation_robust.py", "--smoke", "--variants", "paper+sparkle", "--output", str(tmp_path / "x"))
     assert bad.returncode != 0 and "unknown lever 'sparkle'" in bad.stderr
+
+
+def test_pixel_shortcuts_cluster_copy_gives_every_caption_cluster_one_pattern(tmp_path, monkeypatch):
+    import argparse
+
+    import datasets
+    import numpy as np
+
+    from hf_unlearnable.images import decode_png, prepare_image
+    from hf_unlearnable.testing import synthetic_captions
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import pixel_shortcuts
+
+    captions = [f"{animal} {verb} near the {place}" for animal, place in (("fox", "river"), ("whale", "harbor"))
+                for verb in ("running", "sleeping", "eating", "waiting")]
+    labels = pixel_shortcuts.cluster_captions(captions, 2, seed=0)
+    assert len(set(labels[:4])) == len(set(labels[4:])) == 1 and labels[0] != labels[4]  # the two subjects
+
+    train = synthetic_captions(40, seed=3)
+    bases = [prepare_image(value, 32) for value in train["image"]]
+    arguments = argparse.Namespace(seed=0, image_size=32)
+    for kind in ("cluster-sign", "cluster-block4"):
+        copy, levels = pixel_shortcuts.build_copy(f"{kind}=3", train, bases, arguments, None)
+        assert levels == 8 and copy["caption"][:] == train["caption"][:]
+        labels = pixel_shortcuts.cluster_captions(train["caption"][:], 3, seed=0)
+        stored = copy.cast_column("image", datasets.Image(decode=False))["image"][:]
+        for row, (value, base) in enumerate(zip(stored, bases)):
+            shift = decode_png(value["bytes"]).astype(int) - base
+            room = (base >= 8) & (base <= 247)  # no clipping there
+            expected = pixel_shortcuts.cluster_pattern(kind, int(labels[row]), 32, 0)
+            assert np.array_equal(shift[room], expected[room]) and np.abs(shift).max() <= 8
+        if kind == "cluster-block4":  # one sign per 4x4 block, the same on every channel
+            assert (expected == expected[:, :, :1]).all() and (expected[:4, :4] == expected[0, 0, 0]).all()
+
+    result = run("benchmarks/pixel_shortcuts.py", "--smoke", "--variants", "em-headroom=4:4,cluster-sign=3",
+                 "--output", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = (tmp_path / "out" / "pixel_shortcuts.md").read_text()
+    assert "| em-headroom=4:4 | from scratch | none |" in table and "| cluster-sign=3 | from scratch | none |" in table
+    assert json.loads((tmp_path / "out" / "pixel_shortcuts.json").read_text())["levels"] == {"em-headroom=4:4": 8, "cluster-sign=3": 8}
