@@ -80,6 +80,14 @@ def apply_smoke(arguments: argparse.Namespace) -> None:
         arguments.pretrain, arguments.pretrain_epochs = 32, 1
 
 
+def begin(arguments: argparse.Namespace) -> float:
+    """What every protection benchmark does first: ``--threads`` torch threads, no `datasets`
+    progress bars; returns the start time (``time.perf_counter()``) for the total it reports."""
+    torch.set_num_threads(arguments.threads)
+    datasets.disable_progress_bars()
+    return time.perf_counter()
+
+
 def default_output(arguments: argparse.Namespace, name: str) -> None:
     """``--output`` when not given: benchmarks/results/<name>_<data set> (a path's folder name)."""
     if arguments.output is None:

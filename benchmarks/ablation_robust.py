@@ -42,9 +42,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
-import torch
 
-from _common import (KEYS, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, default_output, load_data,
+from _common import (KEYS, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data,
                      machine, mem_config, pretrain_victim, victim_config)
 
 from hf_unlearnable import MEMConfig, ProtectTransform, evaluate_protection
@@ -301,9 +300,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    torch.set_num_threads(arguments.threads)
-    datasets.disable_progress_bars()
-    started = time.perf_counter()
+    started = begin(arguments)
     variants = [v for v in arguments.variants.split(",") if v]
     finetuned = "finetuned" in arguments.victims.split(",")
     if arguments.jobs > 1 and arguments.stage == "all":

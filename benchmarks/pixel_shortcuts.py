@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import add_victim_and_mem_arguments, apply_smoke, default_output, load_data, machine, mem_config, victim_config, write_outputs
+from _common import add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine, mem_config, victim_config, write_outputs
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.baselines import error_minimizing_noise
@@ -137,9 +137,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    torch.set_num_threads(arguments.threads)
-    datasets.disable_progress_bars()
-    started = time.perf_counter()
+    started = begin(arguments)
     train, test, _, processor = load_data(arguments)
     bases = [prepare_image(value, arguments.image_size, row) for row, value in enumerate(train["image"])]
     saturated = float(np.mean([np.isin(base, (0, 255)).mean() for base in bases]))

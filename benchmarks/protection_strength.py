@@ -23,7 +23,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
+from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, begin, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
 
 from hf_unlearnable import ProtectTransform
 from hf_unlearnable.audit import chance_scores
@@ -105,10 +105,8 @@ def plot(results: dict, names: dict, path: Path) -> None:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    torch.set_num_threads(arguments.threads)
-    datasets.disable_progress_bars()
+    started = begin(arguments)
     output = Path(arguments.output)
-    started = time.perf_counter()
     train, test, _, processor = load_data(arguments)
     methods = [m for m in arguments.methods.split(",") if m]
     results: dict = {"chance": {"final": chance_scores([1] * arguments.test), "history": []}}

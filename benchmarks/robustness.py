@@ -33,10 +33,8 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
-import torch
 
-from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, default_output, load_data, machine,
+from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine,
                      method_name, pretrain_victim, protect, victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
@@ -77,9 +75,7 @@ def relabel(report: ProtectionReport, victim: str) -> ProtectionReport:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    torch.set_num_threads(arguments.threads)
-    datasets.disable_progress_bars()
-    started = time.perf_counter()
+    started = begin(arguments)
     victims = [v for v in arguments.victims.split(",") if v]
     train, test, pretrain_rows, processor = load_data(arguments, extra_train=arguments.pretrain if "finetuned" in victims else 0)
     methods = [m for m in arguments.methods.split(",") if m]

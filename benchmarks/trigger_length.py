@@ -20,9 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-import datasets
-import torch
-from _common import add_victim_and_mem_arguments, apply_smoke, default_output, load_data, machine, protect, victim_config, write_outputs
+from _common import add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine, protect, victim_config, write_outputs
 
 from hf_unlearnable import evaluate_protection
 
@@ -46,9 +44,7 @@ def label(k: int) -> str:
 
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
-    torch.set_num_threads(arguments.threads)
-    datasets.disable_progress_bars()
-    started = time.perf_counter()
+    started = begin(arguments)
     train, test, _, processor = load_data(arguments)
     lengths = [int(k) for k in arguments.lengths.split(",") if k.strip()]
     copies, protect_seconds = {}, {}
