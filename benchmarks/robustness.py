@@ -33,7 +33,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine,
                      method_name, pretrain_victim, protect, victim_config, write_outputs)
 
