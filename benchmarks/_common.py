@@ -170,11 +170,13 @@ def machine() -> str:
             + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
 
 
-def write_outputs(report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict) -> str:
+def write_outputs(report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict, total_seconds: float) -> str:
     """``{name}.md`` (the header, then the audit's Markdown), ``{name}.csv`` (one row per verdict:
     final R@1/5/10 and MedR both directions of the protected and the clean victim, chance, verdict),
-    ``{name}.json`` (the report and ``extra``) and ``{name}.png`` (R@10 per defense, chance and
-    clean marked). Returns the Markdown."""
+    ``{name}.json`` (the report, ``extra`` and ``total_seconds``) and ``{name}.png`` (R@10 per
+    defense, chance and clean marked); then prints the report's summary and what was written.
+    Returns the Markdown."""
+    extra = {**extra, "total_seconds": total_seconds}
     output.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join(header) + "\n\n" + report.to_markdown().split("\n", 1)[1]
     (output / f"{name}.md").write_text(markdown.replace("](report.png)", f"]({name}.png)"))
@@ -190,4 +192,6 @@ def write_outputs(report: ProtectionReport, output: Path, name: str, header: lis
     plot_report(report, output / f"{name}.png")
     report.paths = {"markdown": str(output / f"{name}.md"), "csv": str(output / f"{name}.csv"),
                     "json": str(output / f"{name}.json"), "figure": str(output / f"{name}.png")}
+    print("\n" + report.summary())
+    print(f"wrote {output}/{name}.md, .csv, .json, .png ({total_seconds / 60:.1f} min)")
     return markdown

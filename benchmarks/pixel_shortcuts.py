@@ -165,10 +165,7 @@ def main(argv=None) -> int:
         f"on {machine()}.",
     ]
     write_outputs(report, Path(arguments.output), "pixel_shortcuts", header,
-                  {"arguments": vars(arguments), "levels": levels, "build_seconds": seconds, "saturated": saturated,
-                   "total_seconds": total})
-    print("\n" + report.summary())
-    print(f"wrote {arguments.output}/pixel_shortcuts.md, .csv, .json, .png ({total / 60:.1f} min)")
+                  {"arguments": vars(arguments), "levels": levels, "build_seconds": seconds, "saturated": saturated}, total_seconds=total)
     return 0
 
 

@@ -118,10 +118,7 @@ def main(argv=None) -> int:
         f"Protect seconds: {seconds}. Total {total / 60:.1f} min on {machine()}.",
     ]
     write_outputs(merged, Path(arguments.output), "robustness", header,
-                  {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores,
-                   "total_seconds": total})
-    print("\n" + merged.summary())
-    print(f"wrote {arguments.output}/robustness.md, .csv, .json, .png ({total / 60:.1f} min)")
+                  {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores}, total_seconds=total)
     return 0
 
 

@@ -68,9 +68,7 @@ def main(argv=None) -> int:
         f"Total {total / 60:.1f} min on {machine()}.",
     ]
     write_outputs(report, Path(arguments.output), "trigger_length", header,
-                  {"arguments": vars(arguments), "protect_seconds": protect_seconds, "total_seconds": total})
-    print("\n" + report.summary())
-    print(f"wrote {arguments.output}/trigger_length.md, .csv, .json, .png ({total / 60:.1f} min)")
+                  {"arguments": vars(arguments), "protect_seconds": protect_seconds}, total_seconds=total)
     return 0
 
 
