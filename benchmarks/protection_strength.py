@@ -23,7 +23,7 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, begin, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
+from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
 
 from hf_unlearnable import ProtectTransform
 from hf_unlearnable.audit import chance_scores
@@ -35,10 +35,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--methods", default="clean,random,em,trigger,mem3,mem5,transfer")
-    parser.add_argument("--output", default="benchmarks/results/protection_strength")
+    parser.add_argument("--output", help="folder (default: benchmarks/results/protection_strength_<dataset>)")
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
+    default_output(arguments, "protection_strength")
     return arguments
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
@@ -139,3 +142,14 @@ def test_pixel_shortcuts_cluster_copy_gives_every_caption_cluster_one_pattern(tm
     table = (tmp_path / "out" / "pixel_shortcuts.md").read_text()
     assert "| em-headroom=4:4 | from scratch | none |" in table and "| cluster-sign=3 | from scratch | none |" in table
     assert json.loads((tmp_path / "out" / "pixel_shortcuts.json").read_text())["levels"] == {"em-headroom=4:4": 8, "cluster-sign=3": 8}
+
+
+@pytest.mark.parametrize("script", ["protection_strength", "robustness", "trigger_length", "pixel_shortcuts", "ablation_robust"])
+def test_each_data_set_gets_its_own_default_output_folder(script, monkeypatch):
+    # A run on the icons must not overwrite the recorded synthetic results (and the reverse).
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    module = importlib.import_module(script)
+    synthetic = module.parse_arguments([]).output
+    icons = module.parse_arguments(["--dataset", "icons"]).output
+    assert synthetic != icons and synthetic.endswith("_synthetic") and icons.endswith("_icons")
+    assert module.parse_arguments(["--dataset", "icons", "--output", "elsewhere"]).output == "elsewhere"
