@@ -81,8 +81,11 @@ def test_default_card_says_it_is_protected_how_to_use_it_and_what_to_cite(fitted
         "2407.16307",
         "ACM MM",
         LIBRARY_CITATION,
+        "far worse than a model trained on the original",
     ):
         assert expected in text, expected
+    # The measured protection stops at 4-8x chance (README, "Measured"): the card must not promise chance.
+    assert "chance" not in text
 
 
 def test_library_citation_follows_citation_cff():
