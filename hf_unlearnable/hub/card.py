@@ -287,8 +287,8 @@ def _card_body(
         "",
         f"This is a **protected copy** of {source_text}, {what} so that a model trained on this copy learns that "
         "added pattern instead of what the images show, and matches images and texts on real data far worse than "
-        "a model trained on the original. People can still look at the pictures and read the captions: the data owner published them "
-        "for people, not for training image-text models without consent.",
+        "a model trained on the original. People can still look at the pictures and read the captions: the data "
+        "owner published them for people, not for training image-text models without consent.",
         "",
         license_line,
         "",
