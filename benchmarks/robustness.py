@@ -24,11 +24,22 @@ barely moves (11.3 before, 12.1 after on the clean copy); use ``--finetune-lr 1e
     python benchmarks/robustness.py --dataset icons                  # the icon set of build_icon_dataset.py
     python benchmarks/robustness.py --defenses none,jpeg-75,strip-3 --victims scratch
     python benchmarks/robustness.py --smoke                          # tiny sizes, < 1 min
+    python benchmarks/robustness.py --methods em --clean-from benchmarks/results/robustness_synthetic
+
+``--clean-from`` takes the clean victims from earlier runs' robustness.json (same data, victims,
+recipe and --threads: every argument but the methods, defenses and output must match) instead of
+retraining them, which saves a third to a half of a run that adds methods to defenses already
+measured. Runs from before the audit recorded what it audited cannot be matched by digest, so
+the first clean victim of each kind is retrained and must reproduce the stored history to the
+last digit (victims are deterministic for a seed and a thread count); only then are the rest
+reused, through `evaluate_protection(reuse=...)`. A mismatch stops the run.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,11 +48,14 @@ from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply
                      method_name, pretrain_victim, protect, victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
-from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10
+from hf_unlearnable.audit import ProtectionReport, load_report, mean_recall_at_10
 from hf_unlearnable.defenses import available_defenses
 
 VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned"}
 SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
+# Arguments that make two runs' clean victims the same victims (--clean-from).
+SAME_VICTIMS = ("dataset", "train", "test", "image_size", "epochs", "victim_batch", "victim_lr", "seed", "threads",
+                "pretrain", "pretrain_epochs", "finetune_lr")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -52,6 +66,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned")
     add_finetune_arguments(parser)
     parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
+    parser.add_argument("--clean-from", help="comma list of earlier output folders whose clean victims to reuse (see above)")
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
@@ -72,6 +87,59 @@ def relabel(report: ProtectionReport, victim: str) -> ProtectionReport:
     return report
 
 
+def stored_clean(arguments: argparse.Namespace, victims: list[str]) -> dict[tuple[str, str], list[dict]]:
+    """(victim, defense) -> clean history from the --clean-from runs, after checking their arguments."""
+    stored: dict[tuple[str, str], list[dict]] = {}
+    for folder in filter(None, (arguments.clean_from or "").split(",")):
+        path = Path(folder) / "robustness.json"
+        if not path.exists():
+            raise SystemExit(f"--clean-from {folder}: no robustness.json there; pass folders this benchmark wrote.")
+        saved = json.loads(path.read_text())
+        for key in SAME_VICTIMS:
+            if saved["arguments"].get(key) != getattr(arguments, key):
+                raise SystemExit(f"--clean-from {folder}: it ran with {key}={saved['arguments'].get(key)!r}, this run with "
+                                 f"{key}={getattr(arguments, key)!r}; its clean victims are other victims.")
+        for key, history in load_report(saved["report"]).histories.items():
+            victim, defense, copy = key.split(" | ")
+            if copy == "clean" and victim in {VICTIMS[v] for v in victims}:
+                stored.setdefault((victim, defense), history)
+    return stored
+
+
+def same_history(a: list[dict], b: list[dict]) -> bool:
+    """Two victims' histories agree in every score of every epoch (timings aside)."""
+    def unset(value) -> bool:  # the loss before training: NaN, or null once saved as JSON
+        return value is None or (isinstance(value, float) and math.isnan(value))
+
+    scores = [k for k in a[0] if "seconds" not in k]
+    return len(a) == len(b) and all(x.get(k) == y.get(k) or unset(x.get(k)) and unset(y.get(k)) for x, y in zip(a, b) for k in scores)
+
+
+def audit_reusing(train, copies, test, defenses: list[str], kind: str, stored: dict, **recipe) -> ProtectionReport:
+    """`evaluate_protection` for one victim kind, its clean victims taken from ``stored`` where it
+    has them: the first is retrained and must match its stored history; then the rest are reused."""
+    label = VICTIMS[kind]
+    known = [d for d in defenses if (label, d) in stored]
+    if not known:
+        return evaluate_protection(train, copies, test, defenses=defenses, **recipe)
+    first = evaluate_protection(train, copies, test, defenses=[known[0]], **recipe)
+    (internal,) = first.settings["victims"]
+    if not same_history(first.histories[f"{internal} | {known[0]} | clean"], stored[(label, known[0])]):
+        raise SystemExit(f"--clean-from: the {label} clean victim under {known[0]} retrained here differs from the stored one; "
+                         "the stored clean victims are not this run's (another library version, machine or data). Run without --clean-from.")
+    rest = [d for d in defenses if d != known[0]]
+    if not rest:
+        return first
+    earlier = ProtectionReport([], first.chance, {f"{internal} | {d} | clean": stored[(label, d)] for d in known}, first.settings)
+    later = evaluate_protection(train, copies, test, defenses=rest, reuse=earlier, **recipe)
+    order = {d: i for i, d in enumerate(defenses)}
+    return ProtectionReport(
+        verdicts=sorted(first.verdicts + later.verdicts, key=lambda v: order[v.defense]), chance=first.chance,
+        histories={**first.histories, **later.histories},
+        settings={**later.settings, "defenses": defenses, "reused_clean": later.settings["reused_clean"]},
+    )
+
+
 def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     started = begin(arguments)
@@ -79,11 +147,12 @@ def main(argv=None) -> int:
     train, test, pretrain_rows, processor = load_data(arguments, extra_train=arguments.pretrain if "finetuned" in victims else 0)
     methods = [m for m in arguments.methods.split(",") if m]
     defenses = [d for d in arguments.defenses.split(",") if d]
+    stored = stored_clean(arguments, victims)  # before any work: a mismatched --clean-from stops the run here
     copies, protect_seconds = {}, {}
     for method in methods:
         copies[method_name(method)], protect_seconds[method_name(method)] = protect(method, train, arguments, processor)
         print(f"protected with {method_name(method)} in {protect_seconds[method_name(method)]:.0f} s", flush=True)
-    recipe = dict(defenses=defenses, processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch,
+    recipe = dict(processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch,
                   learning_rate=arguments.victim_lr, fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed,
                   progress=False)
     reports, pretrained_scores = [], None
@@ -92,9 +161,10 @@ def main(argv=None) -> int:
         if victim == "finetuned":
             pretrained = pretrain_victim(arguments, pretrain_rows, test, processor)
             pretrained_scores = pretrained.final
-            report = evaluate_protection(train, copies, test, pretrained=pretrained.model, **recipe)
+            report = audit_reusing(train, copies, test, defenses, victim, stored, pretrained=pretrained.model, **recipe)
         else:
-            report = evaluate_protection(train, copies, test, victim=victim_config(arguments, processor, victim == "transfer"), **recipe)
+            report = audit_reusing(train, copies, test, defenses, victim, stored,
+                                   victim=victim_config(arguments, processor, victim == "transfer"), **recipe)
         reports.append(relabel(report, VICTIMS[victim]))
         print(f"{VICTIMS[victim]} victims: {time.perf_counter() - victim_started:.0f} s", flush=True)
         for verdict in report.verdicts:
@@ -102,7 +172,11 @@ def main(argv=None) -> int:
     merged = ProtectionReport(
         verdicts=[v for r in reports for v in r.verdicts], chance=reports[0].chance,
         histories={k: h for r in reports for k, h in r.histories.items()},
-        settings={**reports[0].settings, "victims": [VICTIMS[v] for v in victims]},
+        settings={**reports[0].settings, "victims": [VICTIMS[v] for v in victims],
+                  "identity": {**reports[0].settings["identity"],
+                               "victims": {VICTIMS[v]: next(iter(r.settings["identity"]["victims"].values())) for v, r in zip(victims, reports)}},
+                  "reused_clean": [f"{VICTIMS[v]} | {entry.split(' | ', 1)[1]}" for v, r in zip(victims, reports)
+                                   for entry in r.settings.get("reused_clean", [])]},
     )
     total = time.perf_counter() - started
     before = "" if pretrained_scores is None else f", R@10 before fine-tuning {mean_recall_at_10(pretrained_scores):.1f}"

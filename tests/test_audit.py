@@ -295,6 +295,106 @@ def test_evaluate_needs_a_victim(train, protected, test_split):
         evaluate_protection(train, protected, test_split, progress=False)
 
 
+# --------------------------------------------------------------------------------------- reuse of clean victims
+
+
+def test_reuse_gives_the_verdicts_a_full_retrain_gives(audited, clip, train, protected, test_split):
+    """The clean victims of a reusing audit are the earlier ones, its protected victims are retrained,
+    and every verdict equals the earlier audit's (victims are deterministic for a seed)."""
+    model, processor = clip
+    first, _, output = audited
+    again = evaluate_protection(train, protected, test_split, defenses=["strip-1", "none"], victim=model.config,
+                                processor=processor, epochs=2, batch_size=16, progress=False, reuse=output / "report.json")
+    assert again.settings["reused_clean"] == ["from scratch | strip-1", "from scratch | none"]
+    assert again.settings["identity"] == first.settings["identity"]
+    earlier = {v.defense: v for v in first.verdicts}
+    for verdict in again.verdicts:
+        assert verdict == earlier[verdict.defense]
+        key = f"from scratch | {verdict.defense} | clean"
+        assert again.histories[key] == first.histories[key]
+
+
+def counting_victims(monkeypatch, r10_of):
+    """`scripted_victims` that also records which copy and defense every trained victim had."""
+    import hf_unlearnable.audit.run as audit
+
+    calls = []
+    scripted_victims(monkeypatch, r10_of)
+    scripted = audit.train_victim
+
+    def counted(train_ds, eval_ds, model, processor, *, defense=None, **kwargs):
+        calls.append((train_ds._fingerprint, defense))
+        return scripted(train_ds, eval_ds, model, processor, defense=defense, **kwargs)
+
+    monkeypatch.setattr(audit, "train_victim", counted)
+    return calls
+
+
+def test_reuse_skips_only_the_clean_victims_it_can_vouch_for(clip, train, protected, monkeypatch, tmp_path):
+    model, processor = clip
+    test = synthetic_captions(100, image_size=32, seed=1)
+    clean = train._fingerprint
+    calls = counting_victims(monkeypatch, lambda ds, defense: 80 if ds._fingerprint == clean else 12)
+    common = dict(victim=model.config, processor=processor, progress=False)
+    evaluate_protection(train, protected, test, defenses=["none", "strip-1", blur], output_dir=tmp_path, **common)
+    assert len(calls) == 6
+    other_copy = protected.map(lambda row: {"caption": "qx " + row["caption"]})
+    calls.clear()
+    report = evaluate_protection(train, {"other": other_copy}, test, defenses=["none", blur, "jpeg-75", "strip-1"],
+                                 reuse=tmp_path / "report.json", **common)
+    # "none" and "strip-1" come from the report; "jpeg-75" was not in it, and a callable may differ
+    # from one run to the next under the same name: both are trained clean again.
+    assert [(fp == clean, getattr(defense, "name", defense)) for fp, defense in calls] == [
+        (False, None), (True, blur), (False, blur), (True, "jpeg-75"), (False, "jpeg-75"), (False, "strip-1"),
+    ]
+    assert report.settings["reused_clean"] == ["from scratch | none", "from scratch | strip-1"]
+    assert [(v.defense, v.clean_r10, v.verdict) for v in report.verdicts] == [
+        ("none", 80.0, "protected"), ("blur", 80.0, "protected"), ("jpeg-75", 80.0, "protected"), ("strip-1", 80.0, "protected"),
+    ]
+
+
+def test_reuse_refuses_a_report_of_other_rows_victims_or_recipe(clip, train, protected, monkeypatch, tmp_path):
+    model, processor = clip
+    test = synthetic_captions(100, image_size=32, seed=1)
+    scripted_victims(monkeypatch, lambda ds, defense: 50)
+    common = dict(victim=model.config, processor=processor, progress=False)
+    earlier = evaluate_protection(train, protected, test, **common)
+    with pytest.raises(ValueError, match="other test rows"):
+        evaluate_protection(train, protected, synthetic_captions(100, image_size=32, seed=2), reuse=earlier, **common)
+    reordered = train.select(list(reversed(range(len(train)))))
+    with pytest.raises(ValueError, match="other clean_train rows \\(or the same in another order\\)"):
+        evaluate_protection(reordered, protected.select(list(reversed(range(len(train))))), test, reuse=earlier, **common)
+    with pytest.raises(ValueError, match="with epochs=10, this audit with epochs=3"):
+        evaluate_protection(train, protected, test, epochs=3, reuse=earlier, **common)
+    with pytest.raises(ValueError, match="none of this audit's victims"):
+        evaluate_protection(train, protected, test, victim=model.config, processor=processor, learning_rate=1e-3,
+                            progress=False, reuse=earlier)
+    wider = type(model.config).from_dict({**model.config.to_dict(), "projection_dim": model.config.projection_dim * 2})
+    with pytest.raises(ValueError, match="none of this audit's victims"):
+        evaluate_protection(train, protected, test, victim=wider, processor=processor, progress=False, reuse=earlier)
+    undated = json.loads(json.dumps(earlier.to_dict()))
+    del undated["settings"]["identity"]
+    with pytest.raises(ValueError, match="does not record which rows and victims it audited"):
+        evaluate_protection(train, protected, test, reuse=undated, **common)
+    with pytest.raises(ValueError, match="cannot read .*no-such-report.json"):
+        evaluate_protection(train, protected, test, reuse=tmp_path / "no-such-report.json", **common)
+
+
+def test_a_pretrained_victim_is_reused_only_with_the_same_weights(clip, train, protected, monkeypatch):
+    model, processor = clip
+    test = synthetic_captions(100, image_size=32, seed=1)
+    scripted_victims(monkeypatch, lambda ds, defense: 50)
+    earlier = evaluate_protection(train, protected, test, pretrained=model, processor=processor, progress=False)
+    assert evaluate_protection(train, protected, test, pretrained=model, processor=processor, progress=False,
+                               reuse=earlier).settings["reused_clean"] == ["fine-tuned | none"]
+    nudged = type(model)(model.config)
+    nudged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        nudged.logit_scale += 1e-3
+    with pytest.raises(ValueError, match="none of this audit's victims"):
+        evaluate_protection(train, protected, test, pretrained=nudged, processor=processor, progress=False, reuse=earlier)
+
+
 # --------------------------------------------------------------------------------------- command line
 
 
@@ -332,4 +432,7 @@ def test_evaluate_command_refuses_bad_input_with_exit_2(folders, capsys):
     assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
                      "--defenses", "none,no-such-defense", *common]) == 2
     assert "Unknown defense 'no-such-defense'. Valid names: none, jpeg-10" in capsys.readouterr().err
+    assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
+                     "--reuse", str(folders / "no-such" / "report.json"), *common]) == 2
+    assert "reuse: cannot read" in capsys.readouterr().err
     assert not (folders / "unused").exists()

@@ -58,6 +58,35 @@ def test_robustness_smoke_run_writes_every_verdict(tmp_path):
     assert (tmp_path / "robustness.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_robustness_reuses_clean_victims_only_once_one_of_them_reproduces(tmp_path):
+    first = run("benchmarks/robustness.py", "--smoke", "--methods", "mem3", "--victims", "transfer", "--output", str(tmp_path / "a"))
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = ["benchmarks/robustness.py", "--smoke", "--methods", "em", "--victims", "transfer", "--defenses",
+             "jpeg-75+strip-3,none,strip-1", "--clean-from", str(tmp_path / "a"), "--output", str(tmp_path / "b")]
+    second = run(*again)
+    assert second.returncode == 0, second.stderr[-3000:]
+    before = json.loads((tmp_path / "a" / "robustness.json").read_text())["report"]
+    after = json.loads((tmp_path / "b" / "robustness.json").read_text())["report"]
+    # jpeg-75+strip-3 is retrained and checked, none reused, strip-1 (not stored) trained.
+    assert after["settings"]["reused_clean"] == ["transfer | none"]
+    assert [v["defense"] for v in after["verdicts"]] == ["jpeg-75+strip-3", "none", "strip-1"]
+    key = "transfer | none | clean"
+    assert after["histories"][key] == before["histories"][key]  # the stored history itself, timings included
+    scores = lambda history: [{k: v for k, v in epoch.items() if "seconds" not in k} for epoch in history]  # noqa: E731
+    key = "transfer | jpeg-75+strip-3 | clean"
+    assert scores(after["histories"][key]) == scores(before["histories"][key])  # retrained: the same victim
+    assert "not retrained: transfer | none." in (tmp_path / "b" / "robustness.md").read_text()
+    # A stored clean victim that the retrained one does not reproduce stops the run.
+    before["histories"]["transfer | jpeg-75+strip-3 | clean"][-1]["i2t_r10"] += 1.0
+    saved = json.loads((tmp_path / "a" / "robustness.json").read_text())
+    (tmp_path / "a" / "robustness.json").write_text(json.dumps({**saved, "report": before}))
+    tampered = run(*again[:-1], str(tmp_path / "c"))
+    assert tampered.returncode != 0 and "differs from the stored one" in tampered.stderr
+    assert not (tmp_path / "c" / "robustness.json").exists()
+    other_seed = run(*again[:-1], str(tmp_path / "d"), "--seed", "1")
+    assert other_seed.returncode != 0 and "it ran with seed=0, this run with seed=1" in other_seed.stderr
+
+
 def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_path):
     """--dataset PATH: any save_to_disk DatasetDict with train/test splits (and its own tokenizer/)."""
     import datasets

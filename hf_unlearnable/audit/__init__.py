@@ -22,14 +22,15 @@ defense (what an unauthorised trainer might do to each batch: JPEG, grayscale, c
     print(report.summary())        # one line per defense; report.broken lists the defenses that break it
 
 It writes ``report.md``, ``report.json`` and ``report.png`` (R@10 per defense, chance and clean
-marked) to ``output_dir``. From the shell: ``hf-unlearnable evaluate --clean-train C
+marked) to ``output_dir``. Auditing a second copy of the same data, pass ``reuse=`` the first
+audit's report: its clean victims are taken from it rather than retrained. From the shell: ``hf-unlearnable evaluate --clean-train C
 --protected-train P --test T``.
 """
 
 from .checks import check_copies_match, check_no_overlap
 from .command import add_evaluate_parser, run_evaluate
 from .report import plot_report, write_report
-from .run import evaluate_protection, resolve_defenses
+from .run import evaluate_protection, load_report, resolve_defenses
 from .verdicts import BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "check_no_overlap",
     "evaluate_protection",
     "judge",
+    "load_report",
     "mean_recall_at_10",
     "plot_report",
     "write_report",

@@ -111,12 +111,16 @@ def check_no_overlap(
     """Refuse a test split that shares rows with the training split (same image at ``image_size``
     and same captions: the row digest `ProtectTransform` keys its state on). A victim scored on
     rows it trained on measures memorisation, not what it learned."""
-    seen = {digest: row for row, digest in enumerate(_row_digests(train, image_size, image_column, caption_column))}
-    shared = [(row, seen[d]) for row, d in enumerate(_row_digests(test, image_size, image_column, caption_column)) if d in seen]
+    _refuse_shared_rows(_row_digests(train, image_size, image_column, caption_column), _row_digests(test, image_size, image_column, caption_column))
+
+
+def _refuse_shared_rows(train_digests: list[int], test_digests: list[int]) -> None:
+    seen = {digest: row for row, digest in enumerate(train_digests)}
+    shared = [(row, seen[d]) for row, d in enumerate(test_digests) if d in seen]
     if shared:
         pairs = ", ".join(f"test row {t} = train row {r}" for t, r in shared[:5])
         raise ValueError(
-            f"test shares {len(shared)} of its {len(test)} rows with the training split ({pairs}"
+            f"test shares {len(shared)} of its {len(test_digests)} rows with the training split ({pairs}"
             f"{', ...' if len(shared) > 5 else ''}). Scores on training rows measure memorisation; remove them "
             "from test (e.g. test.filter) or split the data so no row is in both."
         )

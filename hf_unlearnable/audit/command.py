@@ -39,6 +39,8 @@ def add_evaluate_parser(commands: Any) -> None:
     parser.add_argument("--image-column", default="image")
     parser.add_argument("--caption-column", default="caption")
     parser.add_argument("--output", default="audit", help="folder for report.md, report.json, report.png (default: ./audit)")
+    parser.add_argument("--reuse", help="report.json of an earlier audit of the same data, victims and recipe: "
+                        "its clean victims are reused, not retrained")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -58,7 +60,7 @@ def run_evaluate(arguments: Any) -> int:
         learning_rate=arguments.learning_rate, fine_tune_learning_rate=arguments.fine_tune_learning_rate,
         seed=arguments.seed, image_column=arguments.image_column, caption_column=arguments.caption_column,
         epsilon=arguments.epsilon, mixed_precision=arguments.mixed_precision, output_dir=arguments.output,
-        progress=not arguments.no_progress,
+        progress=not arguments.no_progress, reuse=arguments.reuse,
     )
     print(report.summary())
     print("wrote " + ", ".join(report.paths.values()))

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import datasets
+import torch
 from tqdm.auto import tqdm
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
@@ -16,9 +20,9 @@ from ..checks import check_dataset
 from ..devices import process_state
 from ..surrogate import load_surrogate
 from ..victim import Defense, train_victim
-from .checks import _caption_list, check_copies_match, check_no_overlap
+from .checks import _caption_list, _refuse_shared_rows, _row_digests, check_copies_match
 from .report import write_report
-from .verdicts import _KEYS, BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+from .verdicts import _KEYS, BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, _json_safe, chance_scores, judge, mean_recall_at_10
 
 logger = logging.getLogger(__name__)
 
@@ -36,13 +40,16 @@ def _defense_label(defense: Any) -> str:
     return type(defense).__name__
 
 
+def _as_list(defenses: Iterable[str | Defense] | str | Defense) -> list[str | Defense]:
+    return [defenses] if isinstance(defenses, str) or callable(defenses) else list(defenses)
+
+
 def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[tuple[str, Callable[[], Defense | None]]]:
     """(label, factory) per defense: names go to the `hf_unlearnable.defenses` registry (a fresh
     defense per victim, seeded; "none" trains without one), callables are used as given."""
     from ..defenses import get_defense  # kornia loads only when an audit runs
 
-    if isinstance(defenses, str) or callable(defenses):
-        defenses = [defenses]
+    defenses = _as_list(defenses)
     resolved: list[tuple[str, Callable[[], Defense | None]]] = []
     for item in defenses:
         if isinstance(item, str):
@@ -111,6 +118,95 @@ def _image_size(model: CLIPModel | CLIPConfig) -> int:
     return int(config.vision_config.image_size)
 
 
+# ---------------------------------------------------------------------------------------- identity and reuse
+
+# Settings that shape every victim; a clean victim is reused only when all of them agree.
+_RECIPE_KEYS = ("epochs", "batch_size", "seed", "mixed_precision")
+
+
+def _rows_identity(digests: list[int]) -> str:
+    """The rows, in order (order decides the seeded batches): a digest of their row digests."""
+    return hashlib.sha256(json.dumps(digests).encode()).hexdigest()
+
+
+def _victim_identity(spec: _Victim) -> str:
+    """What a victim starts from: its architecture, its weights when pretrained, its processor."""
+    digest = hashlib.sha256()
+    config = spec.model.config if isinstance(spec.model, CLIPModel) else spec.model
+    fields = config.to_dict()
+    for bookkeeping in ("transformers_version", "architectures"):  # save_pretrained writes them; training ignores them
+        fields.pop(bookkeeping, None)
+    fields["dtype"] = fields.get("dtype") or "float32"  # unset means the float32 default a model is built in
+    digest.update(json.dumps(_json_safe(fields), sort_keys=True, default=str).encode())
+    if isinstance(spec.model, CLIPModel):
+        for name, tensor in sorted(spec.model.state_dict().items()):
+            digest.update(f"{name} {tensor.dtype}".encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    tokenizer = spec.processor.tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:  # without the padding/truncation state the last call left behind
+        fields = {k: v for k, v in json.loads(backend.to_str()).items() if k not in ("padding", "truncation")}
+        digest.update(json.dumps(fields, sort_keys=True).encode())
+    else:
+        digest.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+    digest.update(spec.processor.image_processor.to_json_string().encode())
+    digest.update(str(spec.learning_rate).encode())
+    return digest.hexdigest()
+
+
+def load_report(source: ProtectionReport | str | os.PathLike | Mapping[str, Any]) -> ProtectionReport:
+    """A `ProtectionReport` from itself, from the ``report.json`` an audit wrote, or from its dict."""
+    if isinstance(source, ProtectionReport):
+        return source
+    expected = "a ProtectionReport, the report.json an audit wrote, or its dict (keys 'settings', 'verdicts', 'histories')"
+    if isinstance(source, (str, os.PathLike)):
+        try:
+            with open(source, encoding="utf-8") as handle:
+                source = json.load(handle)
+        except (OSError, json.JSONDecodeError) as error:
+            raise ValueError(f"reuse: cannot read {os.fspath(source)!r} ({type(error).__name__}: {error}); pass {expected}.") from None
+    if not isinstance(source, Mapping) or "verdicts" not in source or "settings" not in source:
+        raise ValueError(f"reuse: expected {expected}.")
+    try:
+        verdicts = [Verdict(**v) for v in source["verdicts"]]
+    except TypeError as error:
+        raise ValueError(f"reuse: a verdict of that report has unexpected fields ({error}); pass {expected}.") from None
+    histories = {  # report.json writes NaN (the loss before training) as null
+        key: [{k: math.nan if v is None else v for k, v in entry.items()} for entry in history]
+        for key, history in source.get("histories", {}).items()
+    }
+    return ProtectionReport(verdicts, dict(source.get("chance", {})), histories, dict(source["settings"]))
+
+
+def _reusable_clean(reuse: Any, settings: dict[str, Any], reusable_defenses: set[str]) -> dict[tuple[str, str], list[dict[str, float]]]:
+    """(victim, defense) -> clean victim history, from an earlier audit of the same clean rows, test
+    rows, victims and recipe. Victims are deterministic for a seed on one machine, so retraining
+    them would reproduce these numbers; anything that could change them refuses the reuse."""
+    earlier = load_report(reuse)
+    before, now = earlier.settings.get("identity"), settings["identity"]
+    if not before:
+        raise ValueError("reuse: that report does not record which rows and victims it audited (it predates hf_unlearnable's "
+                         "audit identities), so its clean victims cannot be checked; run without reuse.")
+    for key in ("clean_train", "test"):
+        if before.get(key) != now[key]:
+            raise ValueError(f"reuse: that report audited other {key} rows (or the same in another order); its clean victims "
+                             f"are not this audit's. Pass the report of an audit of the same {key}, or run without reuse.")
+    for key in _RECIPE_KEYS:
+        if earlier.settings.get(key) != settings[key]:
+            raise ValueError(f"reuse: that report trained its victims with {key}={earlier.settings.get(key)!r}, this audit "
+                             f"with {key}={settings[key]!r}; pass the same {key}, or run without reuse.")
+    victims = {label for label, identity in now["victims"].items() if before.get("victims", {}).get(label) == identity}
+    if not victims:
+        raise ValueError(f"reuse: none of this audit's victims ({', '.join(now['victims'])}) is one that report trained "
+                         "(same architecture, weights, processor and learning rate); run without reuse.")
+    found = {}
+    for key, history in earlier.histories.items():
+        victim, defense, copy = key.split(" | ")
+        if copy == "clean" and victim in victims and defense in reusable_defenses and history:
+            found[(victim, defense)] = history
+    return found
+
+
 # ---------------------------------------------------------------------------------------- the audit
 
 
@@ -134,6 +230,7 @@ def evaluate_protection(
     mixed_precision: str = "auto",
     output_dir: str | os.PathLike | None = None,
     progress: bool = True,
+    reuse: ProtectionReport | str | os.PathLike | None = None,
 ) -> ProtectionReport:
     """Train victims on the clean and the protected copy under each defense; a verdict per defense.
 
@@ -165,6 +262,14 @@ def evaluate_protection(
         epsilon: image budget of the protection, for the row-for-row check of the copies.
         output_dir: where to write ``report.md``, ``report.json`` and ``report.png`` (None: nothing written).
         progress: a bar over victims and one per victim over its epochs.
+        reuse: an earlier audit's report (a `ProtectionReport` or its ``report.json``) of the same
+            clean rows, test rows, victims and recipe: its clean victims under the named defenses
+            both audits share are taken from it instead of retrained, which halves the cost of
+            auditing one new copy. Victims are deterministic for a seed, so the numbers are those a
+            retrain gives on the machine that wrote the report. The report records what it
+            audited (``settings["identity"]``: digests of the rows in order and of each victim's
+            config, weights, processor and learning rate); anything that differs is refused.
+            ``settings["reused_clean"]`` lists what was reused.
 
     Returns:
         `ProtectionReport`: ``verdicts`` (one per copy, victim and defense), ``broken``, ``summary()``.
@@ -172,7 +277,8 @@ def evaluate_protection(
     Raises:
         ValueError: an unknown defense name (listing the valid ones), a test split sharing rows with
             the training split, a protected copy that does not match the clean copy row for row, a
-            missing column, neither ``victim`` nor ``pretrained``.
+            missing column, neither ``victim`` nor ``pretrained``, a ``reuse`` report of other rows,
+            victims or recipe.
         TypeError: data sets or models of the wrong type.
     """
     copies = dict(protected_train) if isinstance(protected_train, Mapping) else {"protected": protected_train}
@@ -182,12 +288,16 @@ def evaluate_protection(
         raise ValueError('"clean" names the clean victim; label the protected copies otherwise.')
     check_dataset(clean_train, image_column, caption_column, name="clean_train")
     check_dataset(test, image_column, caption_column, name="test")
+    defenses = _as_list(defenses)  # iterated twice: resolved, then which are registry names
     resolved = resolve_defenses(defenses, seed)
     victims = _resolve_victims(victim, pretrained, processor, learning_rate, fine_tune_learning_rate, seed)
     for label, copy in copies.items():
         name = "protected_train" if label == "protected" else f"protected_train[{label!r}]"
         check_copies_match(clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name)
-    check_no_overlap(clean_train, test, image_size=_image_size(victims[0].model), image_column=image_column, caption_column=caption_column)
+    image_size = _image_size(victims[0].model)
+    train_digests = _row_digests(clean_train, image_size, image_column, caption_column)
+    test_digests = _row_digests(test, image_size, image_column, caption_column)
+    _refuse_shared_rows(train_digests, test_digests)  # as check_no_overlap
 
     captions = test.select_columns([caption_column]).with_format(None)[caption_column]
     chance = chance_scores([len(_caption_list(value)) for value in captions])
@@ -198,15 +308,24 @@ def evaluate_protection(
         "fine_tune_learning_rate": fine_tune_learning_rate, "seed": seed, "mixed_precision": mixed_precision,
         "rows": {"train": len(clean_train), "test": len(test)}, "epsilon": epsilon,
         "thresholds": {"protected_times_chance": PROTECTED_FACTOR, "broken_share_of_clean": BROKEN_SHARE},
+        "identity": {"clean_train": _rows_identity(train_digests), "test": _rows_identity(test_digests),
+                     "victims": {v.label: _victim_identity(v) for v in victims}},
     }
+    named = {label for (label, _), item in zip(resolved, defenses) if isinstance(item, str)}
+    reused = {} if reuse is None else _reusable_clean(reuse, settings, named)
+    settings["reused_clean"] = [f"{v.label} | {label}" for v in victims for label, _ in resolved if (v.label, label) in reused]
     histories: dict[str, list[dict[str, float]]] = {}
     verdicts: list[Verdict] = []
-    total = len(victims) * len(resolved) * (1 + len(copies))
+    total = len(victims) * len(resolved) * (1 + len(copies)) - len(reused)
     bar = tqdm(total=total, desc="audit", unit="victim", disable=not progress, position=0)
     for spec in victims:
         for defense_label, make_defense in resolved:
             finals = {}
             for copy_label, data in (("clean", clean_train), *copies.items()):
+                if copy_label == "clean" and (spec.label, defense_label) in reused:
+                    history = reused[(spec.label, defense_label)]
+                    histories[f"{spec.label} | {defense_label} | clean"] = finals["clean"] = history
+                    continue
                 bar.set_postfix_str(f"{spec.label} | {defense_label} | {copy_label}")
                 result = train_victim(
                     data, test, spec.model, spec.processor, image_column=image_column, caption_column=caption_column,

@@ -193,6 +193,10 @@ def _markdown(report: ProtectionReport) -> str:
     chance10 = mean_recall_at_10(report.chance)
     several_copies = len({v.copy for v in report.verdicts}) > 1
     lines = ["# Protection audit", "", f"**{_plain_statement(report.verdicts)}**", "", _RULE, ""]
+    reused = report.settings.get("reused_clean") or []
+    if reused:
+        lines += [f"Clean victims taken from an earlier audit of the same rows, victims and recipe (`reuse`), not retrained: "
+                  f"{', '.join(reused)}.", ""]
     head = ("| Copy " if several_copies else "") + "| Victim | Defense | Verdict | R@10 protected | R@10 clean | before training | x chance | share of clean |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for v in report.verdicts:
