@@ -279,6 +279,17 @@ def test_evaluate_command_exits_1_when_a_defense_breaks_the_protection(folders, 
     assert code == 1 and "BROKEN" in capsys.readouterr().out
 
 
+def test_evaluate_command_reuses_the_clean_victims_of_an_earlier_report(folders, monkeypatch):
+    scripted_victims(monkeypatch, lambda ds, defense: 20)
+    common = ["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
+              "--test", str(folders / "test"), "--victim", str(folders / "victim"), "--no-progress"]
+    assert cli_main([*common, "--output", str(folders / "first")]) == 0
+    assert cli_main([*common, "--defenses", "none,strip-1", "--reuse", str(folders / "first" / "report.json"),
+                     "--output", str(folders / "second")]) == 0
+    saved = json.loads((folders / "second" / "report.json").read_text())
+    assert saved["settings"]["reused_clean"] == ["from scratch | none"]
+
+
 def test_pretrained_victim_is_fine_tuned_from_its_weights(clip, train, protected, test_split):
     model, processor = clip
     report = evaluate_protection(train, protected, test_split, victim=model.config, pretrained=model, processor=processor,
