@@ -23,8 +23,8 @@ defense (what an unauthorised trainer might do to each batch: JPEG, grayscale, c
 
 It writes ``report.md``, ``report.json`` and ``report.png`` (R@10 per defense, chance and clean
 marked) to ``output_dir``. Auditing a second copy of the same data, pass ``reuse=`` the first
-audit's report: its clean victims are taken from it rather than retrained. From the shell: ``hf-unlearnable evaluate --clean-train C
---protected-train P --test T``.
+audit's report: its clean victims are taken from it rather than retrained. From the shell:
+``hf-unlearnable evaluate --clean-train C --protected-train P --test T [--reuse REPORT_JSON]``.
 """
 
 from .checks import check_copies_match, check_no_overlap

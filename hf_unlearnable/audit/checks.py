@@ -111,7 +111,8 @@ def check_no_overlap(
     """Refuse a test split that shares rows with the training split (same image at ``image_size``
     and same captions: the row digest `ProtectTransform` keys its state on). A victim scored on
     rows it trained on measures memorisation, not what it learned."""
-    _refuse_shared_rows(_row_digests(train, image_size, image_column, caption_column), _row_digests(test, image_size, image_column, caption_column))
+    digests = [_row_digests(ds, image_size, image_column, caption_column) for ds in (train, test)]
+    _refuse_shared_rows(*digests)
 
 
 def _refuse_shared_rows(train_digests: list[int], test_digests: list[int]) -> None:
