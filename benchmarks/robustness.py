@@ -136,7 +136,7 @@ def audit_reusing(train, copies, test, defenses: list[str], kind: str, stored: d
     return ProtectionReport(
         verdicts=sorted(first.verdicts + later.verdicts, key=lambda v: order[v.defense]), chance=first.chance,
         histories={**first.histories, **later.histories},
-        settings={**later.settings, "defenses": defenses, "reused_clean": later.settings["reused_clean"]},
+        settings={**later.settings, "defenses": defenses},
     )
 
 
