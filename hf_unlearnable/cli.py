@@ -405,13 +405,18 @@ def run_protect(arguments: argparse.Namespace) -> int:
         return 0
     summary = transform.summary()
     summary.update(source=source, output=os.path.abspath(arguments.output), total_seconds=time.perf_counter() - started)
+    if summary.get("reused"):  # a finished work dir of the same data, settings and surrogate: no rounds ran now
+        rounds_seconds = (f"MEM rounds reused from the finished run in {summary['work_dir']}, where they took "
+                          f"{summary['seconds']:.1f}; `hf-unlearnable cache clean` or a new --work-dir starts afresh")
+    else:
+        rounds_seconds = f"{summary['seconds']:.1f} in MEM rounds"
     print(
         f"protected {summary['rows']} rows of {source} -> {summary['output']}\n"
         f"  budget used: max |noise| {summary['max_noise_levels']}/255 (allowed {summary['epsilon_levels']}/255), "
         f"mean |noise| {summary['mean_abs_noise_levels']:.2f}/255\n"
         f"  surrogate after {summary['rounds']} rounds: training loss {summary['surrogate_loss']:.4f}, "
         f"loss on protected data {summary['protected_loss']:.4f}, on clean data {summary['clean_loss']:.4f}\n"
-        f"  seconds: {summary['total_seconds']:.1f} ({summary['seconds']:.1f} in MEM rounds)\n"
+        f"  seconds: {summary['total_seconds']:.1f} ({rounds_seconds})\n"
         f"  processes: {state.num_processes}"
     )
     return 0

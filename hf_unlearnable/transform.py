@@ -107,6 +107,7 @@ class ProtectTransform:
         self.history: list[dict] = []
         self._store: SampleStore | None = None  # the fitted protection state (no clean data)
         self._work: WorkDir | None = None
+        self._reused = False  # the last fit found a finished work dir and trained nothing
         self._fitted_rows: FittedRows | None = None
         self._accelerator: Accelerator | None = None
         self._fingerprint: str | None = None
@@ -147,7 +148,8 @@ class ProtectTransform:
             vocabulary=self.vocabulary, seed=self.config.seed, progress=self.progress,
         ))
         checkpointer = DiskCheckpointer(work.checkpoint, accelerator)
-        if work.finished:  # computed before: the surrogate's final weights and the history suffice
+        self._reused = work.finished
+        if self._reused:  # computed before: the surrogate's final weights and the history suffice
             self.history = checkpointer.load(self.surrogate, None)["history"]
             self.surrogate.eval()
         else:
@@ -292,13 +294,16 @@ class ProtectTransform:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
-        """Rows, budget used and the last round's losses."""
+        """Rows, budget used and the last round's losses; ``reused`` and ``work_dir`` after a fit
+        (``reused``: the work dir held a finished run, so ``seconds`` is what its rounds took then)."""
         info: dict[str, Any] = {"fitted": self.is_fitted, "epsilon_levels": self.config.epsilon_levels}
         if self._store is not None:
             info.update(rows=len(self._store), **FittedRows(self._store).noise_statistics())
         if self.history:
             last = {key: self.history[-1][key] for key in ("surrogate_loss", "protected_loss", "clean_loss")}
             info.update(rounds=len(self.history), seconds=sum(record["seconds"] for record in self.history), **last)
+        if self._work is not None:
+            info.update(reused=self._reused, work_dir=str(self._work.root))
         return info
 
 

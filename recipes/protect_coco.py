@@ -120,6 +120,8 @@ def _print_summary(summary: dict) -> None:
     if summary.get("pushed_to"):
         lines.append(f"  pushed to {summary['pushed_to']}")
     lines.append(f"  seconds: {summary['total_seconds']:.1f}")
+    if summary.get("reused"):  # no rounds ran now: the same data, settings and surrogate finished there before
+        lines.append(f"  MEM rounds reused from the finished run in {summary['work_dir']} (they took {summary['seconds']:.1f} s)")
     lines.append("summary: " + json.dumps(summary, sort_keys=True, default=str))
     print("\n".join(lines), flush=True)
 

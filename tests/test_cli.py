@@ -55,6 +55,28 @@ def test_protect_built_in_default_writes_a_dataset(tmp_path):
     assert all(p.endswith(c) and p != c for p, c in zip(out["caption"][:], clean["caption"][:]))
 
 
+def test_protect_rerun_says_its_rounds_were_reused_not_run(tmp_path, monkeypatch, capsys):
+    # A second identical run trains nothing; its summary must not pass off the first run's round
+    # time as its own (it printed "seconds: 0.9 (45.4 in MEM rounds)") and must name the work dir.
+    cache = tmp_path / "cache"
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
+    flags = ["protect", "--rows", "12", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
+             "--batch-size", "6", "--no-progress"]
+    outputs = []
+    for name in ("first", "second"):
+        capsys.readouterr()
+        assert main([*flags, "--output", str(tmp_path / name)]) == 0
+        outputs.append(capsys.readouterr().out)
+    first, second = outputs
+    assert re.search(r"seconds: [\d.]+ \([\d.]+ in MEM rounds\)", first) and "reused" not in first
+    work_dir = re.search(r"MEM rounds reused from the finished run in (\S+), where they took ([\d.]+)", second)
+    assert work_dir and "in MEM rounds" not in second
+    assert os.path.dirname(work_dir.group(1)) == str(cache / "hf_unlearnable")
+    assert work_dir.group(2) == re.search(r"\(([\d.]+) in MEM rounds", first).group(1)  # the first run's time
+    first_copy, second_copy = (datasets.load_from_disk(str(tmp_path / name)) for name in ("first", "second"))
+    assert second_copy["caption"][:] == first_copy["caption"][:]
+
+
 def test_protect_a_local_dataset_with_a_local_model(tmp_path):
     model, processor = tiny_clip(seed=3)
     model.save_pretrained(tmp_path / "model")

@@ -210,3 +210,13 @@ def test_recipe_calls_push_protected_with_its_real_signature():
     )
     assert load_recipe().CARD_DETAILS == hub.CARD_DETAILS
     assert inspect.signature(hub.push_protected).parameters["card_details"].default == "minimal"
+
+
+def test_recipe_summary_says_when_its_rounds_were_reused(capsys):
+    summary = {"rows": 4, "source": "d", "output": "/o", "image_column": "image", "caption_column": "caption",
+               "group_by": None, "rounds": 2, "surrogate_loss": 0.1, "protected_loss": 0.01, "clean_loss": 4.0,
+               "total_seconds": 0.9, "seconds": 45.4, "reused": False, "work_dir": "/cache/mem-1"}
+    load_recipe()._print_summary(summary)
+    assert "reused" not in capsys.readouterr().out.split("summary: ")[0]
+    load_recipe()._print_summary({**summary, "reused": True})
+    assert "  MEM rounds reused from the finished run in /cache/mem-1 (they took 45.4 s)\n" in capsys.readouterr().out
