@@ -182,3 +182,34 @@ def test_each_data_set_gets_its_own_default_output_folder(script, monkeypatch):
     icons = module.parse_arguments(["--dataset", "icons"]).output
     assert synthetic != icons and synthetic.endswith("_synthetic") and icons.endswith("_icons")
     assert module.parse_arguments(["--dataset", "icons", "--output", "elsewhere"]).output == "elsewhere"
+
+
+def _robustness_run(results, name, finetune_lr, rows):
+    folder = results / name
+    folder.mkdir(parents=True)
+    (folder / "robustness.json").write_text(json.dumps({"arguments": {"dataset": "icons", "finetune_lr": finetune_lr}}))
+    lines = ["copy,victim,defense,verdict,r10_mean,clean_r10_mean"] + [",".join(map(str, row)) for row in rows]
+    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_robustness_tables_gather_cells_across_runs_at_one_finetune_rate(tmp_path, capsys):
+    tables = importlib.import_module("benchmarks.robustness_tables")
+    results = tmp_path / "results"
+    _robustness_run(results, "robustness_icons_a", 3e-4, [
+        ("MEM-3", "transfer", "none", "broken", 22.6, 41.8), ("MEM-3", "fine-tuned", "none", "broken", 20.6, 34.8),
+        ("MEM-3", "transfer", "grayscale", "broken", 21.3, 41.8),
+        ("MEM-3", "transfer", "iss-grayscale", "broken", 21.3, 41.8)])
+    _robustness_run(results, "robustness_icons_b", 3e-5, [  # another fine-tuning rate: its fine-tuned rows are left out
+        ("MEM-3", "fine-tuned", "none", "broken", 11.7, 12.1), ("EM", "transfer", "grayscale", "broken", 42.0, 41.8),
+        ("MEM-3", "from scratch", "none", "weakened", 15.6, 38.2)])
+    assert tables.main(["--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "| none |  |  |  | 15.6 of 38.2 weakened | 22.6 of 41.8 **broken** | 20.6 of 34.8 **broken** |" in out
+    assert "| none | 41.8 | 22.6 **broken** |  |  | 34.8 | 20.6 **broken** |  |  |" in out
+    # ISS-grayscale is grayscale under another name: EM, run only under grayscale, points there
+    assert "| iss-grayscale | 41.8 | 21.3 **broken** | = grayscale |  |  |  |  |  |" in out
+    assert "11.7" not in out and "12.1" not in out
+    # the same cell measured twice with other figures: the runs differ, and mixing them is refused
+    _robustness_run(results, "robustness_icons_c", 3e-4, [("MEM-3", "transfer", "none", "broken", 25.0, 41.8)])
+    with pytest.raises(SystemExit, match="robustness_icons_a but 25.0 in robustness_icons_c"):
+        tables.main(["--results", str(results)])

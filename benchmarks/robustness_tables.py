@@ -1,0 +1,143 @@
+"""The cross-run tables of docs/benchmarks.md, rebuilt from the `robustness.py` result folders.
+
+`robustness.py` writes one folder per run; issue 8's tables gather cells from many runs (one list
+of defenses per run, clean victims reused across them). This script reads every
+`robustness*/robustness.json` + `robustness.csv` under ``--results`` and prints, in Markdown:
+
+1. MEM-3 at a glance: every defense x victim (from scratch, transfer, fine-tuned) x data set, each
+   cell "R@10 of clean R@10 verdict";
+2. per data set, the transfer and fine-tuned victims with all three copies (MEM-3, EM, trigger-only).
+
+Cells are R@10 on the clean test split, the mean of both directions, with the audit's verdict.
+Fine-tuned rows count only from runs at the data set's chosen fine-tuning rate (``--finetune-lr``):
+the icons' first victims run fine-tuned at 3e-5, where the victim barely learns even from the clean
+copy. A cell measured twice with different figures stops the script, naming both folders. ISS rows
+of a copy that was not run under them show "= grayscale" / "= jpeg-10" when that twin was run: the
+same operations under another name.
+
+    python benchmarks/robustness_tables.py                   # every table, from benchmarks/results
+    python benchmarks/robustness_tables.py --table glance    # only the first
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from pathlib import Path
+
+from hf_unlearnable.defenses import available_defenses
+
+HERE = Path(__file__).resolve().parent
+DATASETS = ("synthetic", "icons")
+VICTIMS = ("from scratch", "transfer", "fine-tuned")
+COPIES = ("MEM-3", "EM", "Trigger only")
+TWINS = {"iss-grayscale": "grayscale", "iss-jpeg-10": "jpeg-10"}
+
+
+def _lr_map(text: str) -> dict[str, float]:
+    try:
+        pairs = [item.split("=", 1) for item in text.split(",") if item]
+        return {name: float(value) for name, value in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected DATASET=LR pairs, e.g. icons=3e-4,synthetic=3e-5") from None
+
+
+def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict]:
+    """(cells, clean): cells[(data set, copy, victim, defense)] = (R@10, verdict, folder);
+    clean[(data set, victim, defense)] = (R@10, folder)."""
+    cells: dict = {}
+    clean: dict = {}
+
+    def put(table: dict, key: tuple, value: float, rest: tuple, folder: str) -> None:
+        if key in table and not math.isclose(table[key][0], value, abs_tol=1e-9):
+            raise SystemExit(f"{key}: {table[key][0]} in {table[key][-1]} but {value} in {folder}; "
+                             "the runs differ (another split, recipe or algorithm version), so the table would mix them")
+        table.setdefault(key, (value, *rest, folder))
+
+    for summary in sorted(results.glob("robustness*/robustness.json")):
+        arguments = json.loads(summary.read_text())["arguments"]
+        data, folder = arguments["dataset"], summary.parent.name
+        table_file = summary.with_suffix(".csv")
+        if not table_file.exists():
+            raise SystemExit(f"{summary.parent}: robustness.json without robustness.csv; rerun that benchmark")
+        with table_file.open(newline="") as handle:
+            for row in csv.DictReader(handle):
+                victim, defense = row["victim"], row["defense"]
+                if victim == "fine-tuned" and data in finetune_lr and not math.isclose(
+                        arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9):
+                    continue
+                put(cells, (data, row["copy"], victim, defense), float(row["r10_mean"]), (row["verdict"],), folder)
+                put(clean, (data, victim, defense), float(row["clean_r10_mean"]), (), folder)
+    return cells, clean
+
+
+def _verdict(verdict: str) -> str:
+    return f"**{verdict}**" if verdict == "broken" else verdict
+
+
+def glance_table(cells: dict, clean: dict) -> str:
+    head = ["Defense"] + [f"{data}: {victim}" if index == 0 else victim
+                          for data in DATASETS for index, victim in enumerate(VICTIMS)]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for defense in available_defenses():
+        row = []
+        for data in DATASETS:
+            for victim in VICTIMS:
+                cell = cells.get((data, "MEM-3", victim, defense))
+                row.append("" if cell is None else
+                           f"{cell[0]:.1f} of {clean[(data, victim, defense)][0]:.1f} {_verdict(cell[1])}")
+        if any(row):
+            lines.append(f"| {defense} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def victims_table(cells: dict, clean: dict, data: str) -> str:
+    head = ["Defense"]
+    for victim in VICTIMS[1:]:
+        head += [f"{victim}: clean", "MEM-3", "EM", "trigger only"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for defense in available_defenses():
+        row = []
+        for victim in VICTIMS[1:]:
+            reference = clean.get((data, victim, defense))
+            row.append("" if reference is None else f"{reference[0]:.1f}")
+            for copy in COPIES:
+                cell = cells.get((data, copy, victim, defense))
+                if cell is not None:
+                    row.append(f"{cell[0]:.1f} {_verdict(cell[1])}")
+                elif defense in TWINS and (data, copy, victim, TWINS[defense]) in cells:
+                    row.append(f"= {TWINS[defense]}")
+                else:
+                    row.append("")
+        if any(row):
+            lines.append(f"| {defense} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of the robustness.py outputs")
+    parser.add_argument("--finetune-lr", type=_lr_map, default=_lr_map("icons=3e-4,synthetic=3e-5"),
+                        help="DATASET=LR pairs: the fine-tuning rate whose fine-tuned rows count (default: %(default)s)")
+    parser.add_argument("--table", choices=("all", "glance", "victims"), default="all")
+    arguments = parser.parse_args(argv)
+    cells, clean = load_cells(arguments.results, arguments.finetune_lr)
+    if not cells:
+        raise SystemExit(f"no robustness*/robustness.json under {arguments.results}: run benchmarks/robustness.py first")
+    parts = []
+    if arguments.table in ("all", "glance"):
+        parts.append("MEM-3, R@10 of the clean victim's R@10 under the same defense, and the verdict:\n\n"
+                     + glance_table(cells, clean))
+    if arguments.table in ("all", "victims"):
+        for data in DATASETS:
+            if any(key[0] == data and key[2] != "from scratch" for key in cells):
+                parts.append(f"Transfer and fine-tuned victims, {data}:\n\n" + victims_table(cells, clean, data))
+    print("\n\n".join(parts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
