@@ -6,7 +6,8 @@ of defenses per run, clean victims reused across them). This script reads every
 
 1. MEM-3 at a glance: every defense x victim (from scratch, transfer, fine-tuned) x data set, each
    cell "R@10 of clean R@10 verdict";
-2. per data set, the transfer and fine-tuned victims with all three copies (MEM-3, EM, trigger-only).
+2. per data set, the victim from scratch with all three copies (MEM-3, EM, trigger-only);
+3. per data set, the transfer and fine-tuned victims with all three copies.
 
 Cells are R@10 on the clean test split, the mean of both directions, with the audit's verdict.
 Fine-tuned rows count only from runs at the data set's chosen fine-tuning rate (``--finetune-lr``):
@@ -16,7 +17,7 @@ of a copy that was not run under them show "= grayscale" / "= jpeg-10" when that
 same operations under another name.
 
     python benchmarks/robustness_tables.py                   # every table, from benchmarks/results
-    python benchmarks/robustness_tables.py --table glance    # only the first
+    python benchmarks/robustness_tables.py --table glance    # only the first (or: scratch, victims)
 """
 
 from __future__ import annotations
@@ -94,14 +95,14 @@ def glance_table(cells: dict, clean: dict) -> str:
     return "\n".join(lines)
 
 
-def victims_table(cells: dict, clean: dict, data: str) -> str:
+def victims_table(cells: dict, clean: dict, data: str, victims: tuple[str, ...] = VICTIMS[1:]) -> str:
     head = ["Defense"]
-    for victim in VICTIMS[1:]:
+    for victim in victims:
         head += [f"{victim}: clean", "MEM-3", "EM", "trigger only"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for defense in available_defenses():
         row = []
-        for victim in VICTIMS[1:]:
+        for victim in victims:
             reference = clean.get((data, victim, defense))
             row.append("" if reference is None else f"{reference[0]:.1f}")
             for copy in COPIES:
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of the robustness.py outputs")
     parser.add_argument("--finetune-lr", type=_lr_map, default=_lr_map("icons=3e-4,synthetic=3e-5"),
                         help="DATASET=LR pairs: the fine-tuning rate whose fine-tuned rows count (default: %(default)s)")
-    parser.add_argument("--table", choices=("all", "glance", "victims"), default="all")
+    parser.add_argument("--table", choices=("all", "glance", "scratch", "victims"), default="all")
     arguments = parser.parse_args(argv)
     cells, clean = load_cells(arguments.results, arguments.finetune_lr)
     if not cells:
@@ -131,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.table in ("all", "glance"):
         parts.append("MEM-3, R@10 of the clean victim's R@10 under the same defense, and the verdict:\n\n"
                      + glance_table(cells, clean))
+    if arguments.table in ("all", "scratch"):
+        for data in DATASETS:
+            if any(key[0] == data and key[2] == "from scratch" for key in cells):
+                parts.append(f"The victim from scratch, {data}:\n\n" + victims_table(cells, clean, data, VICTIMS[:1]))
     if arguments.table in ("all", "victims"):
         for data in DATASETS:
             if any(key[0] == data and key[2] != "from scratch" for key in cells):

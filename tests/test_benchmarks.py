@@ -209,6 +209,7 @@ def test_robustness_tables_gather_cells_across_runs_at_one_finetune_rate(tmp_pat
     # ISS-grayscale is grayscale under another name: EM, run only under grayscale, points there
     assert "| iss-grayscale | 41.8 | 21.3 **broken** | = grayscale |  |  |  |  |  |" in out
     assert "11.7" not in out and "12.1" not in out
+    assert "| none | 38.2 | 15.6 weakened |  |  |" in out  # the victim from scratch, all three copies
     # the same cell measured twice with other figures: the runs differ, and mixing them is refused
     _robustness_run(results, "robustness_icons_c", 3e-4, [("MEM-3", "transfer", "none", "broken", 25.0, 41.8)])
     with pytest.raises(SystemExit, match="robustness_icons_a but 25.0 in robustness_icons_c"):
