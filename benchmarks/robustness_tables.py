@@ -2,7 +2,8 @@
 
 `robustness.py` writes one folder per run; issue 8's tables gather cells from many runs (one list
 of defenses per run, clean victims reused across them). This script reads every
-`robustness*/robustness.json` + `robustness.csv` under ``--results`` and prints, in Markdown:
+`robustness*/robustness.json` under ``--results`` (its arguments, and its report through
+`hf_unlearnable.audit.load_report`, as `robustness.py --clean-from` reads it) and prints, in Markdown:
 
 1. MEM-3 at a glance: every defense x victim (from scratch, transfer, fine-tuned) x data set, each
    cell "R@10 of clean R@10 verdict";
@@ -23,12 +24,12 @@ same operations under another name.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import sys
 from pathlib import Path
 
+from hf_unlearnable.audit import load_report
 from hf_unlearnable.defenses import available_defenses
 
 HERE = Path(__file__).resolve().parent
@@ -59,19 +60,15 @@ def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict
         table.setdefault(key, (value, *rest, folder))
 
     for summary in sorted(results.glob("robustness*/robustness.json")):
-        arguments = json.loads(summary.read_text())["arguments"]
-        data, folder = arguments["dataset"], summary.parent.name
-        table_file = summary.with_suffix(".csv")
-        if not table_file.exists():
-            raise SystemExit(f"{summary.parent}: robustness.json without robustness.csv; rerun that benchmark")
-        with table_file.open(newline="") as handle:
-            for row in csv.DictReader(handle):
-                victim, defense = row["victim"], row["defense"]
-                if victim == "fine-tuned" and data in finetune_lr and not math.isclose(
-                        arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9):
-                    continue
-                put(cells, (data, row["copy"], victim, defense), float(row["r10_mean"]), (row["verdict"],), folder)
-                put(clean, (data, victim, defense), float(row["clean_r10_mean"]), (), folder)
+        saved = json.loads(summary.read_text())
+        arguments, folder = saved["arguments"], summary.parent.name
+        data = arguments["dataset"]
+        for v in load_report(saved["report"]).verdicts:
+            if v.victim == "fine-tuned" and data in finetune_lr and not math.isclose(
+                    arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9):
+                continue
+            put(cells, (data, v.copy, v.victim, v.defense), v.protected_r10, (v.verdict,), folder)
+            put(clean, (data, v.victim, v.defense), v.clean_r10, (), folder)
     return cells, clean
 
 

@@ -185,11 +185,16 @@ def test_each_data_set_gets_its_own_default_output_folder(script, monkeypatch):
 
 
 def _robustness_run(results, name, finetune_lr, rows):
+    """A result folder as robustness.py writes it: its arguments and the audit's report."""
+    from hf_unlearnable.audit import ProtectionReport, Verdict
+
     folder = results / name
     folder.mkdir(parents=True)
-    (folder / "robustness.json").write_text(json.dumps({"arguments": {"dataset": "icons", "finetune_lr": finetune_lr}}))
-    lines = ["copy,victim,defense,verdict,r10_mean,clean_r10_mean"] + [",".join(map(str, row)) for row in rows]
-    (folder / "robustness.csv").write_text("\n".join(lines) + "\n")
+    verdicts = [Verdict(copy, victim, defense, verdict, protected, clean, 2.0, 1.0, "")
+                for copy, victim, defense, verdict, protected, clean in rows]
+    report = ProtectionReport(verdicts, {}, {}, {})
+    (folder / "robustness.json").write_text(json.dumps(
+        {"arguments": {"dataset": "icons", "finetune_lr": finetune_lr}, "report": report.to_dict()}))
 
 
 def test_robustness_tables_gather_cells_across_runs_at_one_finetune_rate(tmp_path, capsys):
