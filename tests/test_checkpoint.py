@@ -41,3 +41,30 @@ def test_the_no_op_and_the_disk_checkpointer_compute_the_same_protection(clip, d
     assert not (tmp_path / "plain" / "checkpoint").exists()  # the no-op keeps nothing
     assert (tmp_path / "disk" / "checkpoint" / "state.json").exists()
     assert not list((tmp_path / "disk" / "state").glob("journal-*"))  # every sweep commit completed
+
+
+def test_disk_checkpointer_loads_on_the_cpu_device_of_a_process_group(clip, tmp_path):
+    # Under torchrun / accelerate launch on CPU the accelerator's device is torch.device("cpu", 0);
+    # safetensors ("device cpu:0 is invalid") and torch.load both refused it, so no 2-process CPU
+    # run could resume or reuse its work dir.
+    from types import SimpleNamespace
+
+    from hf_unlearnable.surrogate import build_optimizer
+
+    model, processor = clip
+    group = SimpleNamespace(device=torch.device("cpu", 0), is_main_process=True, wait_for_everyone=lambda: None)
+    saved = Surrogate.from_processor(copy.deepcopy(model), processor)
+    optimizer = build_optimizer(saved, 1e-3, 0.0)
+    saved.model(**processor(text=["a red square"], images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="pt"),
+                return_loss=True).loss.backward()
+    optimizer.step()  # an optimizer with state to save
+    checkpointer = DiskCheckpointer(tmp_path / "checkpoint", group)
+    checkpointer.save({"round": 1, "phase": "sweep", "history": []}, saved, optimizer)
+
+    fresh = Surrogate.from_processor(copy.deepcopy(model), processor)
+    fresh_optimizer = build_optimizer(fresh, 1e-3, 0.0)
+    state = checkpointer.load(fresh, fresh_optimizer)
+    assert (state["round"], state["phase"]) == (1, "sweep")
+    for name, tensor in saved.model.state_dict().items():
+        assert torch.equal(fresh.model.state_dict()[name], tensor), name
+    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys() != set()

@@ -225,3 +225,18 @@ def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
             assert codec.apply(triggers[0], original) == text  # at this caption's own slot, nothing else changed
             moved += not text.endswith(" " + original)
     assert moved > ROWS // 2  # most triggers are not at the start
+
+
+def test_cli_rerun_on_two_processes_reuses_the_finished_work_dir(assets, tmp_path):
+    # A finished work dir is reloaded on every rank. On CPU the accelerator's device is "cpu:0",
+    # which safetensors refused ("device cpu:0 is invalid"): every 2-process rerun or resume died.
+    common = ["-m", "hf_unlearnable.cli", "protect", "--dataset", assets["data"], "--model", assets["model"], *TINY,
+              "--work-dir", str(tmp_path / "work")]
+    first = run([*launcher("torchrun"), *common, "--output", str(tmp_path / "first")])
+    second = run([*launcher("torchrun"), *common, "--output", str(tmp_path / "second")])
+    for result in (first, second):
+        assert re.findall(r"processes: \d+", result.stdout) == ["processes: 2"], result.stdout
+    assert "reused" not in first.stdout
+    assert f"MEM rounds reused from the finished run in {tmp_path / 'work'}," in second.stdout
+    before, after = (datasets.load_from_disk(str(tmp_path / name)) for name in ("first", "second"))
+    assert after["caption"][:] == before["caption"][:] and images(after) == images(before)

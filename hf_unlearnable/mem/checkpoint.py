@@ -58,6 +58,8 @@ class DiskCheckpointer(Checkpointer):
             return None
         state = json.loads(path.read_text())
         device = self.accelerator.device
+        if device.type == "cpu":  # a process group's CPU device is "cpu:0", which safetensors and torch.load refuse
+            device = torch.device("cpu")
         load_model(surrogate.model, str(self.directory / state["weights"]), device=str(device))
         if optimizer is not None:
             saved = torch.load(self.directory / state["optimizer"], map_location=device, weights_only=True)
