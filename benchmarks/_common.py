@@ -36,7 +36,14 @@ TRANSFER = dict(hidden_size=96, num_layers=3, num_heads=3, projection_dim=48)
 #: Where `benchmarks/build_icon_dataset.py` writes the icon data set by default.
 ICONS = "benchmarks/results/tmp/icons"
 
-METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only"}
+METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only", "layered": "Layered",
+                "layered-random": "Layered, trigger at a random word", "layered-joint": "Layered, one loop"}
+#: The layered methods of the benchmarks: MEMConfig changes on top of `mem_config` (k = 3).
+LAYERED = {
+    "layered": dict(method="layered", eot_transforms=("jpeg",)),
+    "layered-random": dict(method="layered", eot_transforms=("jpeg",), trigger_position="random"),
+    "layered-joint": dict(method="layered-joint", eot_transforms=("jpeg",)),
+}
 
 
 def method_name(method: str) -> str:
@@ -148,8 +155,8 @@ def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:
 
 def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace, processor) -> tuple[datasets.Dataset, float]:
     """(protected copy, seconds) for one method: "random", "em", "trigger" (the library's
-    baselines, trigger length 3) or "memK" (MEM with a K-word trigger), against a surrogate of the
-    victim's architecture trained from scratch, as in the paper."""
+    baselines, trigger length 3), "memK" (MEM with a K-word trigger) or one of `LAYERED`, against a
+    surrogate of the victim's architecture trained from scratch, as in the paper."""
     started = time.perf_counter()
     surrogate = victim_config(arguments, processor)
     if method == "random":
@@ -158,10 +165,12 @@ def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace,
         copy = error_minimizing_noise(train, surrogate, processor, mem_config(arguments, 0), progress=False)
     elif method == "trigger":
         copy = trigger_only(train, surrogate, processor, mem_config(arguments, 3), progress=False)
+    elif method in LAYERED:
+        copy = ProtectTransform(surrogate, processor, mem_config(arguments, 3).replace(**LAYERED[method]), progress=False).protect(train)
     elif method.startswith("mem") and method[3:].isdigit():
         copy = ProtectTransform(surrogate, processor, mem_config(arguments, int(method[3:])), progress=False).protect(train)
     else:
-        raise SystemExit(f"unknown method {method!r}: random, em, trigger or memK (e.g. mem3)")
+        raise SystemExit(f"unknown method {method!r}: random, em, trigger, memK (e.g. mem3) or {', '.join(LAYERED)}")
     return copy, time.perf_counter() - started
 
 

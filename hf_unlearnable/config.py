@@ -10,6 +10,8 @@ from typing import Any
 
 #: The allowed values of ``MEMConfig.trigger_words`` (see ``captions.TriggerVocabulary``).
 TRIGGER_WORDS = ("dictionary", "any")
+#: The allowed values of ``MEMConfig.method``.
+METHODS = ("mem", "layered", "layered-joint")
 _LEVEL_TOLERANCE = 1e-6
 MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
 
@@ -23,6 +25,21 @@ class MEMConfig:
     (``epsilon_levels = floor(epsilon * 255)``, ``step_levels = round(pgd_step_size * 255)``).
 
     Args:
+        method: how noise and trigger are optimised.
+            "mem": Algorithm 1 as published: every round trains the surrogate on triggered captions,
+            HotFlip updates the triggers (first ``trigger_rounds`` rounds) and PGD binds the noise
+            to the trigger (``shuffle_captions``). Deleting the trigger then leaves noise that
+            protects nothing.
+            "layered": two independent shortcuts, each optimised for what it must survive. The pixel
+            layer: up to ``max_rounds`` rounds of EM, the surrogate trained on each noised image with
+            its own caption and no trigger, PGD pulling each image toward its own untriggered caption
+            through ``eot_transforms``, so the pixels protect on their own. The trigger layer:
+            the surrogate restarts from its initial weights and trains for ``trigger_rounds`` rounds
+            on the noised images with triggered captions while HotFlip optimises the triggers; the
+            pixels are not touched again. ``shuffle_captions`` does not apply.
+            "layered-joint": the two objectives in one loop: every round trains the surrogate on
+            triggered captions, HotFlip updates the triggers (first ``trigger_rounds`` rounds) and
+            PGD pulls each image toward its own caption without trigger (through ``eot_transforms``).
         epsilon: l_inf budget of the image noise (default 8/255; at most 127/255, the int8 store's range).
         pgd_steps: S, PGD steps per batch and round (Eq. 5).
         pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
@@ -71,6 +88,7 @@ class MEMConfig:
         seed: seeds every random choice (trigger init, batch order, caption sampling).
     """
 
+    method: str = "mem"
     epsilon: float = 8 / 255
     pgd_steps: int = 8
     pgd_step_size: float = 1 / 255
@@ -113,7 +131,7 @@ class MEMConfig:
         20 rounds, bodies shuffled in PGD, no trigger dropout, no EOT, and any whole-word token as a
         trigger word (``trigger_words="any"``). For comparing with the paper."""
         values = dict(
-            epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
+            method="mem", epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
             trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
             trigger_dropout=0.0, eot_transforms=(), surrogate_restarts=0, trigger_position="start",
             trigger_words="any", trigger_blocklist=(),
@@ -205,6 +223,17 @@ class MEMConfig:
             raise ValueError(f"MEMConfig.eot_transforms: {error}") from None
         if self.trigger_position not in ("start", "random"):
             raise bad("trigger_position", '"start" (the paper) or "random" (a word boundary picked per caption)')
+        if self.method not in METHODS:
+            raise bad("method", '"mem" (the paper\'s Algorithm 1), "layered" (EM pixels, then a trigger on top) or "layered-joint"')
+        if self.method != "mem":
+            needs = {"trigger_length": (self.trigger_length >= 1, ">= 1 (the trigger layer)"),
+                     "image_noise": (self.image_noise, "True (the pixel layer)"),
+                     "trigger_rounds": (self.trigger_rounds >= 1, ">= 1 (rounds of the trigger layer)"),
+                     "trigger_dropout": (not self.trigger_dropout, "0 (the pixel layer never sees a trigger)"),
+                     "surrogate_restarts": (not self.surrogate_restarts, "0 (the trigger layer restarts the surrogate once)")}
+            for name, (holds, allowed) in needs.items():
+                if not holds:
+                    raise bad(name, f'{allowed} with method="{self.method}"')
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise bad("mixed_precision", 'one of "auto", "no", "bf16", "fp16"')
         for name in ("shuffle_captions", "image_noise"):

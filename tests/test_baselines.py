@@ -47,9 +47,9 @@ def test_em_is_mem_without_trigger_and_pulls_each_image_toward_its_own_caption(c
     current, checked = {}, []
     step_call, attack_call = MEMStep.__call__, PGD.__call__
 
-    def spy_step(self, batch, update_triggers, generator):
+    def spy_step(self, batch, update_triggers, generator, **kwargs):
         current.update(step=self, batch=batch)
-        return step_call(self, batch, update_triggers, generator)
+        return step_call(self, batch, update_triggers, generator, **kwargs)
 
     def spy_attack(self, images, noise, text_features, generator=None):
         step, batch = current["step"], current["batch"]

@@ -287,12 +287,12 @@ def test_surrogate_restarts_start_training_from_fresh_weights(clip, rows, monkey
     seen = {}
     train = MEMLoop.train_surrogate
 
-    def spy(self, round_index):
+    def spy(self, round_index, triggered=True):
         seen[round_index] = (
             {name: value.detach().clone() for name, value in self.surrogate.model.state_dict().items()},
             len(self.optimizer.state),
         )
-        return train(self, round_index)
+        return train(self, round_index, triggered)
 
     monkeypatch.setattr(MEMLoop, "train_surrogate", spy)
     run(clip, rows, config)

@@ -9,6 +9,14 @@
               (options: trigger dropout, EOT through kornia transformations; see MEMConfig)
     until protected loss < stop_loss or r = max_rounds
 
+The layered method (``MEMConfig(method="layered")``) runs the same rounds in two stages, each
+round described by a `RoundPlan`:
+
+    pixel layer, rounds 1..P (P = max_rounds, or earlier by stop_loss):
+        M steps on (x + d, caption), no trigger; PGD of d toward each image's own caption (EOT)
+    trigger layer, rounds P+1..P+trigger_rounds:
+        surrogate back to its initial weights; M steps on (x + d, t + caption); HotFlip of t
+
 This module works on tensors and a `SampleStore`; it knows nothing of `datasets`.
 """
 
@@ -36,16 +44,43 @@ from .pgd import PGD
 logger = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class RoundPlan:
+    """What one round of `MEMLoop` does.
+
+    Attributes:
+        stage: "mem" (Algorithm 1), "pixels" or "triggers" (the two layers of the layered method).
+        triggered: the surrogate trains on (and the round's protected loss uses) captions with
+            their triggers; False: own captions alone.
+        update_triggers: HotFlip in this round's sweep.
+        update_noise: PGD in this round's sweep.
+        restart: the surrogate goes back to its initial weights (and a fresh optimizer state) first.
+        seed_restart: the surrogate gets fresh random weights first (``surrogate_restarts``).
+    """
+
+    stage: str
+    triggered: bool
+    update_triggers: bool
+    update_noise: bool
+    restart: bool = False
+    seed_restart: bool = False
+
+
 @dataclass
 class BatchResult:
     noise: torch.Tensor  # int8 (B, H, W, 3)
     triggers: torch.Tensor  # long (B, k)
-    protected_loss: float  # loss on (x + d, t + own caption) after the update
+    protected_loss: float  # loss on (x + d, t + own caption) after the update (no t for an untriggered round)
     clean_loss: float  # loss on (x, caption) without protection
 
 
 class MEMStep:
-    """One sweep step on one batch: HotFlip on the triggers, then PGD on the noise."""
+    """One sweep step on one batch: HotFlip on the triggers, then PGD on the noise.
+
+    What PGD pulls each image toward follows ``config``: for "mem", the image's own trigger with
+    shuffled caption bodies (``shuffle_captions``); for "layered" (and EM), its own caption with no
+    trigger, so the noise is a shortcut of its own that deleting the trigger cannot remove.
+    """
 
     def __init__(self, surrogate: Surrogate, codec: CaptionCodec, vocabulary: TriggerVocabulary | None, config: MEMConfig):
         self.surrogate = surrogate
@@ -56,7 +91,17 @@ class MEMStep:
         self.pgd = PGD(surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps, EOT(config.eot_transforms))
         self.loss = ContrastiveLoss(gather=False)
 
-    def __call__(self, batch: dict[str, torch.Tensor], update_triggers: bool, generator: torch.Generator) -> BatchResult:
+    def __call__(
+        self,
+        batch: dict[str, torch.Tensor],
+        update_triggers: bool,
+        generator: torch.Generator,
+        *,
+        update_noise: bool = True,
+        triggered: bool = True,
+    ) -> BatchResult:
+        """HotFlip (``update_triggers``) then PGD (``update_noise`` and ``config.image_noise``) on one
+        batch; the protected loss is measured with the triggers in the captions when ``triggered``."""
         surrogate, codec, config = self.surrogate, self.codec, self.config
         device = surrogate.image_mean.device
         images, noise = batch["images"].to(device), batch["noise"].to(device)
@@ -71,17 +116,17 @@ class MEMStep:
             input_ids = self.hotflip(image_features, input_ids, mask, slots)
             triggers = input_ids.gather(1, slots)
 
-        if config.image_noise and config.pgd_steps:
+        if update_noise and config.image_noise and config.pgd_steps:
             text_features = self.pgd_text_features(triggers, bodies, lengths, generator, positions)
             noise = self.pgd(images, noise, text_features, generator)
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
-            input_ids, mask = codec.build(triggers, bodies, lengths, positions)
+            clean_ids, clean_mask = self.clean_codec.build(triggers[:, :0], bodies, lengths)
+            input_ids, mask = codec.build(triggers, bodies, lengths, positions) if triggered else (clean_ids, clean_mask)
             protected = self.loss(
                 surrogate.image_features(pixels_from_uint8(images, noise)), surrogate.text_features(input_ids, mask), logit_scale
             )
-            clean_ids, clean_mask = self.clean_codec.build(triggers[:, :0], bodies, lengths)
             clean = self.loss(
                 surrogate.image_features(pixels_from_uint8(images)), surrogate.text_features(clean_ids, clean_mask), logit_scale
             )
@@ -96,7 +141,8 @@ class MEMStep:
         generator: torch.Generator,
         positions: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """The text PGD pulls each image toward: with ``shuffle_captions``, (S, B, D) where step s
+        """The text PGD pulls each image toward: for the layered method (B, D), each image's own
+        caption without its trigger; with ``shuffle_captions``, (S, B, D) where step s
         pairs image i's own trigger with the caption body of sample ``order_s[i]``, a fresh
         permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption.
         With ``trigger_dropout`` p, each (step, image) is instead, with probability p, the image's
@@ -104,6 +150,8 @@ class MEMStep:
         takes a trigger (`CaptionCodec.encode_positions`); a shuffled body keeps its own."""
         config = self.config
         batch, steps = len(bodies), config.pgd_steps
+        if config.method != "mem":  # the layered methods: the pixel layer never sees a trigger
+            return self.surrogate.text_features(*self.clean_codec.build(triggers[:, :0], bodies, lengths))
         if not config.shuffle_captions:
             features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
         else:
@@ -173,38 +221,77 @@ class MEMLoop:
         self.loss = ContrastiveLoss(gather=self.world > 1)
         self.optimizer = build_optimizer(surrogate, config.learning_rate, config.weight_decay)
         self.model, self.optimizer = accelerator.prepare(surrogate, self.optimizer)
+        # the trigger layer of the layered method starts from the surrogate as it was given
+        self.initial_weights = (
+            {name: value.detach().clone() for name, value in surrogate.model.state_dict().items()}
+            if config.method == "layered" else None
+        )
 
     def run(self) -> list[dict]:
-        """Algorithm 1: rounds of surrogate training then a HotFlip + PGD sweep, until the stop rule.
+        """Algorithm 1: rounds of surrogate training then a HotFlip + PGD sweep, until the stop rule
+        (for the layered method: the pixel layer's rounds, then the trigger layer's; `plan`).
 
         Returns the history (one dict per round). A saved state (``checkpointer``) is resumed."""
-        config = self.config
         state = self.checkpointer.load(self.surrogate, self.optimizer)
         history: list[dict] = state["history"] if state else []
-        if history and self._should_stop(history[-1]["protected_loss"]):
-            return history
-        first = 1 if state is None else state["round"] + (1 if state["phase"] == "done" else 0)
-        for round_index in tqdm(range(first, config.max_rounds + 1), desc="MEM rounds", disable=not self.progress):
+        round_index = 1 if state is None else state["round"] + (1 if state["phase"] == "done" else 0)
+        bar = tqdm(total=self.planned_rounds(), initial=len(history), desc="MEM rounds", disable=not self.progress)
+        while (plan := self.plan(round_index, history)) is not None:
             started = time.perf_counter()
             if state is not None and (state["round"], state["phase"]) == (round_index, "sweep"):
                 surrogate_loss, started = state["surrogate_loss"], started - state["seconds"]  # trained before the kill
             else:
-                if round_index in self.restart_rounds():
+                if plan.restart:
+                    self.restore_initial_surrogate(round_index)
+                if plan.seed_restart:
                     self.restart_surrogate(round_index)
-                surrogate_loss = self.train_surrogate(round_index)  # M steps on (x + d, t + caption)
+                surrogate_loss = self.train_surrogate(round_index, plan.triggered)  # M steps on (x + d, [t +] caption)
                 self._save(round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started)
-            protected_loss, clean_loss = self.sweep(round_index)  # HotFlip (early rounds) + PGD on every batch
+            protected_loss, clean_loss = self.sweep(round_index, plan)  # HotFlip and/or PGD on every batch
             history.append(
-                {"round": round_index, "surrogate_loss": surrogate_loss, "protected_loss": protected_loss,
+                {"round": round_index, "stage": plan.stage, "surrogate_loss": surrogate_loss, "protected_loss": protected_loss,
                  "clean_loss": clean_loss, "seconds": time.perf_counter() - started}
             )
             self._save(round_index, "done", history)
             logger.info("MEM round %d: %s", round_index, history[-1])
-            if self._should_stop(protected_loss):
-                logger.info("stop: protected loss %.4f < stop_loss %.4f", protected_loss, config.stop_loss)
-                break
+            round_index += 1
+            bar.update(1)
+        bar.close()
         self.surrogate.eval()
         return history
+
+    def plan(self, round_index: int, history: list[dict]) -> RoundPlan | None:
+        """What round ``round_index`` does, given the rounds done (``history``); None: the run is over.
+
+        "mem": rounds 1..max_rounds, HotFlip in the first trigger_rounds, until the protected loss
+        is below stop_loss. "layered": pixel rounds until max_rounds or the stop rule, then
+        trigger_rounds rounds of the trigger layer, the first starting from the initial surrogate."""
+        config = self.config
+        if config.method in ("mem", "layered-joint"):
+            if round_index > config.max_rounds or (history and self._should_stop(history[-1]["protected_loss"])):
+                return None
+            return RoundPlan(config.method, triggered=config.trigger_length > 0, update_triggers=round_index <= config.trigger_rounds,
+                             update_noise=config.image_noise, seed_restart=round_index in self.restart_rounds())
+        pixel_rounds = [record for record in history if record.get("stage") == "pixels"]
+        pixels_done = len(pixel_rounds) == config.max_rounds or (
+            pixel_rounds and self._should_stop(pixel_rounds[-1]["protected_loss"])
+        )
+        if not pixels_done:
+            return RoundPlan("pixels", triggered=False, update_triggers=False, update_noise=True)
+        trigger_round = round_index - len(pixel_rounds)
+        if trigger_round > config.trigger_rounds:
+            return None
+        return RoundPlan("triggers", triggered=True, update_triggers=True, update_noise=False, restart=trigger_round == 1)
+
+    def planned_rounds(self) -> int:
+        """Rounds of a run that no stop rule ends early (for the progress bar)."""
+        return self.config.max_rounds + (self.config.trigger_rounds if self.config.method == "layered" else 0)
+
+    def restore_initial_surrogate(self, round_index: int) -> None:
+        """The surrogate's weights as the loop received them, and an empty optimizer state."""
+        self.surrogate.model.load_state_dict(self.initial_weights)
+        self.optimizer.state.clear()
+        logger.info("MEM round %d: surrogate back to its initial weights for the trigger layer", round_index)
 
     def restart_rounds(self) -> set[int]:
         """Rounds whose surrogate training starts from fresh weights (``surrogate_restarts``, evenly spaced)."""
@@ -220,8 +307,9 @@ class MEMLoop:
         self.optimizer.state.clear()
         logger.info("MEM round %d: surrogate re-initialised", round_index)
 
-    def train_surrogate(self, round_index: int) -> float:
-        """M steps of contrastive training on the current protected data; returns the mean loss."""
+    def train_surrogate(self, round_index: int, triggered: bool = True) -> float:
+        """M steps of contrastive training on the current protected data (captions with their
+        triggers when ``triggered``, else alone); returns the mean loss."""
         config, store = self.config, self.store
         if config.surrogate_steps == 0:
             return float("nan")
@@ -233,7 +321,9 @@ class MEMLoop:
                 stream, position = rng.permutation(len(store)), 0
             batch = store.batch(stream[position : position + config.batch_size], rng)
             position += config.batch_size
-            if config.trigger_dropout:  # some samples train on their caption alone, as after stripping
+            if not triggered:
+                input_ids, mask = self.step.clean_codec.build(batch["triggers"][:, :0], batch["bodies"], batch["lengths"])
+            elif config.trigger_dropout:  # some samples train on their caption alone, as after stripping
                 keep = torch.from_numpy(rng.random(len(batch["bodies"])) >= config.trigger_dropout)
                 input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep, batch["positions"])
             else:
@@ -244,11 +334,10 @@ class MEMLoop:
         total, count = self._global_sums(sum(losses), len(losses))
         return total / count
 
-    def sweep(self, round_index: int) -> tuple[float, float]:
-        """HotFlip (rounds <= trigger_rounds) and PGD over this process's batches; returns the
-        (protected loss, clean loss) over all rows."""
+    def sweep(self, round_index: int, plan: RoundPlan) -> tuple[float, float]:
+        """HotFlip and PGD, as ``plan`` says, over this process's batches; returns the (protected
+        loss, clean loss) over all rows."""
         store, rank = self.store, self.rank
-        update_triggers = round_index <= self.config.trigger_rounds
         shard = self.shard(round_index)
         record = self.checkpointer.resume_sweep(store, rank)
         if record is None or record.get("round") != round_index:
@@ -259,7 +348,8 @@ class MEMLoop:
             rng = self._rng(round_index, 2, number)
             generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
             with self.accelerator.autocast():
-                result = self.step(store.batch(indices, rng), update_triggers, generator)
+                result = self.step(store.batch(indices, rng), plan.update_triggers, generator,
+                                   update_noise=plan.update_noise, triggered=plan.triggered)
             record = {
                 "round": round_index,
                 "done": position + 1,
@@ -267,7 +357,7 @@ class MEMLoop:
                 "clean": record["clean"] + result.clean_loss * len(indices),
                 "rows": record["rows"] + len(indices),
             }
-            noise = result.noise if self.config.image_noise else None
+            noise = result.noise if self.config.image_noise and plan.update_noise else None
             self.checkpointer.commit(store, rank, indices, noise, result.triggers, record)
         store.sync()
         self.accelerator.wait_for_everyone()
