@@ -411,7 +411,7 @@ def run_protect(arguments: argparse.Namespace) -> int:
     else:
         rounds_seconds = f"{summary['seconds']:.1f} in MEM rounds"
     print(
-        f"protected {summary['rows']} rows of {source} -> {summary['output']}\n"
+        f"protected {summary['rows']} rows of {source} with {summary['method']} -> {summary['output']}\n"
         f"  budget used: max |noise| {summary['max_noise_levels']}/255 (allowed {summary['epsilon_levels']}/255), "
         f"mean |noise| {summary['mean_abs_noise_levels']:.2f}/255\n"
         f"  surrogate after {summary['rounds']} rounds: training loss {summary['surrogate_loss']:.4f}, "

@@ -138,6 +138,16 @@ class MEMConfig:
         )
         return cls(**{**values, **changes})
 
+    @property
+    def method_name(self) -> str:
+        """The method these settings run, as the CLI, the recipe, the card and the audit name it:
+        "MEM-3", "EM", "trigger only", "layered" or "layered, one loop"."""
+        if not self.image_noise:
+            return "trigger only"
+        if self.trigger_length == 0:
+            return "EM"
+        return {"layered": "layered", "layered-joint": "layered, one loop"}.get(self.method, f"MEM-{self.trigger_length}")
+
     # -- derived integer quantities -------------------------------------------------------
     @property
     def epsilon_levels(self) -> int:

@@ -294,9 +294,10 @@ class ProtectTransform:
 
     # ------------------------------------------------------------------ summary
     def summary(self) -> dict[str, Any]:
-        """Rows, budget used and the last round's losses; ``reused`` and ``work_dir`` after a fit
+        """Method, rows, budget used and the last round's losses; ``reused`` and ``work_dir`` after a fit
         (``reused``: the work dir held a finished run, so ``seconds`` is what its rounds took then)."""
-        info: dict[str, Any] = {"fitted": self.is_fitted, "epsilon_levels": self.config.epsilon_levels}
+        info: dict[str, Any] = {"method": self.config.method_name, "fitted": self.is_fitted,
+                                "epsilon_levels": self.config.epsilon_levels}
         if self._store is not None:
             info.update(rows=len(self._store), **FittedRows(self._store).noise_statistics())
         if self.history:

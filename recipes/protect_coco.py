@@ -107,7 +107,7 @@ def _hub_token(arguments: argparse.Namespace) -> str | None:
 def _print_summary(summary: dict) -> None:
     rounds = summary.get("rounds")
     lines = [
-        f"protected {summary['rows']} rows of {summary['source']} -> {summary['output']}",
+        f"protected {summary['rows']} rows of {summary['source']} with {summary['method']} -> {summary['output']}",
         f"  layout: images {summary['image_column']!r}, captions {summary['caption_column']!r}"
         + (f", grouped by {summary['group_by']!r}" if summary["group_by"] else ""),
     ]

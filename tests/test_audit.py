@@ -11,6 +11,8 @@ import torch
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.audit import (
+    ProtectionReport,
+    Verdict,
     chance_scores,
     check_copies_match,
     check_no_overlap,
@@ -89,6 +91,27 @@ def test_verdict_thresholds_are_three_times_chance_and_half_of_clean():
     verdict, reason = judge(70.0, 80.0, chance, 2.0)
     assert verdict == "broken" and "88% of the clean victim's 80.0" in reason
     assert judge(1.0, 6.0, chance, 2.0)[0] == "inconclusive"  # neither victim above 3x chance: nothing learned
+
+
+def test_the_report_names_the_weakest_defense_of_each_copy():
+    keys = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("r1", "r5", "r10", "medr")]
+
+    def verdict(copy, defense, protected, clean):
+        return Verdict(copy, "from scratch", defense, judge(protected, clean, 2.0, 2.0)[0], protected, clean, 2.0, 2.0, "",
+                       dict.fromkeys(keys, protected), dict.fromkeys(keys, clean))
+
+    report = ProtectionReport(
+        [verdict("MEM-3", "none", 10.0, 60.0), verdict("MEM-3", "strip-3", 50.0, 55.0), verdict("MEM-3", "jpeg-75", 12.0, 58.0),
+         verdict("layered", "none", 8.0, 60.0), verdict("layered", "strip-3", 14.0, 55.0), verdict("layered", "jpeg-75", 16.0, 58.0)],
+        chance=dict.fromkeys(keys, 2.0), histories={}, settings={},
+    )
+    summary, markdown = report.summary(), report.to_markdown()
+    for text in (summary, markdown):
+        # the highest share of the clean victim under the same defense, not the highest R@10
+        assert "Weakest defense for MEM-3: strip-3 (from scratch): R@10 50.0, 91% of the clean victim's 55.0." in text
+        assert "Weakest defense for layered: jpeg-75 (from scratch): R@10 16.0, 28% of the clean victim's 58.0." in text
+    single = ProtectionReport(report.verdicts[3:], report.chance, {}, {})
+    assert "Weakest defense: jpeg-75 (from scratch)" in single.summary()
 
 
 def test_a_defense_that_hurts_clean_data_more_than_the_copy_still_breaks_it():

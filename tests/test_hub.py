@@ -15,7 +15,7 @@ from huggingface_hub.errors import EntryNotFoundError
 
 import hf_unlearnable
 from hf_unlearnable import MEMConfig, ProtectTransform
-from hf_unlearnable.hub import LIBRARY_CITATION, MEM_CITATION, dataset_card, push_protected, size_category
+from hf_unlearnable.hub import EM_CITATION, LIBRARY_CITATION, MEM_CITATION, dataset_card, push_protected, size_category
 
 from .conftest import FAST_CONFIG
 
@@ -120,6 +120,8 @@ def test_default_card_publishes_nothing_that_helps_undo_the_protection(fitted, d
     assert not COUNTED_WORDS.search(lower), COUNTED_WORDS.search(lower)
     for config in (transform.config, ODD_CONFIG):
         for name, value in config.to_dict().items():
+            if name == "method":  # named on purpose ("cite ... the method"); its value is checked in the layered test
+                continue
             assert name not in lower and name.replace("_", " ") not in lower, name
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 10:
                 assert not re.search(rf"\b{re.escape(str(value))}\b", card), (name, value)
@@ -199,6 +201,28 @@ def test_em_card_for_an_unfitted_transform_with_a_named_surrogate(clip, fitted, 
     assert "Captions start with trigger words" not in full.text and "| Text trigger | none (EM) |" in full.text
     assert "| Rounds run | 0 (the transform was not fitted here" in full.text
     assert "`openai/clip-vit-base-patch32`, further trained" in full.text
+
+
+def test_layered_card_names_the_method_and_nothing_that_undoes_either_layer(clip, fitted):
+    model, processor = clip
+    _, protected = fitted
+    layered = ProtectTransform(model, processor, FAST_CONFIG.replace(method="layered", eot_transforms=("jpeg",)), progress=False)
+    card = dataset_card(protected, layered, source_dataset="me/photos")
+    assert "layered" in card.data.tags and "mem" not in card.data.tags
+    assert "layered protection" in card.text and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
+    # what the layered card adds to the MEM card is the method's name and its papers: nothing on what
+    # each layer is made to survive (JPEG, EOT), nor where the words are
+    mem_card = dataset_card(protected, ProtectTransform(model, processor, FAST_CONFIG, progress=False), source_dataset="me/photos")
+    added = set(re.findall(r"[a-z]+", card.text.lower())) - set(re.findall(r"[a-z]+", mem_card.text.lower()))
+    em_citation = set(re.findall(r"[a-z]+", EM_CITATION.lower()))
+    assert added - em_citation <= {"layered", "s", "built", "error", "minimizing", "noise", "em", "iclr"}, added - em_citation
+    assert card.text.lower().count("jpeg") == mem_card.text.lower().count("jpeg")
+    # the minimal card depends on the method alone: other layered settings give the identical card
+    other = ProtectTransform(model, processor, ODD_CONFIG.replace(method="layered", eot_transforms=("blur",)), progress=False)
+    assert str(dataset_card(protected, other, source_dataset="me/photos")) == str(card)
+    full = dataset_card(protected, layered, card_details="full")
+    assert "| Method | Layered (layered): error-minimizing noise" in full.text and "EOT: jpeg" in full.text
+    assert "rounds of the trigger layer" in full.text
 
 
 def test_a_local_surrogate_path_is_not_published(fitted, monkeypatch, tmp_path):

@@ -133,6 +133,7 @@ class ProtectionReport:
         lines = [f"chance R@10 {mean_recall_at_10(self.chance):.2f} (mean of both directions)"]
         lines += [f"  {verdict}" for verdict in self.verdicts]
         lines.append(_plain_statement(self.verdicts))
+        lines += _weakest_statements(self.verdicts)
         note = _coarse_test_note(self.chance)
         return "\n".join(lines + ([note] if note else []))
 
@@ -177,6 +178,23 @@ def _plain_statement(verdicts: Sequence[Verdict]) -> str:
     return "Every defense tested leaves the protection in place (at or below the floor)."
 
 
+def _weakest_statements(verdicts: Sequence[Verdict]) -> list[str]:
+    """One line per copy: the defense and victim under which the copy keeps the least protection
+    (the highest share of the clean victim's R@10 under the same defense)."""
+    lines = []
+    for copy in dict.fromkeys(v.copy for v in verdicts):
+        judged = [v for v in verdicts if v.copy == copy and v.clean_r10 > 0]
+        if not judged:
+            continue
+        weakest = max(judged, key=lambda v: v.protected_r10 / v.clean_r10)
+        lines.append(
+            f"Weakest defense{f' for {copy}' if len({v.copy for v in verdicts}) > 1 else ''}: {weakest.defense} "
+            f"({weakest.victim}): R@10 {weakest.protected_r10:.1f}, {weakest.protected_r10 / weakest.clean_r10:.0%} of the "
+            f"clean victim's {weakest.clean_r10:.1f}."
+        )
+    return lines
+
+
 def _json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -192,7 +210,8 @@ def _json_safe(value: Any) -> Any:
 def _markdown(report: ProtectionReport) -> str:
     chance10 = mean_recall_at_10(report.chance)
     several_copies = len({v.copy for v in report.verdicts}) > 1
-    lines = ["# Protection audit", "", f"**{_plain_statement(report.verdicts)}**", "", _RULE, ""]
+    lines = ["# Protection audit", "", f"**{_plain_statement(report.verdicts)}**", "",
+             *(line for statement in _weakest_statements(report.verdicts) for line in (statement, "")), _RULE, ""]
     reused = report.settings.get("reused_clean") or []
     if reused:
         lines += [f"Clean victims taken from an earlier audit of the same rows, victims and recipe (`reuse`), not retrained: "
@@ -220,6 +239,6 @@ def _markdown(report: ProtectionReport) -> str:
         lines.append(f"| {v.victim} | {v.defense} | {v.copy} | " + " | ".join(f"{v.protected_final[k]:.1f}" for k in _KEYS) + " |")
     lines += ["", "## Settings", "", "```json", json.dumps(_json_safe(report.settings), indent=1), "```", ""]
     if "figure" in report.paths:
-        lines.insert(6, f"![R@10 per defense]({Path(report.paths['figure']).name})\n")
+        lines.insert(lines.index(_RULE) + 2, f"![R@10 per defense]({Path(report.paths['figure']).name})\n")
     return "\n".join(lines)
 

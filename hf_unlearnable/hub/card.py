@@ -142,18 +142,19 @@ def dataset_card(
     if pretty_name is None and source_dataset:
         pretty_name = f"{source_dataset} (MEM-protected)"
     em = transform.config.trigger_length == 0
+    method = "EM" if em else ("layered" if transform.config.method != "mem" else "MEM")
     data = DatasetCardData(
         license=license,
         task_categories=list(TASK_CATEGORIES),
         task_ids=list(TASK_IDS),
-        tags=[*TAGS, "em" if em else "mem"],
+        tags=[*TAGS, method.lower()],
         source_datasets=[source_dataset] if source_dataset else None,
         size_categories=[size_category(rows)],
         pretty_name=pretty_name,
     )
     full = card_details == "full"
     caption_kind = _caption_kind(ds, transform.caption_column, transform.config.trigger_length, full)
-    body = _card_body(rows, transform, source_dataset, license, pretty_name, caption_kind, "EM" if em else "MEM", full)
+    body = _card_body(rows, transform, source_dataset, license, pretty_name, caption_kind, method, full)
     return DatasetCard(f"---\n{data.to_yaml()}\n---\n\n{body}")
 
 
@@ -164,11 +165,16 @@ def _settings_table(transform: ProtectTransform, method: str) -> str:
     config, summary, k = transform.config, transform.summary(), transform.config.trigger_length
     if method == "MEM":
         method_row = "Multi-step Error Minimization (MEM): image noise and text trigger optimised together"
+    elif method == "layered":
+        method_row = (f"Layered ({config.method_name}): error-minimizing noise on each image's own caption "
+                      f"(EOT: {', '.join(config.eot_transforms) or 'none'}), then a text trigger optimised against a "
+                      "surrogate trained on the noised images")
     else:
         method_row = "Error-minimizing noise (EM, Huang et al. 2021): MEM with no text trigger"
     rounds = len(transform.history)
     if rounds:
-        rounds_row = f"{rounds} (at most {config.max_rounds}" + (
+        planned = config.max_rounds + (config.trigger_rounds if method == "layered" else 0)
+        rounds_row = f"{rounds} (at most {planned}" + (
             f", stop when the loss on protected data < {config.stop_loss})" if config.stop_loss is not None else ")"
         )
         losses_row = (
@@ -183,7 +189,8 @@ def _settings_table(transform: ProtectTransform, method: str) -> str:
     used = f", largest change used: {summary['max_noise_levels']}/255" if "max_noise_levels" in summary else ""
     trigger_row = (
         f"{k} word{'s' if k != 1 else ''} at the start of each caption (HotFlip, {config.hotflip_candidates} candidates "
-        f"per position, updated in the first {config.trigger_rounds} rounds)" if k else "none (EM)"
+        f"per position, updated in the " + (f"{config.trigger_rounds} rounds of the trigger layer)" if method == "layered"
+                                            else f"first {config.trigger_rounds} rounds)") if k else "none (EM)"
     )
     table = [
         ("Method", method_row),
@@ -235,6 +242,13 @@ def _card_body(
             "ACM MM 2024). Every image carries an imperceptible perturbation and every caption carries added words, "
             "optimised together"
         )
+    elif method == "layered":
+        what = (
+            "made unlearnable for CLIP-style image-text training with hf_unlearnable's layered protection, built on "
+            "error-minimizing noise (EM; Huang et al., ICLR 2021) and Multi-step Error Minimization (MEM; Liu et al., "
+            "ACM MM 2024). Every image carries an imperceptible perturbation and every caption carries added words, "
+            "optimised"
+        )
     else:
         what = (
             "made unlearnable for CLIP-style image-text training with error-minimizing noise (EM; Huang et al., ICLR "
@@ -280,7 +294,7 @@ def _card_body(
         f"The protected copy keeps the licence of the source data: `{license}`." if license
         else "No licence was given; the data owner should state the licence of the source data in this card."
     )
-    citations = "\n\n".join([MEM_CITATION, *([EM_CITATION] if method == "EM" else []), LIBRARY_CITATION])
+    citations = "\n\n".join([MEM_CITATION, *([EM_CITATION] if method in ("EM", "layered") else []), LIBRARY_CITATION])
     title = pretty_name or (f"{source} (protected)" if source else "Protected image-caption data set")
     parts = [
         f"# {title}",
