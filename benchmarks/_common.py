@@ -33,8 +33,11 @@ KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10"
 SURROGATE = dict(hidden_size=64, num_layers=2, num_heads=2, projection_dim=32)
 TRANSFER = dict(hidden_size=96, num_layers=3, num_heads=3, projection_dim=48)
 
-#: Where `benchmarks/build_icon_dataset.py` writes the icon data set by default.
-ICONS = "benchmarks/results/tmp/icons"
+#: The real data sets the benchmarks build (name -> (default folder, the script that builds it)).
+REAL_DATASETS = {
+    "icons": ("benchmarks/results/tmp/icons", "benchmarks/build_icon_dataset.py"),
+    "objects": ("benchmarks/results/tmp/objects", "benchmarks/build_objects_dataset.py"),
+}
 
 METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only", "layered": "Layered",
                 "layered-random": "Layered, trigger at a random word", "layered-joint": "Layered, one loop"}
@@ -54,7 +57,8 @@ def method_name(method: str) -> str:
 def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
     """The data, victim and MEM options every protection benchmark takes (protection_strength's defaults)."""
     parser.add_argument("--dataset", default="synthetic",
-                        help=f"synthetic, icons (the folder {ICONS} built by benchmarks/build_icon_dataset.py) or the "
+                        help="synthetic, icons or objects (the folders that benchmarks/build_icon_dataset.py and "
+                        "build_objects_dataset.py write) or the "
                         "path of any save_to_disk DatasetDict with train and test splits and image/caption columns")
     parser.add_argument("--train", type=int, default=2000, help="training pairs (the first rows of the train split)")
     parser.add_argument("--test", type=int, default=500, help="clean test images (the first rows of the test split)")
@@ -98,7 +102,7 @@ def begin(arguments: argparse.Namespace) -> float:
 def default_output(arguments: argparse.Namespace, name: str) -> None:
     """``--output`` when not given: benchmarks/results/<name>_<data set> (a path's folder name)."""
     if arguments.output is None:
-        label = arguments.dataset if arguments.dataset in ("synthetic", "icons") else Path(arguments.dataset).name
+        label = arguments.dataset if arguments.dataset == "synthetic" or arguments.dataset in REAL_DATASETS else Path(arguments.dataset).name
         arguments.output = f"benchmarks/results/{name}_{label}"
 
 
@@ -111,9 +115,10 @@ def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[data
         train = synthetic_captions(arguments.train + extra_train, arguments.image_size, seed=arguments.seed)
         test = synthetic_captions(arguments.test, arguments.image_size, seed=arguments.seed + 1000)
     else:
-        path = Path(ICONS if arguments.dataset == "icons" else arguments.dataset)
+        folder, builder = REAL_DATASETS.get(arguments.dataset, (arguments.dataset, None))
+        path = Path(folder)
         if not path.is_dir():
-            hint = " Build it first: python benchmarks/build_icon_dataset.py" if arguments.dataset == "icons" else ""
+            hint = f" Build it first: python {builder}" if builder else ""
             raise SystemExit(f"--dataset {arguments.dataset}: no folder {path}.{hint}")
         loaded = datasets.load_from_disk(str(path))
         if not isinstance(loaded, datasets.DatasetDict) or not {"train", "test"} <= set(loaded):

@@ -331,22 +331,28 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
 
     output = Path(arguments.output)
-    staging = Path(tempfile.mkdtemp(prefix=".icons-", dir=output.parent if output.parent.exists() else None))
-    try:
-        dataset.save_to_disk(str(staging / "data"))
-        card = dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split)
-        (staging / "data" / "README.md").write_text(card)
-        icon_tokenizer(dataset["train"]["caption"]).save_pretrained(str(staging / "data" / "tokenizer"))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        if output.exists():  # replaced only once the new copy is complete
-            shutil.rmtree(output)
-        shutil.move(str(staging / "data"), str(output))
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    save_with_card(dataset, dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split), output)
     print(f"{PACKAGE}@{VERSION}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs at "
           f"{arguments.image_size} px", file=sys.stderr)
     print(output)
     return output
+
+
+def save_with_card(dataset: datasets.DatasetDict, card: str, output: Path) -> None:
+    """``save_to_disk`` with the card (README.md) and a tokenizer of the training captions
+    (``tokenizer/``), written to a staging folder first: ``output`` is replaced only once the new
+    copy is complete."""
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}-", dir=output.parent if output.parent.exists() else None))
+    try:
+        dataset.save_to_disk(str(staging / "data"))
+        (staging / "data" / "README.md").write_text(card)
+        icon_tokenizer(dataset["train"]["caption"]).save_pretrained(str(staging / "data" / "tokenizer"))
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.exists():
+            shutil.rmtree(output)
+        shutil.move(str(staging / "data"), str(output))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 if __name__ == "__main__":
