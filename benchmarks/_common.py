@@ -40,12 +40,11 @@ REAL_DATASETS = {
 }
 
 METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only", "layered": "Layered",
-                "layered-random": "Layered, trigger at a random word", "layered-joint": "Layered, one loop"}
+                "layered-random": "Layered, trigger at a random word"}
 #: The layered methods of the benchmarks: MEMConfig changes on top of `mem_config` (k = 3).
 LAYERED = {
     "layered": dict(method="layered", eot_transforms=("jpeg",)),
     "layered-random": dict(method="layered", eot_transforms=("jpeg",), trigger_position="random"),
-    "layered-joint": dict(method="layered-joint", eot_transforms=("jpeg",)),
 }
 
 

@@ -7,7 +7,7 @@ A *variant* is MEM-3 at the benchmark sizes (`_common.mem_config`) with levers j
     eot-NAME       EOT with one transformation (eot-jpeg, ...)       em        no trigger (EM), own captions
     k=N            trigger length N                                  words=any trigger tokens need not be words
     restarts=N     surrogate re-initialised N times                 pos=random trigger at a random word boundary
-    layered        method="layered" (EM pixels, then triggers)      layered-joint  both objectives in one loop
+    layered        method="layered" (EM pixels, then triggers)
 
 Each protected copy is audited (`hf_unlearnable.evaluate_protection`, one victim recipe) against
 the defenses of the targets, by a victim trained from scratch and, with ``--victims
@@ -70,7 +70,7 @@ def lever_changes(variant: str) -> dict:
             changes["eot_transforms"] = tuple(EOT_TRANSFORMS)
         elif name.startswith("eot-") and name[4:] in EOT_TRANSFORMS:
             changes["eot_transforms"] = tuple(changes.get("eot_transforms", ())) + (name[4:],)
-        elif name in ("layered", "layered-joint"):
+        elif name == "layered":
             changes["method"] = name
         elif name == "em":
             changes.update(trigger_length=0, shuffle_captions=False)

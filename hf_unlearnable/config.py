@@ -11,7 +11,7 @@ from typing import Any
 #: The allowed values of ``MEMConfig.trigger_words`` (see ``captions.TriggerVocabulary``).
 TRIGGER_WORDS = ("dictionary", "any")
 #: The allowed values of ``MEMConfig.method``.
-METHODS = ("mem", "layered", "layered-joint")
+METHODS = ("mem", "layered")
 _LEVEL_TOLERANCE = 1e-6
 MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
 
@@ -37,9 +37,6 @@ class MEMConfig:
             the surrogate restarts from its initial weights and trains for ``trigger_rounds`` rounds
             on the noised images with triggered captions while HotFlip optimises the triggers; the
             pixels are not touched again. ``shuffle_captions`` does not apply.
-            "layered-joint": the two objectives in one loop: every round trains the surrogate on
-            triggered captions, HotFlip updates the triggers (first ``trigger_rounds`` rounds) and
-            PGD pulls each image toward its own caption without trigger (through ``eot_transforms``).
         epsilon: l_inf budget of the image noise (default 8/255; at most 127/255, the int8 store's range).
         pgd_steps: S, PGD steps per batch and round (Eq. 5).
         pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
@@ -141,12 +138,12 @@ class MEMConfig:
     @property
     def method_name(self) -> str:
         """The method these settings run, as the CLI, the recipe, the card and the audit name it:
-        "MEM-3", "EM", "trigger only", "layered" or "layered, one loop"."""
+        "MEM-3", "EM", "trigger only" or "layered"."""
         if not self.image_noise:
             return "trigger only"
         if self.trigger_length == 0:
             return "EM"
-        return {"layered": "layered", "layered-joint": "layered, one loop"}.get(self.method, f"MEM-{self.trigger_length}")
+        return "layered" if self.method == "layered" else f"MEM-{self.trigger_length}"
 
     # -- derived integer quantities -------------------------------------------------------
     @property
@@ -234,8 +231,8 @@ class MEMConfig:
         if self.trigger_position not in ("start", "random"):
             raise bad("trigger_position", '"start" (the paper) or "random" (a word boundary picked per caption)')
         if self.method not in METHODS:
-            raise bad("method", '"mem" (the paper\'s Algorithm 1), "layered" (EM pixels, then a trigger on top) or "layered-joint"')
-        if self.method != "mem":
+            raise bad("method", '"mem" (the paper\'s Algorithm 1) or "layered" (EM pixels, then a trigger on top)')
+        if self.method == "layered":
             needs = {"trigger_length": (self.trigger_length >= 1, ">= 1 (the trigger layer)"),
                      "image_noise": (self.image_noise, "True (the pixel layer)"),
                      "trigger_rounds": (self.trigger_rounds >= 1, ">= 1 (rounds of the trigger layer)"),

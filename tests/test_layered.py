@@ -64,7 +64,7 @@ def test_the_trigger_layer_sets_triggers_and_never_moves_pixels(clip, rows):
     assert last["stage"] == "triggers" and last["protected_loss"] < 0.8 * last["clean_loss"]
 
 
-def test_pgd_of_the_layered_methods_pulls_each_image_toward_its_own_untriggered_caption():
+def test_pgd_of_the_layered_method_pulls_each_image_toward_its_own_untriggered_caption():
     model, processor = tiny_clip(seed=3)
     surrogate = Surrogate(model).eval()
     ds = synthetic_captions(8, seed=4)
@@ -76,10 +76,9 @@ def test_pgd_of_the_layered_methods_pulls_each_image_toward_its_own_untriggered_
         own = surrogate.text_features(*CaptionCodec(processor.tokenizer, 0, 77).build(triggers[:, :0], bodies, lengths))
         triggered = surrogate.text_features(*codec.build(triggers, bodies, lengths))
     assert not torch.allclose(own, triggered, atol=1e-4)  # the test can tell the two apart
-    for method in ("layered", "layered-joint"):
-        step = MEMStep(surrogate, codec, vocabulary, LAYERED.replace(method=method, batch_size=8))
-        given = step.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))
-        assert given.shape == own.shape and torch.allclose(given, own, atol=1e-5), method
+    step = MEMStep(surrogate, codec, vocabulary, LAYERED.replace(batch_size=8))
+    given = step.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))
+    assert given.shape == own.shape and torch.allclose(given, own, atol=1e-5)
     mem = MEMStep(surrogate, codec, vocabulary, LAYERED.replace(method="mem", batch_size=8))
     assert not torch.allclose(mem.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))[0], own, atol=1e-4)
 

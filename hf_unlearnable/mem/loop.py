@@ -150,7 +150,7 @@ class MEMStep:
         takes a trigger (`CaptionCodec.encode_positions`); a shuffled body keeps its own."""
         config = self.config
         batch, steps = len(bodies), config.pgd_steps
-        if config.method != "mem":  # the layered methods: the pixel layer never sees a trigger
+        if config.method == "layered":  # the pixel layer never sees a trigger
             return self.surrogate.text_features(*self.clean_codec.build(triggers[:, :0], bodies, lengths))
         if not config.shuffle_captions:
             features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
@@ -267,10 +267,10 @@ class MEMLoop:
         is below stop_loss. "layered": pixel rounds until max_rounds or the stop rule, then
         trigger_rounds rounds of the trigger layer, the first starting from the initial surrogate."""
         config = self.config
-        if config.method in ("mem", "layered-joint"):
+        if config.method == "mem":
             if round_index > config.max_rounds or (history and self._should_stop(history[-1]["protected_loss"])):
                 return None
-            return RoundPlan(config.method, triggered=config.trigger_length > 0, update_triggers=round_index <= config.trigger_rounds,
+            return RoundPlan("mem", triggered=config.trigger_length > 0, update_triggers=round_index <= config.trigger_rounds,
                              update_noise=config.image_noise, seed_restart=round_index in self.restart_rounds())
         pixel_rounds = [record for record in history if record.get("stage") == "pixels"]
         pixels_done = len(pixel_rounds) == config.max_rounds or (
