@@ -150,8 +150,8 @@ def pretrain_victim(arguments: argparse.Namespace, rows: datasets.Dataset, test:
 
 
 def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:
-    return MEMConfig(
-        trigger_length=trigger_length, max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps,
+    return MEMConfig(  # MEM as published (method="mem", no EOT) at the benchmark sizes; LAYERED adds the layered method
+        method="mem", eot_transforms=(), trigger_length=trigger_length, max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps,
         pgd_steps=arguments.pgd_steps, batch_size=arguments.batch_size, learning_rate=5e-4, seed=arguments.seed,
         shuffle_captions=trigger_length > 0,  # k = 0 is EM: each image's own caption
     )

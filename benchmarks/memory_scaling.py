@@ -53,7 +53,7 @@ PROTECT = textwrap.dedent(
     started = time.perf_counter()
     ds = datasets.load_from_disk(sys.argv[1])
     model, processor = tiny_clip(image_size=64, seed=0)
-    config = MEMConfig(max_rounds=1, surrogate_steps=10, pgd_steps=1, trigger_rounds=1, hotflip_candidates=4, batch_size=32)
+    config = MEMConfig(method="mem", eot_transforms=(), max_rounds=1, surrogate_steps=10, pgd_steps=1, trigger_rounds=1, hotflip_candidates=4, batch_size=32)
     transform = ProtectTransform(model, processor, config, work_dir=sys.argv[3], progress=False)
     out = transform.protect(ds)
     protect_peak, protect_peaks = status()["VmHWM"], dict(peaks)

@@ -67,7 +67,7 @@ def measure(name: str, config: CLIPConfig, image_size: int, arguments, device) -
     tokenizer = clip_tokenizer()
     torch.manual_seed(0)
     surrogate = Surrogate(CLIPModel(config)).to(device)
-    mem = MEMConfig(batch_size=arguments.batch, trigger_length=3, hotflip_candidates=16, pgd_steps=8)
+    mem = MEMConfig(method="mem", eot_transforms=(), batch_size=arguments.batch, trigger_length=3, hotflip_candidates=16, pgd_steps=8)
     rows = synthetic_captions(arguments.batch, image_size=image_size, seed=0)
     images = torch.from_numpy(np.stack([prepare_image(r["image"], image_size) for r in rows])).to(device)
     codec = CaptionCodec(tokenizer, mem.trigger_length, 77)

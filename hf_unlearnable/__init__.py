@@ -20,8 +20,9 @@ __version__ = "0.1.0"
 #: its trigger (``MEMConfig.trigger_position``; "start" computes what 4 did, but v4 work dirs lack the
 #: array). 6: a "random" slot is drawn only among the word boundaries inside the text context (a
 #: caption longer than the context could put its trigger past what a truncating victim reads);
-#: "start", and captions that fit the context, compute what 5 did.
-ALGORITHM_VERSION = 6
+#: "start", and captions that fit the context, compute what 5 did. 7: the default method is the
+#: layered one (``MEMConfig.method``; "mem" computes what 6 did).
+ALGORITHM_VERSION = 7
 
 from .audit import evaluate_protection
 from .config import MEMConfig

@@ -26,17 +26,19 @@ class MEMConfig:
 
     Args:
         method: how noise and trigger are optimised.
+            "layered" (default): two independent shortcuts, each optimised for what it must survive.
+            The pixel layer: up to ``max_rounds`` rounds of EM, the surrogate trained on each noised
+            image with its own caption and no trigger, PGD pulling each image toward its own
+            untriggered caption through ``eot_transforms``, so the pixels protect on their own and
+            keep part of it through re-encoding. The trigger layer: the surrogate restarts from its
+            initial weights and trains for ``trigger_rounds`` rounds on the noised images with
+            triggered captions while HotFlip optimises the triggers; the pixels are not touched
+            again. With ``trigger_length=0`` only the pixel layer runs (EM). ``shuffle_captions``
+            does not apply.
             "mem": Algorithm 1 as published: every round trains the surrogate on triggered captions,
             HotFlip updates the triggers (first ``trigger_rounds`` rounds) and PGD binds the noise
             to the trigger (``shuffle_captions``). Deleting the trigger then leaves noise that
-            protects nothing.
-            "layered": two independent shortcuts, each optimised for what it must survive. The pixel
-            layer: up to ``max_rounds`` rounds of EM, the surrogate trained on each noised image with
-            its own caption and no trigger, PGD pulling each image toward its own untriggered caption
-            through ``eot_transforms``, so the pixels protect on their own. The trigger layer:
-            the surrogate restarts from its initial weights and trains for ``trigger_rounds`` rounds
-            on the noised images with triggered captions while HotFlip optimises the triggers; the
-            pixels are not touched again. ``shuffle_captions`` does not apply.
+            protects nothing. `MEMConfig.paper` selects it.
         epsilon: l_inf budget of the image noise (default 8/255; at most 127/255, the int8 store's range).
         pgd_steps: S, PGD steps per batch and round (Eq. 5).
         pgd_step_size: alpha, size of one PGD sign step; a whole multiple of 1/255.
@@ -79,13 +81,14 @@ class MEMConfig:
         eot_transforms: expectation over transformation in PGD: at every step the noised image goes
             through the identity or one of these, drawn uniformly ("jpeg", "crop-flip",
             "grayscale", "blur"; see `mem.eot`), so the noise survives what a victim's pipeline
-            does to images (empty: none, as in the paper).
+            does to images (default: "jpeg", differentiable JPEG at a random quality in [30, 95];
+            empty: none, as in the paper).
         mixed_precision: "auto" (bf16 autocast on a GPU that supports it, else none), "no", "bf16"
             or "fp16"; handed to Accelerate.
         seed: seeds every random choice (trigger init, batch order, caption sampling).
     """
 
-    method: str = "mem"
+    method: str = "layered"
     epsilon: float = 8 / 255
     pgd_steps: int = 8
     pgd_step_size: float = 1 / 255
@@ -105,7 +108,7 @@ class MEMConfig:
     max_caption_tokens: int | None = None
     online_rounds: int = 5
     trigger_dropout: float = 0.0
-    eot_transforms: tuple[str, ...] = ()
+    eot_transforms: tuple[str, ...] = ("jpeg",)
     surrogate_restarts: int = 0
     trigger_position: str = "start"
     mixed_precision: str = "auto"
@@ -233,9 +236,10 @@ class MEMConfig:
         if self.method not in METHODS:
             raise bad("method", '"mem" (the paper\'s Algorithm 1) or "layered" (EM pixels, then a trigger on top)')
         if self.method == "layered":
-            needs = {"trigger_length": (self.trigger_length >= 1, ">= 1 (the trigger layer)"),
-                     "image_noise": (self.image_noise, "True (the pixel layer)"),
-                     "trigger_rounds": (self.trigger_rounds >= 1, ">= 1 (rounds of the trigger layer)"),
+            needs = {"image_noise": (self.image_noise, 'True (the pixel layer; method="mem" with image_noise=False is '
+                                                       "the trigger-only baseline)"),
+                     "trigger_rounds": (self.trigger_rounds >= 1 or self.trigger_length == 0,
+                                        ">= 1 (rounds of the trigger layer) unless trigger_length=0"),
                      "trigger_dropout": (not self.trigger_dropout, "0 (the pixel layer never sees a trigger)"),
                      "surrogate_restarts": (not self.surrogate_restarts, "0 (the trigger layer restarts the surrogate once)")}
             for name, (holds, allowed) in needs.items():
@@ -251,7 +255,7 @@ class MEMConfig:
                 "MEMConfig has image_noise=False and trigger_length=0: nothing would be optimised. "
                 "Set trigger_length >= 1 or image_noise=True."
             )
-        if self.shuffle_captions and self.trigger_length == 0 and self.image_noise:
+        if self.method == "mem" and self.shuffle_captions and self.trigger_length == 0 and self.image_noise:
             raise ValueError(
                 "MEMConfig has shuffle_captions=True and trigger_length=0: with no trigger to bind to, PGD "
                 "would pull each image toward another sample's caption instead of minimising its own loss. "

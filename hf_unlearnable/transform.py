@@ -285,6 +285,8 @@ class ProtectTransform:
         # saved before trigger_words existed (algorithm <= 3): its triggers came from every
         # whole-word token, so rows it has not seen get the same vocabulary
         config.setdefault("trigger_words", "any")
+        # saved before the layered method existed (algorithm <= 6): MEM, with no EOT unless it said so
+        config.setdefault("method", "mem")
         transform = cls(directory / _SURROGATE_DIR, config=MEMConfig.from_dict(config), progress=progress)
         transform.image_column, transform.caption_column = meta["image_column"], meta["caption_column"]
         transform.history = meta.get("history", [])

@@ -57,7 +57,10 @@ def trained_surrogate(trigger_length: int, rows: int = 16) -> dict:
 
 
 # Small but real: every part of Algorithm 1 runs (surrogate steps, HotFlip, PGD, several rounds).
+# MEM as published ("mem", no EOT): most tests check Algorithm 1; tests/test_layered.py checks the default.
 FAST_CONFIG = MEMConfig(
+    method="mem",
+    eot_transforms=(),
     max_rounds=4,
     surrogate_steps=15,
     batch_size=16,

@@ -37,7 +37,10 @@ def test_every_config_field_is_a_flag():
     em = config_from_arguments(build_parser().parse_args(["protect", "--trigger-length", "0"]))
     assert (em.trigger_length, em.shuffle_captions) == (0, False)  # EM: own captions unless told otherwise
     with pytest.raises(ValueError, match="shuffle_captions=True and trigger_length=0"):
-        config_from_arguments(build_parser().parse_args(["protect", "--trigger-length", "0", "--shuffle-captions", "true"]))
+        config_from_arguments(build_parser().parse_args(["protect", "--method", "mem", "--trigger-length", "0",
+                                                         "--shuffle-captions", "true"]))
+    paper = config_from_arguments(build_parser().parse_args(["protect", "--method", "mem", "--eot-transforms", ""]))
+    assert (paper.method, paper.eot_transforms, paper.method_name) == ("mem", (), "MEM-3")
     help_text = build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
     for field in dataclasses.fields(MEMConfig):
         assert "--" + field.name.replace("_", "-") in help_text
@@ -163,9 +166,10 @@ def test_protect_from_scratch_end_to_end(surrogate_files, tmp_path):
                  str(surrogate_files / "narrow_config.json"), "--processor", str(surrogate_files / "processor"),
                  "--output", str(tmp_path / "out"), "--save-transform", str(tmp_path / "transform"), "--max-rounds", "1",
                  "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8", "--trigger-length", "2",
-                 "--no-progress", cwd=tmp_path)
+                 "--trigger-rounds", "1", "--no-progress", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "surrogate after 1 rounds" in result.stdout
+    # the default method: one round of the pixel layer, one of the trigger layer
+    assert " with layered -> " in result.stdout and "surrogate after 2 rounds" in result.stdout
     clean = datasets.load_from_disk(str(surrogate_files / "data"))
     out = datasets.load_from_disk(str(tmp_path / "out"))
     assert len(out) == 16

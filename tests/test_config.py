@@ -7,8 +7,11 @@ import pytest
 from hf_unlearnable import MEMConfig
 
 
-def test_defaults_are_the_papers():
+def test_defaults_are_the_papers_budget_and_schedule_with_the_layered_method():
     config = MEMConfig()
+    assert config.method == "layered" and config.eot_transforms == ("jpeg",) and config.method_name == "layered"
+    paper = MEMConfig.paper()
+    assert paper.method == "mem" and paper.eot_transforms == () and paper.method_name == "MEM-3"
     assert config.epsilon == 8 / 255 and config.epsilon_levels == 8
     assert config.pgd_steps == 8 and config.pgd_step_size == 1 / 255 and config.step_levels == 1
     assert config.trigger_length == 3 and config.hotflip_candidates == 16 and config.trigger_rounds == 5
@@ -66,11 +69,13 @@ def test_epsilon_above_the_int8_store_states_the_allowed_range():
 
 def test_nothing_to_optimise_is_refused():
     with pytest.raises(ValueError, match="nothing would be optimised"):
-        MEMConfig(trigger_length=0, image_noise=False)
+        MEMConfig(method="mem", trigger_length=0, image_noise=False)
 
 
 def test_shuffled_captions_without_a_trigger_are_refused():
     # with no trigger, a shuffled caption is another sample's: PGD would not minimise anything useful
     with pytest.raises(ValueError, match="shuffle_captions=False"):
-        MEMConfig(trigger_length=0)
-    assert not MEMConfig(trigger_length=0, shuffle_captions=False).shuffle_captions
+        MEMConfig(method="mem", trigger_length=0)
+    assert not MEMConfig(method="mem", trigger_length=0, shuffle_captions=False).shuffle_captions
+    # the layered method never shuffles: with no trigger it is its pixel layer alone, EM
+    assert MEMConfig(trigger_length=0).method_name == "EM"

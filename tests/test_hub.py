@@ -104,7 +104,7 @@ POSITION_WORDS = re.compile(
 COUNTED_WORDS = re.compile(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|few|several|some)\s+(\w+\s+)?words?\b")
 SETTING_WORDS = ("hotflip", "pgd", "epsilon", "/255", "l-inf", "l_inf", "adamw", "surrogate", "seed", "hidden size",
                  "from scratch", "budget", "learning rate", "openai", "clip-vit", hf_unlearnable.__version__)
-ODD_CONFIG = MEMConfig(epsilon=7 / 255, trigger_length=5, hotflip_candidates=13, trigger_rounds=3, surrogate_steps=17,
+ODD_CONFIG = MEMConfig(method="mem", epsilon=7 / 255, trigger_length=5, hotflip_candidates=13, trigger_rounds=3, surrogate_steps=17,
                        pgd_steps=11, batch_size=19, max_rounds=23, learning_rate=0.000777, online_rounds=9, seed=4242)
 
 

@@ -29,7 +29,7 @@ from hf_unlearnable.testing import synthetic_captions, tiny_clip
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "protect_coco.py"
 ROWS, SIZE = 12, 32  # batches of 8 and 4: each process sweeps one
-TINY = ["--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
+TINY = ["--max-rounds", "1", "--trigger-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
         "--hotflip-candidates", "2", "--trigger-length", "2", "--no-progress"]
 
 
@@ -190,7 +190,7 @@ def test_only_devices_builds_the_process_state():
 
 # issue 9's levers, each off by default: a random word slot per caption, trigger dropout, EOT in PGD
 # and a surrogate restart (round 2 of 2)
-LEVERS = ["--trigger-position", "random", "--trigger-dropout", "0.5", "--eot-transforms", "jpeg,crop-flip",
+LEVERS = ["--method", "mem", "--trigger-position", "random", "--trigger-dropout", "0.5", "--eot-transforms", "jpeg,crop-flip",
           "--surrogate-restarts", "1", "--max-rounds", "2", "--seed", "7"]
 
 

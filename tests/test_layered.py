@@ -8,6 +8,8 @@ which layer it was in.
 
 from __future__ import annotations
 
+import json
+
 import datasets
 import numpy as np
 import pytest
@@ -130,9 +132,16 @@ def test_an_interrupted_layered_run_resumes_to_the_identical_output(clip, rows, 
     assert protect(clip, rows, LAYERED, work_dir=tmp_path / "work")[:2] == reference
 
 
+def test_without_a_trigger_only_the_pixel_layer_runs(clip, rows):
+    captions, images, transform = protect(clip, rows, LAYERED.replace(trigger_length=0))
+    assert [record["stage"] for record in transform.history] == ["pixels", "pixels"]
+    assert captions == rows["caption"][:]
+    assert images == protect(clip, rows, LAYERED)[1]  # the pixel layer of the full method
+
+
 @pytest.mark.parametrize(
     "changes, field",
-    [(dict(trigger_length=0, shuffle_captions=False), "trigger_length"), (dict(image_noise=False), "image_noise"),
+    [(dict(image_noise=False), "image_noise"),
      (dict(trigger_rounds=0), "trigger_rounds"), (dict(trigger_dropout=0.5), "trigger_dropout"),
      (dict(surrogate_restarts=1), "surrogate_restarts"), (dict(method="stacked"), "method")],
 )
@@ -149,3 +158,16 @@ def test_a_layered_protector_still_protects_unseen_rows(clip, rows, dataset):
         assert value["caption"].endswith(caption) and value["caption"] != caption
         moved = np.abs(np.asarray(value["image"], np.int16) - prepare_image(clean["image"], 32).astype(np.int16))
         assert 0 < moved.max() <= LAYERED.epsilon_levels
+
+
+def test_a_protector_saved_before_the_layered_method_stays_mem(clip, tmp_path):
+    """A saved protector whose config has no ``method`` (algorithm <= 6) ran MEM: loading it must not
+    turn it into the layered method, or rows it has not seen would be protected another way."""
+    model, processor = clip
+    ProtectTransform(model, processor, LAYERED.replace(method="mem", eot_transforms=()), progress=False).save_pretrained(tmp_path)
+    meta_file = tmp_path / "protect_config.json"
+    meta = json.loads(meta_file.read_text())
+    del meta["config"]["method"]
+    meta_file.write_text(json.dumps(meta))
+    assert ProtectTransform.from_pretrained(tmp_path, progress=False).config.method == "mem"
+    assert ProtectTransform(model, processor, progress=False).config.method == "layered"  # while new ones are layered

@@ -173,7 +173,7 @@ def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8, trigger
     bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
     triggers = torch.from_numpy(vocabulary.sample((batch, trigger_length), np.random.default_rng(5))).long()
     images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
-    config = MEMConfig(trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch,
+    config = MEMConfig(method="mem", trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch,
                        trigger_dropout=trigger_dropout)
     step = MEMStep(surrogate, codec, vocabulary if trigger_length else None, config)
     seen = []
@@ -234,6 +234,7 @@ def test_em_pgd_uses_each_images_own_caption():
 # ----------------------------------------------------------------------------------------------
 
 LOOP_CONFIG = MEMConfig(
+    method="mem", eot_transforms=(),
     max_rounds=2, surrogate_steps=5, batch_size=8, pgd_steps=2, trigger_rounds=1, hotflip_candidates=8,
     learning_rate=5e-4, online_rounds=1,
 )
@@ -317,7 +318,7 @@ def test_restart_rounds_are_evenly_spaced():
 
     loop = MEMLoop.__new__(MEMLoop)
     for restarts, rounds, expected in [(0, 10, set()), (1, 10, {6}), (4, 10, {3, 5, 7, 9}), (9, 10, set(range(2, 11))), (3, 20, {6, 11, 16})]:
-        loop.config = MEMConfig(surrogate_restarts=restarts, max_rounds=rounds)
+        loop.config = MEMConfig(method="mem", surrogate_restarts=restarts, max_rounds=rounds)
         assert loop.restart_rounds() == expected
     with pytest.raises(ValueError, match="surrogate_restarts"):
-        MEMConfig(surrogate_restarts=10, max_rounds=10)
+        MEMConfig(method="mem", surrogate_restarts=10, max_rounds=10)

@@ -72,7 +72,8 @@ def test_two_processes_shard_the_work_and_agree(tmp_path):
     assert [r["rank"] for r in reports] == [0, 1] and all(r["world"] == 2 and r["distributed"] for r in reports)
     assert reports[0]["captions_sha256"] == reports[1]["captions_sha256"]  # every process got the same Dataset
     losses = [[{k: v for k, v in r.items() if k != "seconds"} for r in report["history"]] for report in reports]
-    assert losses[0] == losses[1] and len(losses[0]) == 2  # losses reduced over both processes
+    # losses reduced over both processes; the layered default: two pixel rounds, one trigger round
+    assert losses[0] == losses[1] and [r["stage"] for r in losses[0]] == ["pixels", "pixels", "triggers"]
     # both processes wrote their share of the sweep
     progress = [json.loads((tmp_path / "work" / "state" / f"progress-rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [p["done"] for p in progress] == [3, 2] and sum(p["rows"] for p in progress) == ROWS

@@ -19,7 +19,7 @@ from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_conf
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "protect_coco.py"
 IMAGES, CAPTIONS = 8, 3
-TINY = ["--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
+TINY = ["--max-rounds", "1", "--trigger-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
         "--hotflip-candidates", "2", "--no-progress"]
 PNG = b"\x89PNG\r\n\x1a\n"
 SECRET = "hf_test_secret_token_do_not_print_8f3a"
@@ -126,7 +126,7 @@ def test_recipe_from_scratch_per_caption_output(assets, tmp_path, capsys):
                                assets["model"], "--output-dir", str(output), "--per-caption-columns", "id",
                                "--per-caption-output", "--image-id-column", "image_id", *TINY])
     assert code == 0
-    assert "surrogate after 1 rounds" in capsys.readouterr().out
+    assert "surrogate after 2 rounds" in capsys.readouterr().out  # the layered default: one pixel, one trigger round
     protected, clean = datasets.load_from_disk(str(output)), assets["coco_ds"]
     assert protected.features == clean.features and len(protected) == len(clean)
     assert protected["image_id"][:] == clean["image_id"][:] and protected["id"][:] == clean["id"][:]  # input order
@@ -213,7 +213,7 @@ def test_recipe_calls_push_protected_with_its_real_signature():
 
 
 def test_recipe_summary_says_when_its_rounds_were_reused(capsys):
-    summary = {"rows": 4, "source": "d", "output": "/o", "image_column": "image", "caption_column": "caption",
+    summary = {"method": "layered", "rows": 4, "source": "d", "output": "/o", "image_column": "image", "caption_column": "caption",
                "group_by": None, "rounds": 2, "surrogate_loss": 0.1, "protected_loss": 0.01, "clean_loss": 4.0,
                "total_seconds": 0.9, "seconds": 45.4, "reused": False, "work_dir": "/cache/mem-1"}
     load_recipe()._print_summary(summary)

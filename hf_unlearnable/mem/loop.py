@@ -224,7 +224,7 @@ class MEMLoop:
         # the trigger layer of the layered method starts from the surrogate as it was given
         self.initial_weights = (
             {name: value.detach().clone() for name, value in surrogate.model.state_dict().items()}
-            if config.method == "layered" else None
+            if config.method == "layered" and config.trigger_length else None
         )
 
     def run(self) -> list[dict]:
@@ -279,13 +279,14 @@ class MEMLoop:
         if not pixels_done:
             return RoundPlan("pixels", triggered=False, update_triggers=False, update_noise=True)
         trigger_round = round_index - len(pixel_rounds)
-        if trigger_round > config.trigger_rounds:
+        if trigger_round > config.trigger_rounds or config.trigger_length == 0:  # k = 0: the pixel layer alone (EM)
             return None
         return RoundPlan("triggers", triggered=True, update_triggers=True, update_noise=False, restart=trigger_round == 1)
 
     def planned_rounds(self) -> int:
         """Rounds of a run that no stop rule ends early (for the progress bar)."""
-        return self.config.max_rounds + (self.config.trigger_rounds if self.config.method == "layered" else 0)
+        config = self.config
+        return config.max_rounds + (config.trigger_rounds if config.method == "layered" and config.trigger_length else 0)
 
     def restore_initial_surrogate(self, round_index: int) -> None:
         """The surrogate's weights as the loop received them, and an empty optimizer state."""

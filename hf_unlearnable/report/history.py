@@ -11,13 +11,13 @@ from typing import Any
 # history table
 # ---------------------------------------------------------------------------------------------------
 
-_PREFERRED = ("round", "surrogate_loss", "protected_loss", "clean_loss", "seconds")
+_PREFERRED = ("round", "stage", "surrogate_loss", "protected_loss", "clean_loss", "seconds")
 
 
 def history_table(history: Sequence[dict[str, Any]], format: str = "markdown") -> str:
     """``transform.history`` (one dict per MEM round) as a Markdown table or CSV text.
 
-    Columns: round, surrogate_loss, protected_loss, clean_loss, seconds, then any other keys in the
+    Columns: round, stage, surrogate_loss, protected_loss, clean_loss, seconds, then any other keys in the
     order they first appear. Markdown rounds losses to 4 decimals and seconds to 1; CSV keeps full
     precision.
     """
