@@ -143,30 +143,31 @@ class ProtectTransform:
         accelerator = self.accelerator
         identity = work_dir_identity(ds, self.fingerprint)
         work = WorkDir.choose(self.work_dir, identity, accelerator)
-        store = work.open_or_ingest(identity, accelerator, lambda directory: ingest(
-            ds, image_column, caption_column, directory, codec=self.codec, image_size=self.image_size,
-            vocabulary=self.vocabulary, seed=self.config.seed, progress=self.progress,
-        ))
-        checkpointer = DiskCheckpointer(work.checkpoint, accelerator)
-        self._reused = work.finished
-        if self._reused:  # computed before: the surrogate's final weights and the history suffice
-            self.history = checkpointer.load(self.surrogate, None)["history"]
-            self.surrogate.eval()
-        else:
-            torch.manual_seed(self.config.seed)
-            loop = MEMLoop(
-                self.surrogate, store, self.codec, self.vocabulary, self.config, accelerator, self.progress,
-                checkpointer=checkpointer,
-            )
-            self.history = loop.run()
-            work.mark_finished(accelerator)
-        del store
-        self._store = SampleStore.open(work.state, mode="r", clean=False)
-        self._work, self._fitted_rows, self._fingerprint = work, None, None
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:  # from here on only the protection state is needed
-            work.release_clean(keep=self.keep_work_dir)
-        accelerator.wait_for_everyone()
+        with work.lock(accelerator):  # one run at a time per work dir
+            store = work.open_or_ingest(identity, accelerator, lambda directory: ingest(
+                ds, image_column, caption_column, directory, codec=self.codec, image_size=self.image_size,
+                vocabulary=self.vocabulary, seed=self.config.seed, progress=self.progress,
+            ))
+            checkpointer = DiskCheckpointer(work.checkpoint, accelerator)
+            self._reused = work.finished
+            if self._reused:  # computed before: the surrogate's final weights and the history suffice
+                self.history = checkpointer.load(self.surrogate, None)["history"]
+                self.surrogate.eval()
+            else:
+                torch.manual_seed(self.config.seed)
+                loop = MEMLoop(
+                    self.surrogate, store, self.codec, self.vocabulary, self.config, accelerator, self.progress,
+                    checkpointer=checkpointer,
+                )
+                self.history = loop.run()
+                work.mark_finished(accelerator)
+            del store
+            self._store = SampleStore.open(work.state, mode="r", clean=False)
+            self._work, self._fitted_rows, self._fingerprint = work, None, None
+            accelerator.wait_for_everyone()
+            if accelerator.is_main_process:  # from here on only the protection state is needed
+                work.release_clean(keep=self.keep_work_dir)
+            accelerator.wait_for_everyone()
         return self
 
     def protect(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> datasets.Dataset:

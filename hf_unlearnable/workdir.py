@@ -12,12 +12,14 @@ file, and the library deletes only marked folders (`remove_tree`).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import datasets
@@ -36,6 +38,7 @@ from .store import CLEAN_ARRAYS, SampleStore, StoreLayout
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = ".hf_unlearnable"
+LOCK_FILE = ".hf_unlearnable.lock"
 IDENTITY_FILE = "identity.json"
 STATE_DIR = "state"
 CHECKPOINT_DIR = "checkpoint"
@@ -141,6 +144,39 @@ class WorkDir:
             broadcast_object_list(chosen, from_process=0)
         return cls(chosen[0], default=True)
 
+    @contextlib.contextmanager
+    def lock(self, accelerator: Accelerator) -> Iterator[None]:
+        """Hold an exclusive lock on the work dir while a run uses it (the main process holds it for
+        all the run's processes). A second run on the same folder, such as the same script started
+        twice on the same data and settings, would write into the same noise and journal files and
+        silently corrupt both outputs: it is refused instead, naming the folder."""
+        handle, error = None, None
+        if accelerator.is_main_process:
+            if not self.root.exists():
+                mark(self.root, "work_dir")
+            handle = open(self.root / LOCK_FILE, "a+")
+            try:
+                _try_lock(handle)
+            except OSError:
+                handle.close()
+                handle = None
+                error = (f"work_dir {self.root} is in use by another run right now (the same data and settings, or "
+                         "the same work_dir): wait for it to finish, then rerun to reuse its result, or pass another "
+                         "work_dir.")
+        if accelerator.num_processes > 1:
+            from accelerate.utils import broadcast_object_list
+
+            shared = [error]
+            broadcast_object_list(shared, from_process=0)
+            error = shared[0]
+        if error is not None:
+            raise ValueError(error)
+        try:
+            yield
+        finally:
+            if handle is not None:
+                handle.close()  # closing the file releases the lock
+
     def read_identity(self) -> dict:
         return json.loads(self.identity_file.read_text()) if self.identity_file.exists() else {}
 
@@ -226,6 +262,15 @@ class WorkDir:
             "keep_work_dir=True keeps the clean copy.",
             human_size(before - folder_size(self.root)), self.root, human_size(folder_size(self.root)),
         )
+
+
+def _try_lock(handle) -> None:
+    """An exclusive, non-blocking lock on an open file; OSError when another process holds it."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no advisory locks; runs are not guarded there
+        return
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 # ---------------------------------------------------------------------------------------- ingest

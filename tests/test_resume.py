@@ -97,3 +97,37 @@ def test_work_dir_of_another_dataset_or_config_is_refused(clip, dataset, tmp_pat
         ProtectTransform(model, processor, config, work_dir=tmp_path, progress=False).fit(dataset.select(range(10)))
     with pytest.raises(ValueError, match="another data set or config"):
         ProtectTransform(model, processor, config.replace(seed=5), work_dir=tmp_path, progress=False).fit(dataset.select(range(8)))
+
+
+HOLD_LOCK = textwrap.dedent(
+    """
+    import fcntl, sys, time
+    handle = open(sys.argv[1], "a+")
+    fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+    print("locked", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_work_dir_in_use_by_another_run_is_refused_untouched(clip, dataset, tmp_path):
+    """Two runs on one work dir would write into the same noise and journal files: the second is
+    refused while the first holds the folder, and proceeds once it is free."""
+    model, processor = clip
+    config = FAST_CONFIG.replace(max_rounds=1, surrogate_steps=1, pgd_steps=1)
+    rows = dataset.select(range(8))
+    work = tmp_path / "work"
+    ProtectTransform(model, processor, config, work_dir=work, progress=False).fit(rows)  # a finished run
+    before = {path: path.read_bytes() for path in sorted(work.rglob("*")) if path.is_file()}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(work / ".hf_unlearnable.lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ValueError, match=rf"work_dir {work} is in use by another run"):
+            ProtectTransform(model, processor, config, work_dir=work, progress=False).fit(rows)
+        after = {path: path.read_bytes() for path in sorted(work.rglob("*")) if path.is_file()}
+        assert after == before  # nothing read-modified, nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+    reused = ProtectTransform(model, processor, config, work_dir=work, progress=False).fit(rows)
+    assert reused.summary()["reused"]
