@@ -34,7 +34,7 @@ if typing.TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPProcessor
 
 DEMO_ROWS = 256
-DEMO_OVERRIDES = {"max_rounds": 5, "surrogate_steps": 50, "batch_size": 32}
+DEMO_OVERRIDES = {"max_rounds": 5, "trigger_rounds": 2, "surrogate_steps": 50, "batch_size": 32}
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
