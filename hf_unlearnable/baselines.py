@@ -63,7 +63,9 @@ def error_minimizing_noise(
     PGD pulls each image toward its own caption (``shuffle_captions=False``), as in the reference
     EM: with no trigger, a shuffled caption would be another sample's, not a shortcut to learn.
     """
-    config = (config or MEMConfig.paper()).replace(method="mem", trigger_length=0, image_noise=True, shuffle_captions=False)
+    config = (config or MEMConfig(method="mem", eot_transforms=())).replace(
+        method="mem", trigger_length=0, image_noise=True, shuffle_captions=False
+    )
     transform = ProtectTransform(model, processor, config, progress=progress)
     return transform.protect(ds, image_column=image_column, caption_column=caption_column)
 
@@ -80,7 +82,7 @@ def trigger_only(
 ) -> datasets.Dataset:
     """Text triggers optimised by HotFlip against a surrogate trained on the triggered data; images
     are resized to the protect resolution but carry no noise."""
-    config = (config or MEMConfig.paper()).replace(method="mem", image_noise=False)
+    config = (config or MEMConfig(method="mem", eot_transforms=())).replace(method="mem", image_noise=False)
     if config.trigger_length == 0:
         raise ValueError("trigger_only needs MEMConfig.trigger_length >= 1.")
     transform = ProtectTransform(model, processor, config, progress=progress)

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from hf_unlearnable import baselines
 from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
 from hf_unlearnable.images import decode_png, prepare_image
 from hf_unlearnable.mem.loop import MEMStep
@@ -75,3 +76,23 @@ def test_trigger_only_has_no_image_noise(clip, data):
     assert (pixels(out) == pixels(data)).all()
     for protected, clean in zip(out["caption"][:], data["caption"][:]):
         assert protected.endswith(" " + clean) and len(protected.split()) == len(clean.split()) + 3
+
+
+def test_baselines_without_a_config_are_the_papers_methods_with_the_librarys_safe_words(clip, data, monkeypatch):
+    """Called without a config, EM and trigger-only run MEM's loop with no EOT (the paper's baselines)
+    and keep dictionary trigger words (not MEMConfig.paper()'s "any": word pieces in every caption)."""
+    seen = []
+
+    def capture(self, model, processor=None, config=None, **kwargs):
+        seen.append(config)
+        raise RuntimeError("captured")
+
+    monkeypatch.setattr(baselines.ProtectTransform, "__init__", capture)
+    model, processor = clip
+    for baseline in (baselines.error_minimizing_noise, baselines.trigger_only):
+        with pytest.raises(RuntimeError, match="captured"):
+            baseline(data, model, processor)
+    em, trigger = seen
+    assert (em.method, em.eot_transforms, em.trigger_length, em.method_name) == ("mem", (), 0, "EM")
+    assert (trigger.method, trigger.eot_transforms, trigger.method_name) == ("mem", (), "trigger only")
+    assert trigger.trigger_words == "dictionary"
