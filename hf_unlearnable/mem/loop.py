@@ -91,6 +91,10 @@ class MEMStep:
         self.pgd = PGD(surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps, EOT(config.eot_transforms))
         self.loss = ContrastiveLoss(gather=False)
 
+    def untriggered(self, bodies: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token ids and mask of each caption alone, with no trigger: ``[start] body [end]``."""
+        return self.clean_codec.build(bodies.new_zeros((len(bodies), 0)), bodies, lengths)
+
     def __call__(
         self,
         batch: dict[str, torch.Tensor],
@@ -122,7 +126,7 @@ class MEMStep:
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
-            clean_ids, clean_mask = self.clean_codec.build(triggers[:, :0], bodies, lengths)
+            clean_ids, clean_mask = self.untriggered(bodies, lengths)
             input_ids, mask = codec.build(triggers, bodies, lengths, positions) if triggered else (clean_ids, clean_mask)
             protected = self.loss(
                 surrogate.image_features(pixels_from_uint8(images, noise)), surrogate.text_features(input_ids, mask), logit_scale
@@ -151,7 +155,7 @@ class MEMStep:
         config = self.config
         batch, steps = len(bodies), config.pgd_steps
         if config.method == "layered":  # the pixel layer never sees a trigger
-            return self.surrogate.text_features(*self.clean_codec.build(triggers[:, :0], bodies, lengths))
+            return self.surrogate.text_features(*self.untriggered(bodies, lengths))
         if not config.shuffle_captions:
             features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
         else:
@@ -163,7 +167,7 @@ class MEMStep:
         if not config.trigger_dropout:
             return features
         dropped = (torch.rand(steps, batch, generator=generator) < config.trigger_dropout).to(bodies.device)
-        own = self.surrogate.text_features(*self.clean_codec.build(triggers[:, :0], bodies, lengths))
+        own = self.surrogate.text_features(*self.untriggered(bodies, lengths))
         return torch.where(dropped.unsqueeze(-1), own.unsqueeze(0), features.expand(steps, *own.shape))
 
 
@@ -323,7 +327,7 @@ class MEMLoop:
             batch = store.batch(stream[position : position + config.batch_size], rng)
             position += config.batch_size
             if not triggered:
-                input_ids, mask = self.step.clean_codec.build(batch["triggers"][:, :0], batch["bodies"], batch["lengths"])
+                input_ids, mask = self.step.untriggered(batch["bodies"], batch["lengths"])
             elif config.trigger_dropout:  # some samples train on their caption alone, as after stripping
                 keep = torch.from_numpy(rng.random(len(batch["bodies"])) >= config.trigger_dropout)
                 input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep, batch["positions"])
@@ -358,7 +362,7 @@ class MEMLoop:
                 "clean": record["clean"] + result.clean_loss * len(indices),
                 "rows": record["rows"] + len(indices),
             }
-            noise = result.noise if self.config.image_noise and plan.update_noise else None
+            noise = result.noise if plan.update_noise else None  # False for "mem" without image noise
             self.checkpointer.commit(store, rank, indices, noise, result.triggers, record)
         store.sync()
         self.accelerator.wait_for_everyone()
