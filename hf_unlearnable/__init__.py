@@ -26,6 +26,7 @@ ALGORITHM_VERSION = 7
 
 from .audit import evaluate_protection
 from .config import MEMConfig
+from .errors import NonFiniteLossError, NoProtectionError
 from .hub import push_protected
 from .metrics import load_retrieval_metric, retrieval_metrics
 from .transform import ProtectTransform
@@ -34,6 +35,8 @@ from .victim import retrieval_scores, train_victim
 __all__ = [
     "ALGORITHM_VERSION",
     "MEMConfig",
+    "NoProtectionError",
+    "NonFiniteLossError",
     "ProtectTransform",
     "__version__",
     "evaluate_protection",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,8 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = 100.0
+
+logger = logging.getLogger(__name__)
 
 
 def gather_features(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -173,11 +176,15 @@ def load_surrogate(
 ) -> tuple[CLIPModel, CLIPProcessor]:
     """Resolve a ``model`` argument (of ProtectTransform or train_victim): a CLIPModel (deep-copied, so
     the caller's stays untouched), a CLIPConfig (random init from ``seed``, trained from scratch) or
-    a Hub id / local path loaded with `from_pretrained` (safetensors only)."""
+    a Hub id / local path loaded with `from_pretrained` (safetensors only).
+
+    The weights always come back in float32, whatever dtype they were saved or passed in: they are
+    trained, and AdamW on float16 weights turns them to NaN within a step. Lower precision is only
+    ever autocast (``MEMConfig.mixed_precision``)."""
     if isinstance(model, (str, os.PathLike)):
-        loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True)
+        loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)
         processor = processor or CLIPProcessor.from_pretrained(str(model))
-        return loaded, processor
+        return _float32(loaded), processor
     if isinstance(model, CLIPConfig):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -197,7 +204,16 @@ def load_surrogate(
                 "whose tokenizer and image size match the model."
             )
         processor = CLIPProcessor.from_pretrained(name)
-    return model, processor
+    return _float32(model), processor
+
+
+def _float32(model: CLIPModel) -> CLIPModel:
+    """``model`` with every floating-point parameter and buffer in float32 (master weights)."""
+    dtypes = {tensor.dtype for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()}
+    if dtypes - {torch.float32}:
+        logger.info("converting the CLIP model's %s weights to float32 for training", sorted(map(str, dtypes)))
+        model = model.float()
+    return model
 
 
 def hash_weights(model: nn.Module, digest: Any) -> None:

@@ -33,6 +33,7 @@ from .captions import CaptionCodec, trigger_vocabulary
 from .checks import check_dataset
 from .config import MEMConfig
 from .devices import build_accelerator
+from .errors import NoProtectionError
 from .images import undecoded
 from .mem.checkpoint import DiskCheckpointer
 from .mem.loop import MEMLoop
@@ -40,7 +41,7 @@ from .memory import release_pages
 from .rows import UNFITTED_WARNING, FittedRows, OnlineProtector, protect_batch
 from .store import SampleStore
 from .surrogate import Surrogate, hash_weights, load_surrogate
-from .workdir import WorkDir, copy_protection_state, ingest, mark, work_dir_identity
+from .workdir import WorkDir, copy_protection_state, ingest, initial_triggers, mark, work_dir_identity
 
 __all__ = ["ProtectTransform", "load_surrogate"]
 
@@ -160,6 +161,7 @@ class ProtectTransform:
                     checkpointer=checkpointer,
                 )
                 self.history = loop.run()
+                refuse_no_protection(store, self.config, self.vocabulary)
                 work.mark_finished(accelerator)
             del store
             self._store = SampleStore.open(work.state, mode="r", clean=False)
@@ -309,6 +311,27 @@ class ProtectTransform:
         if self._work is not None:
             info.update(reused=self._reused, work_dir=str(self._work.root))
         return info
+
+
+def refuse_no_protection(store: SampleStore, config: MEMConfig, vocabulary: Any) -> None:
+    """Raise `NoProtectionError` when a finished run moved no pixel although its method adds image
+    noise, or left every trigger as the random one it started from although it searches triggers."""
+    pgd_runs = config.image_noise and config.pgd_steps > 0
+    if pgd_runs and FittedRows(store).noise_statistics()["max_noise_levels"] == 0:
+        raise NoProtectionError(
+            f"MEM finished ({config.method_name}) without moving a single pixel of {len(store)} rows although "
+            "image_noise=True: the output would protect nothing. This happens when every PGD gradient is zero or "
+            "not finite (a surrogate whose weights are not finite, or an epsilon below one 8-bit level)."
+        )
+    searches_triggers = vocabulary is not None and config.trigger_length and config.trigger_rounds and config.hotflip_candidates
+    if searches_triggers:
+        start = initial_triggers(vocabulary, len(store), config.trigger_length, config.seed)
+        if np.array_equal(store.triggers[:], start):
+            raise NoProtectionError(
+                f"MEM finished ({config.method_name}) with every trigger of {len(store)} rows still the random "
+                "one it started from: HotFlip changed nothing, so the captions carry no learned trigger. This "
+                "happens when the surrogate's gradients are zero or not finite."
+            )
 
 
 def _register_datasets_hashing() -> None:

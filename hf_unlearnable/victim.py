@@ -29,6 +29,7 @@ from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedu
 
 from .checks import check_dataset, read_captions
 from .devices import build_accelerator
+from .errors import check_finite
 from .metrics import retrieval_metrics
 from .retrieval import RetrievalSet, embed_and_rank, pad_token_id, pad_token_ids, read_images, retrieval_scores, tokenize
 from .surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
@@ -298,6 +299,7 @@ def train_victim(
                     surrogate, unwrapped, loss_function, optimizer, accelerator, pixels, input_ids, attention_mask, scheduler
                 )
             train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
+            check_finite(train_loss, f"victim epoch {epoch} of {epochs} (mean training loss)")
             seconds = time.perf_counter() - start
             history.append(evaluate(epoch, train_loss, seconds))
             bar.set_postfix(loss=f"{train_loss:.3f}", t2i_r1=f"{history[-1]['t2i_r1']:.1f}")

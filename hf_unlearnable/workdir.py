@@ -318,6 +318,10 @@ def ingest(
         release_pages(source)  # read pages of the input may go: RSS stays flat over the pass
     bar.close()
     if vocabulary is not None:
-        rng = np.random.default_rng([seed, 12345])
-        store.triggers[:] = vocabulary.sample((len(source), codec.trigger_length), rng)
+        store.triggers[:] = initial_triggers(vocabulary, len(source), codec.trigger_length, seed)
     return store
+
+
+def initial_triggers(vocabulary: TriggerVocabulary, rows: int, trigger_length: int, seed: int) -> np.ndarray:
+    """The random triggers (rows, trigger_length) a run starts from, the same for every run with ``seed``."""
+    return vocabulary.sample((rows, trigger_length), np.random.default_rng([seed, 12345]))

@@ -35,6 +35,7 @@ from tqdm.auto import tqdm
 from ..captions import CaptionCodec, TriggerVocabulary
 from ..config import MEMConfig
 from ..store import SampleStore
+from ..errors import check_finite
 from ..surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, pixels_from_uint8
 from .checkpoint import Checkpointer, DiskCheckpointer
 from .eot import EOT
@@ -169,6 +170,11 @@ class MEMStep:
         dropped = (torch.rand(steps, batch, generator=generator) < config.trigger_dropout).to(bodies.device)
         own = self.surrogate.text_features(*self.untriggered(bodies, lengths))
         return torch.where(dropped.unsqueeze(-1), own.unsqueeze(0), features.expand(steps, *own.shape))
+
+
+def float_dtype_for_sums(device: torch.device) -> torch.dtype:
+    """float64 where the device has it; float32 on Apple's MPS, which has no float64."""
+    return torch.float32 if torch.device(device).type == "mps" else torch.float64
 
 
 def split_batches(order: np.ndarray, batch_size: int) -> list[np.ndarray]:
@@ -321,7 +327,7 @@ class MEMLoop:
         rng = self._rng(round_index, 0, self.rank)
         stream, position, losses = rng.permutation(len(store)), 0, []
         self.model.train()
-        for _ in tqdm(range(config.surrogate_steps), desc=f"round {round_index} surrogate", leave=False, disable=not self.progress):
+        for step in tqdm(range(config.surrogate_steps), desc=f"round {round_index} surrogate", leave=False, disable=not self.progress):
             if position + config.batch_size > len(stream):
                 stream, position = rng.permutation(len(store)), 0
             batch = store.batch(stream[position : position + config.batch_size], rng)
@@ -335,7 +341,7 @@ class MEMLoop:
                 input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"], batch["positions"])
             pixels = pixels_from_uint8(batch["images"], batch["noise"])
             loss = clip_training_step(self.model, self.surrogate, self.loss, self.optimizer, self.accelerator, pixels, input_ids, mask)
-            losses.append(float(loss))
+            losses.append(check_finite(float(loss), f"MEM round {round_index}, surrogate step {step + 1} of {config.surrogate_steps}"))
         total, count = self._global_sums(sum(losses), len(losses))
         return total / count
 
@@ -355,6 +361,9 @@ class MEMLoop:
             with self.accelerator.autocast():
                 result = self.step(store.batch(indices, rng), plan.update_triggers, generator,
                                    update_noise=plan.update_noise, triggered=plan.triggered)
+            where = f"MEM round {round_index}, sweep batch {position + 1} of {len(shard)} (HotFlip and PGD)"
+            check_finite(result.protected_loss, where)  # before the commit: the work dir keeps only sound batches
+            check_finite(result.clean_loss, where)
             record = {
                 "round": round_index,
                 "done": position + 1,
@@ -387,7 +396,8 @@ class MEMLoop:
 
     def _global_sums(self, *values: float) -> list[float]:
         """Each value summed over processes (itself with one process)."""
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.accelerator.device)
-        if self.world > 1:
-            tensor = self.accelerator.reduce(tensor, reduction="sum")
-        return tensor.tolist()
+        if self.world == 1:
+            return [float(value) for value in values]
+        device = self.accelerator.device
+        tensor = torch.tensor(values, dtype=float_dtype_for_sums(device), device=device)
+        return [float(value) for value in self.accelerator.reduce(tensor, reduction="sum").cpu().tolist()]
