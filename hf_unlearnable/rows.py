@@ -42,6 +42,20 @@ def row_digest(image: np.ndarray, captions: list[str]) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
+def image_digest(image: np.ndarray) -> int:
+    """64-bit identity of a published image (uint8 pixels as written)."""
+    return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest(), "little")
+
+
+def record_published(store: SampleStore) -> None:
+    """Fill ``store.published`` with the digest of each row's published image (clean + noise); needs
+    the clean copy, so it runs at the end of a fit."""
+    for start in range(0, len(store), _CHUNK_ROWS):
+        stop = min(start + _CHUNK_ROWS, len(store))
+        published = (store.images[start:stop].astype(np.int16) + store.noise[start:stop]).clip(0, 255).astype(np.uint8)
+        store.published[start:stop] = np.array([image_digest(image) for image in published], dtype=np.uint64)
+
+
 class FittedRows:
     """Finds a row's fitted state: by its index when the digest there matches, else by digest alone."""
 
@@ -60,14 +74,17 @@ class FittedRows:
         return self._by_digest.get(digest)
 
     def hash_into(self, digest: "hashlib._Hash") -> None:
-        """Feed the fitted state (digests, noise, triggers) to ``digest``, in chunks: RAM stays bounded."""
-        for name in ("digests", "noise", "triggers"):
+        """Feed the fitted state (digests, noise if kept, triggers) to ``digest``, in chunks: RAM stays bounded."""
+        for name in ("digests", "noise", "triggers") if self.store.has_noise else ("digests", "triggers"):
             array = getattr(self.store, name)
             for start in range(0, len(array), _CHUNK_ROWS):
                 digest.update(np.ascontiguousarray(array[start : start + _CHUNK_ROWS]).tobytes())
 
     def noise_statistics(self) -> dict[str, float]:
-        """Largest and mean absolute noise, in 8-bit levels, over every fitted row."""
+        """Largest and mean absolute noise, in 8-bit levels, over every fitted row (nothing when the
+        noise was not kept)."""
+        if not self.store.has_noise:
+            return {}
         noise, largest, total = self.store.noise, 0, 0.0
         for start in range(0, len(noise), _CHUNK_ROWS):
             chunk = np.abs(np.asarray(noise[start : start + _CHUNK_ROWS], dtype=np.int16))
@@ -154,8 +171,10 @@ def protect_batch(
     codec: CaptionCodec,
     fitted: FittedRows | None,
     online: Callable[[np.ndarray, list[list[str]]], tuple[np.ndarray, np.ndarray]],
+    written: dict[int, tuple[int, ...]] | None = None,
 ) -> dict[str, list]:
-    """The protected image and caption columns of one ``ds.map`` batch."""
+    """The protected image and caption columns of one ``ds.map`` batch; rows protected here (not
+    fitted) are recorded in ``written`` (published image digest -> trigger ids)."""
     for column in (image_column, caption_column):
         if column not in batch:
             raise ValueError(
@@ -171,18 +190,31 @@ def protect_batch(
     noise = np.zeros_like(clean, dtype=np.int8)
     triggers = np.zeros((len(rows), codec.trigger_length), dtype=np.int32)
 
-    unseen = []
+    unseen, without_noise = [], []
     for position, (image, caption_list, row) in enumerate(zip(clean, captions, rows)):
         fitted_row = fitted.find(image, caption_list, row) if fitted is not None else None
         if fitted_row is None:
             unseen.append(position)
+        elif not fitted.store.has_noise:
+            without_noise.append(position if row is None else row)
         else:
             noise[position] = fitted.store.noise[fitted_row]
             triggers[position] = fitted.store.triggers[fitted_row]
+    if without_noise:
+        raise ValueError(
+            f"{len(without_noise)} row(s) of this batch (rows {without_noise[:10]}) were protected when this transform "
+            "was fitted, and it was saved without their noise (save_pretrained keeps it only with "
+            "include_fitted_noise=True: the noise and a published image give back the clean image). Use the "
+            "protected copy written then; protecting them again with new noise would publish two copies whose "
+            "difference helps undo both. Rows it was not fitted on are protected as usual: filter the fitted ones out."
+        )
     if unseen:
         noise[unseen], triggers[unseen] = online(clean[unseen], [captions[i] for i in unseen])
 
     protected = (clean.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+    if written is not None:
+        for position in unseen:
+            written[image_digest(protected[position])] = tuple(int(t) for t in triggers[position])
     out_images = [{"bytes": encode_png(image), "path": None} for image in protected]
     out_captions = []
     for value, caption_list, trigger in zip(raw_captions, captions, triggers):

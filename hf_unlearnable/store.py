@@ -27,8 +27,11 @@ import torch
 
 # The clean copy of the data (what must not outlive the run, nor be shared) ...
 CLEAN_ARRAYS = ("images", "caption_ids", "caption_lengths", "caption_positions", "caption_offsets")
-# ... and the protection: all a fitted transform needs to write its rows again (matched by digest).
-PROTECTION_ARRAYS = ("noise", "triggers", "digests")
+# ... and the protection: all a fitted transform needs to write its rows again (matched by digest),
+# and the digest of each published image, to recognise its own output ("published"; stores written
+# before it existed lack it).
+PROTECTION_ARRAYS = ("noise", "triggers", "digests", "published")
+_OPTIONAL = ("published",)
 _ARRAYS = CLEAN_ARRAYS + PROTECTION_ARRAYS
 
 
@@ -43,6 +46,7 @@ class RowArray:
     def __init__(self, path: str | os.PathLike, writable: bool = True):
         self.path = Path(path)
         self.writable = writable
+        self.unlinked = False  # the file is gone from the file system; this open file still reads it
         with open(self.path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
             read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
@@ -125,8 +129,25 @@ class RowArray:
     def __del__(self) -> None:
         self.close()
 
+    def unlink(self) -> None:
+        """Remove the file from the file system and keep reading it through the open file: the data
+        stays for as long as this object (or a copy of it in a worker process) has it open, and the
+        operating system frees it when the last one closes, even after a crash."""
+        self.path.unlink(missing_ok=True)
+        self.unlinked = True
+
     def __getstate__(self) -> dict:
-        return {"path": str(self.path), "writable": self.writable}
+        if not self.unlinked:
+            return {"path": str(self.path), "writable": self.writable}
+        # another process (``ds.map(num_proc=...)``) reopens the deleted file through this process's handle
+        path = Path(f"/proc/{os.getpid()}/fd/{self._fd}")
+        if not path.exists():
+            raise TypeError(
+                f"{self.path.name} was deleted from disk after fit (it holds the protection noise) and this system "
+                "cannot hand it to another process: map with num_proc=1, or keep the work dir "
+                "(ProtectTransform(..., keep_work_dir=True) or a work_dir you name)."
+            )
+        return {"path": str(path), "writable": False}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(state["path"], state["writable"])
@@ -148,14 +169,21 @@ class SampleStore:
     """Row-addressed arrays of one data set's MEM state; rows in data set order.
 
     Opened with ``clean=False`` only the protection arrays (noise, triggers, digests) are there:
-    what a fitted transform keeps once the clean copy is deleted, and what `save_pretrained` writes.
+    what a fitted transform keeps once the clean copy is deleted. A store opened with
+    ``noise=False`` has no noise either: what `save_pretrained` writes by default (the noise and a
+    published image give back the clean image, so it is as private as the originals).
     """
 
-    def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str, clean: bool = True):
+    def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str, clean: bool = True, noise: bool = True):
         self.directory = Path(directory)
         self.layout = layout
         self.has_clean = clean
-        self._names = _ARRAYS if clean else PROTECTION_ARRAYS
+        self.has_noise = noise
+        names = (_ARRAYS if clean else PROTECTION_ARRAYS)
+        self._names = tuple(
+            name for name in names if (noise or name != "noise")
+            and (mode == "w+" or name not in _OPTIONAL or (self.directory / f"{name}.npy").exists())
+        )
         n, s, k = layout.num_rows, layout.image_size, layout.trigger_length
         shapes = {
             "images": ((n, s, s, 3), np.uint8),
@@ -166,6 +194,7 @@ class SampleStore:
             "caption_positions": ((layout.num_captions,), np.int32),  # body tokens before the trigger
             "caption_offsets": ((n + 1,), np.int64),
             "digests": ((n,), np.uint64),
+            "published": ((n,), np.uint64),
         }
         for name in self._names:
             path = self.directory / f"{name}.npy"
@@ -187,21 +216,31 @@ class SampleStore:
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, mode: str = "r+", clean: bool = True) -> "SampleStore":
-        """Open a store; ``clean=False`` opens only the protection arrays (the clean ones may be gone)."""
+    def open(cls, directory: str | os.PathLike, mode: str = "r+", clean: bool = True, noise: bool = True) -> "SampleStore":
+        """Open a store; ``clean=False`` opens only the protection arrays (the clean ones may be gone),
+        ``noise=False`` not the noise either."""
         directory = Path(directory)
         layout_file = directory / "layout.json"
         if not layout_file.exists():
             raise FileNotFoundError(f"{directory} holds no MEM state (no layout.json)")
         layout = StoreLayout(**json.loads(layout_file.read_text()))
-        return cls(directory, layout, mode, clean)
+        return cls(directory, layout, mode, clean, noise)
 
     def __len__(self) -> int:
         return self.layout.num_rows
 
-    def protection_files(self) -> list[Path]:
-        """The files of the protection state: layout, noise, triggers, digests (no clean data)."""
-        return [self.directory / "layout.json", *(self.directory / f"{name}.npy" for name in PROTECTION_ARRAYS)]
+    @property
+    def has_published(self) -> bool:
+        return "published" in self._names
+
+    def arrays(self) -> dict[str, RowArray]:
+        """The open arrays by name."""
+        return {name: getattr(self, name) for name in self._names}
+
+    def unlink(self) -> None:
+        """Delete every array file from disk and keep reading them through the open files (`RowArray.unlink`)."""
+        for array in self.arrays().values():
+            array.unlink()
 
     def clean_files(self) -> list[Path]:
         """Files that hold or derive from the clean copy, plus the sweep's progress records and journals."""

@@ -34,14 +34,14 @@ from .checks import check_dataset
 from .config import MEMConfig
 from .devices import build_accelerator
 from .errors import NoProtectionError
-from .images import undecoded
+from .images import load_image, to_rgb, undecoded
 from .mem.checkpoint import DiskCheckpointer
 from .mem.loop import MEMLoop
 from .memory import release_pages
-from .rows import UNFITTED_WARNING, FittedRows, OnlineProtector, protect_batch
+from .rows import UNFITTED_WARNING, FittedRows, OnlineProtector, image_digest, protect_batch, record_published
 from .store import SampleStore
 from .surrogate import Surrogate, hash_weights, load_surrogate
-from .workdir import WorkDir, copy_protection_state, ingest, initial_triggers, mark, work_dir_identity
+from .workdir import WorkDir, check_kind, copy_protection_state, ingest, initial_triggers, mark, work_dir_identity
 
 __all__ = ["ProtectTransform", "load_surrogate"]
 
@@ -51,6 +51,7 @@ _CONFIG_FILE = "protect_config.json"
 _SURROGATE_DIR = "surrogate"
 _STATE_DIR = "state"
 _RELEASE_EVERY = 32  # batches between releases of the mapped input's pages
+_CHECK_ROWS = 256  # rows read at a time by unprotected_rows
 
 
 class ProtectTransform:
@@ -64,10 +65,11 @@ class ProtectTransform:
         config: MEM settings (`MEMConfig()` when None).
         work_dir: folder for the per-sample state and checkpoints of `fit` (None: a folder in the
             `datasets` cache named after the data set and this transform); rerun to resume. A
-            work_dir you name is yours: it keeps its clean copy of the data until you delete it.
-        keep_work_dir: keep the clean copy of the data in the default work dir after `fit`
-            (default False: deleted as soon as fit has finished; noise, triggers, row
-            digests and the surrogate stay, so a rerun is reused).
+            work_dir you name is yours: it keeps its clean copy of the data and the noise (as
+            private as the originals: it carries a ``KEEP_PRIVATE.txt`` notice) until you delete it,
+            and a rerun reuses it.
+        keep_work_dir: keep the default work dir after `fit`, clean copy and noise included, so a
+            rerun reuses it (default False: deleted as soon as fit has finished).
         progress: show tqdm progress bars.
     """
 
@@ -115,6 +117,7 @@ class ProtectTransform:
         self._mapping_source: datasets.Dataset | None = None  # the data set `apply` is mapping
         self._batches_mapped = 0
         self._warned_unfitted = False
+        self._written: dict[int, tuple[int, ...]] = {}  # rows protected online in this process: digest -> trigger
 
     # ------------------------------------------------------------------ accelerate
     @property
@@ -135,10 +138,18 @@ class ProtectTransform:
         The state lives in ``work_dir`` (default: a folder in the `datasets` cache named after the
         data set's fingerprint, this transform's config and weights, and the library's algorithm
         version). Run again with the same work_dir after an interruption and it resumes; a
-        finished work_dir is reused as it is. Once finished, the clean copy of ``ds`` in a default
-        work dir is deleted (unless ``keep_work_dir``): the transform needs only noise, triggers and
-        row digests from then on.
+        finished work_dir is reused as it is. Once finished, a default work dir is deleted whole
+        (unless ``keep_work_dir``): its clean copy of ``ds``, and the noise, which with a published
+        image gives back the clean image. The transform keeps reading noise, triggers and row digests
+        through its open files until it is garbage-collected or the process ends, so map with it in
+        this process (or save the protected copy); a rerun computes again.
         """
+        if self.is_fitted:
+            raise ValueError(
+                f"This transform is already fitted (on {len(self._store)} rows); fitting again would start from the "
+                "surrogate the first fit trained. Map the data with it (rows it was not fitted on are protected "
+                "against that surrogate), or create a new ProtectTransform to fit other data."
+            )
         check_dataset(ds, image_column, caption_column, min_rows=2)
         self.image_column, self.caption_column = image_column, caption_column
         accelerator = self.accelerator
@@ -152,6 +163,8 @@ class ProtectTransform:
             checkpointer = DiskCheckpointer(work.checkpoint, accelerator)
             self._reused = work.finished
             if self._reused:  # computed before: the surrogate's final weights and the history suffice
+                if accelerator.is_main_process:
+                    logger.warning("Reusing the finished run in %s: no MEM round runs now.", work.root)
                 self.history = checkpointer.load(self.surrogate, None)["history"]
                 self.surrogate.eval()
             else:
@@ -162,21 +175,32 @@ class ProtectTransform:
                 )
                 self.history = loop.run()
                 refuse_no_protection(store, self.config, self.vocabulary)
+                if accelerator.is_main_process:
+                    record_published(store)  # so that push_protected recognises this run's output
                 work.mark_finished(accelerator)
             del store
             self._store = SampleStore.open(work.state, mode="r", clean=False)
             self._work, self._fitted_rows, self._fingerprint = work, None, None
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:  # from here on only the protection state is needed
-                work.release_clean(keep=self.keep_work_dir)
-            accelerator.wait_for_everyone()
+            work.release(self.keep_work_dir, self._store, accelerator)  # a default work dir goes, noise included
         return self
 
     def protect(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> datasets.Dataset:
         """Fit on ``ds`` and return its protected copy: same rows, order and other columns;
         images replaced by lossless PNGs of x + d, captions prefixed with their trigger.
 
-        The clean copy of ``ds`` in a default work dir is gone by then (see `fit`)."""
+        A default work dir is gone by then, clean copy and noise (see `fit`). On a transform that is
+        already fitted, ``ds`` is mapped with that fit (rows it was fitted on get their noise and
+        trigger, others are protected against its surrogate) and nothing is fitted again."""
+        if self.is_fitted:
+            if (image_column, caption_column) != (self.image_column, self.caption_column):
+                raise ValueError(
+                    f"This transform was fitted with image_column={self.image_column!r}, caption_column="
+                    f"{self.caption_column!r}; protect() got {image_column!r}, {caption_column!r}. Rename the columns "
+                    "or create a new ProtectTransform."
+                )
+            logger.warning("This transform is already fitted (on %d rows): protect() maps the data set with that fit "
+                           "and does not fit again.", len(self._store))
+            return self.apply(ds)
         self.fit(ds, image_column, caption_column)
         return self.apply(ds)
 
@@ -216,6 +240,7 @@ class ProtectTransform:
         protected = protect_batch(
             batch, indices, image_column=self.image_column, caption_column=self.caption_column,
             image_size=self.image_size, codec=self.codec, fitted=self._fitted_rows, online=self._protect_unseen,
+            written=self._written,
         )
         self._batches_mapped += 1
         if self._mapping_source is not None and self._batches_mapped % _RELEASE_EVERY == 0:
@@ -225,6 +250,44 @@ class ProtectTransform:
     def _protect_unseen(self, images: np.ndarray, captions: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
         online = OnlineProtector(self.surrogate, self.codec, self.vocabulary, self.config)
         return online(images, captions, fitted=self.is_fitted, autocast=self.accelerator.autocast)
+
+    # ------------------------------------------------------------------ recognising its own output
+    def unprotected_rows(self, ds: datasets.Dataset) -> list[int]:
+        """Rows of ``ds`` that are not this transform's protected output: the image is not one it
+        wrote (a fitted row's published image, or a row it protected in this process), or a caption
+        lacks that row's trigger words. `push_protected` refuses a data set with any."""
+        check_dataset(ds, self.image_column, self.caption_column)
+        known: dict[int, tuple[int, ...]] = {}
+        if self._store is not None and self._store.has_published:
+            for index, (value, trigger) in enumerate(zip(self._store.published[:].tolist(), self._store.triggers[:].tolist())):
+                known.setdefault(int(value), tuple(trigger))
+        known.update(self._written)
+        source = undecoded(ds.select_columns([self.image_column, self.caption_column]), self.image_column)
+        failed = []
+        for start in range(0, len(source), _CHECK_ROWS):
+            chunk = source[start : start + _CHECK_ROWS]
+            for offset, (value, caption_value) in enumerate(zip(chunk[self.image_column], chunk[self.caption_column])):
+                row = start + offset
+                try:
+                    image = np.asarray(to_rgb(load_image(value, row)))
+                except ValueError:
+                    failed.append(row)
+                    continue
+                trigger = known.get(image_digest(image))
+                texts = caption_value if isinstance(caption_value, (list, tuple)) else [caption_value]
+                if trigger is None or not all(self._carries_trigger(trigger, text) for text in texts):
+                    failed.append(row)
+        return failed
+
+    def _carries_trigger(self, trigger: tuple[int, ...], text: Any) -> bool:
+        if not isinstance(text, str):
+            return False
+        if not trigger:
+            return True
+        words = self.codec.trigger_text(trigger)
+        if self.config.trigger_position == "start":
+            return text == words or text.startswith(words + " ")
+        return f" {words} " in f" {text} "
 
     # ------------------------------------------------------------------ identity for datasets' cache
     @property
@@ -243,22 +306,29 @@ class ProtectTransform:
 
     def __getstate__(self) -> dict:
         # for `map(num_proc=...)`: reopen the store in the worker; no Accelerator across processes
+        # (the store pickles as its open files: a work dir already deleted is reopened through them)
         state = self.__dict__.copy()
-        state["_store"] = str(self._store.directory) if self._store is not None else None
         state.update(_accelerator=None, _fitted_rows=None, _mapping_source=None)
         return state
 
-    def __setstate__(self, state: dict) -> None:
-        store = state.pop("_store")
-        self.__dict__.update(state)
-        self._store = SampleStore.open(store, mode="r", clean=False) if store else None
-
     # ------------------------------------------------------------------ persistence
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write config, surrogate (safetensors), processor and the fitted protection state (noise,
-        triggers, row digests), loadable in another process. No clean pixels or caption text or ids
-        are written: rows are matched by digest when mapped again."""
+    def save_pretrained(self, directory: str | os.PathLike, *, include_fitted_noise: bool = False) -> None:
+        """Write config, surrogate (safetensors), processor and, for a fitted transform, the triggers
+        and row digests of the rows it was fitted on: loadable in another process, where it protects
+        new rows and recognises fitted ones. No clean pixels, caption text or ids are written.
+
+        The noise of the fitted rows is not written unless ``include_fitted_noise=True``: the noise
+        and a published image give back the clean image exactly, so a folder with it is as private
+        as the originals (it then carries a ``KEEP_PRIVATE.txt`` notice). Without it, the loaded
+        transform refuses to map rows it was fitted on: their protected copy is the one written then.
+        """
         directory = Path(directory)
+        if include_fitted_noise and self._store is not None and not self._store.has_noise:
+            raise ValueError(
+                "include_fitted_noise=True, but this transform holds no noise of its fitted rows (it was loaded from a "
+                "folder saved without it)."
+            )
+        check_kind(directory, "protector", "save_pretrained directory")
         if not directory.exists():
             mark(directory, "protector")
         self.surrogate.model.save_pretrained(directory / _SURROGATE_DIR, safe_serialization=True)
@@ -269,11 +339,12 @@ class ProtectTransform:
             "caption_column": self.caption_column,
             "history": self.history,
             "fitted": self.is_fitted,
+            "fitted_noise": bool(self.is_fitted and include_fitted_noise),
             "library_version": __version__,
             "algorithm_version": ALGORITHM_VERSION,
         }
         if self._store is not None:
-            copy_protection_state(self._store, directory / _STATE_DIR)
+            copy_protection_state(self._store, directory / _STATE_DIR, include_noise=include_fitted_noise)
         (directory / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
@@ -294,7 +365,9 @@ class ProtectTransform:
         transform.image_column, transform.caption_column = meta["image_column"], meta["caption_column"]
         transform.history = meta.get("history", [])
         if meta.get("fitted"):
-            transform._store = SampleStore.open(directory / _STATE_DIR, mode="r", clean=False)
+            state = directory / _STATE_DIR
+            noise = (state / "noise.npy").exists()  # saved with include_fitted_noise, or before it existed
+            transform._store = SampleStore.open(state, mode="r", clean=False, noise=noise)
         return transform
 
     # ------------------------------------------------------------------ summary

@@ -4,15 +4,18 @@ A work dir holds ``identity.json`` (what was protected, by which code), ``state/
 `SampleStore`: the clean copy of every row plus noise, triggers and row digests) and
 ``checkpoint/`` (round checkpoints of the surrogate). Its identity is the data set's fingerprint,
 the transform's fingerprint, the library version and `ALGORITHM_VERSION`: a run with the same
-identity resumes or reuses it; another is refused. After a successful `protect` the clean copy in
-a *default* work dir (in the `datasets` cache) is deleted unless ``keep_work_dir=True``; a work
-dir the user named is the user's and is kept. Every folder the library creates carries a marker
-file, and the library deletes only marked folders (`remove_tree`).
+identity resumes or reuses it; another is refused. After a successful `fit` a *default* work dir
+(in the `datasets` cache) is deleted whole, clean copy and noise (which with a published image
+gives back the clean image), unless ``keep_work_dir=True``; a work dir the user named is the
+user's and is kept, with a ``KEEP_PRIVATE.txt`` notice. Every folder the library creates carries a
+marker naming its kind; the library writes only into folders of the right kind (`check_kind`) and
+deletes only marked folders (`remove_tree`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -33,16 +36,18 @@ from .checks import caption_is_list, row_captions
 from .images import prepare_image, undecoded
 from .memory import release_pages
 from .rows import row_digest
-from .store import CLEAN_ARRAYS, SampleStore, StoreLayout
+from .store import CLEAN_ARRAYS, RowArray, SampleStore, StoreLayout
 
 logger = logging.getLogger(__name__)
 
 MARKER_FILE = ".hf_unlearnable"
 LOCK_FILE = ".hf_unlearnable.lock"
 IDENTITY_FILE = "identity.json"
+PRIVATE_NOTICE = "KEEP_PRIVATE.txt"
 STATE_DIR = "state"
 CHECKPOINT_DIR = "checkpoint"
 _READ_BATCH = 256
+_COPY_ROWS = 1024
 
 
 # ---------------------------------------------------------------------------------------- markers
@@ -62,6 +67,39 @@ def marker_of(folder: Path) -> dict | None:
         return None
 
 
+#: What each kind of marked folder is, in words for error messages.
+FOLDER_KINDS = {
+    "work_dir": "a work dir",
+    "protector": "a saved ProtectTransform (save_pretrained)",
+    "protector_state": "the fitted state of a saved ProtectTransform",
+    "state": "the state folder inside a work dir",
+    "checkpoint": "the checkpoint folder inside a work dir",
+}
+
+
+def check_kind(folder: Path, kind: str, argument: str) -> None:
+    """Refuse to use ``folder`` (named by ``argument``) as a folder of ``kind`` when the library made
+    it as another kind (a saved protector given as a work dir, say); a work dir must also not be a
+    non-empty folder the library did not make. Nothing is written before this check."""
+    folder = Path(folder)
+    if not folder.exists():
+        return
+    marker = marker_of(folder)
+    if marker is None:
+        if kind == "work_dir" and any(folder.iterdir()):
+            raise ValueError(
+                f"{argument} {folder} is not empty and hf_unlearnable did not create it: a work dir is written and "
+                "deleted by the library, so it must be a new or empty folder, or one an earlier run created."
+            )
+        return
+    found = marker.get("kind")
+    if found != kind:
+        raise ValueError(
+            f"{argument} {folder} is {FOLDER_KINDS.get(found, repr(found))} made by hf_unlearnable, not "
+            f"{FOLDER_KINDS[kind]}; nothing was written to it. Choose another folder."
+        )
+
+
 def remove_tree(folder: Path, purpose: str) -> None:
     """Delete ``folder`` only if this library made it (it has the marker); refuse otherwise."""
     folder = Path(folder)
@@ -75,15 +113,34 @@ def remove_tree(folder: Path, purpose: str) -> None:
     shutil.rmtree(folder)
 
 
-def copy_protection_state(store: SampleStore, target: Path) -> None:
-    """Copy the protection state of ``store`` (layout, noise, triggers, digests; no clean data) into
-    ``target``, replacing an earlier copy only if the library made it."""
+def copy_protection_state(store: SampleStore, target: Path, include_noise: bool = False) -> None:
+    """Write the protection state of ``store`` (layout, triggers, row digests; the noise only with
+    ``include_noise``) into ``target``, replacing an earlier copy only if the library made it. Read
+    from the open arrays, so a state whose files are already deleted from disk copies too."""
     if target.resolve() == store.directory.resolve():
         return
     remove_tree(target, "the fitted state of an earlier save_pretrained")
     mark(target, "protector_state")
-    for path in store.protection_files():
-        shutil.copyfile(path, target / path.name)
+    (target / "layout.json").write_text(json.dumps(dataclasses.asdict(store.layout), indent=2))
+    names = ["triggers", "digests"] + (["published"] if store.has_published else []) + (["noise"] if include_noise else [])
+    for name in names:
+        source = getattr(store, name)
+        copy = RowArray.create(target / f"{name}.npy", source.shape, source.dtype)
+        for start in range(0, len(source), _COPY_ROWS):
+            copy[start : start + _COPY_ROWS] = source[start : start + _COPY_ROWS]
+        copy.close()
+    if include_noise:
+        write_private_notice(target, "the noise of every row it was fitted on (noise.npy)")
+
+
+def write_private_notice(folder: Path, what: str) -> None:
+    """A plain-words notice in ``folder`` that it must stay as private as the original data."""
+    (folder / PRIVATE_NOTICE).write_text(
+        f"This folder holds {what}, written by hf_unlearnable.\n\n"
+        "Keep it as private as your original, unprotected data. The noise and a published protected image\n"
+        "give back the clean image exactly; a clean copy is the clean data. Do not upload, share or publish\n"
+        "this folder, and delete it when you no longer need it.\n"
+    )
 
 
 def folder_size(folder: Path) -> int:
@@ -152,8 +209,14 @@ class WorkDir:
         silently corrupt both outputs: it is refused instead, naming the folder."""
         handle, error = None, None
         if accelerator.is_main_process:
-            if not self.root.exists():
+            try:
+                check_kind(self.root, "work_dir", "work_dir")
+            except ValueError as refused:
+                error = str(refused)
+        if accelerator.is_main_process and error is None:
+            if marker_of(self.root) is None:  # new, or empty (check_kind)
                 mark(self.root, "work_dir")
+                write_private_notice(self.root, "a clean copy of a data set being protected and its noise")
             handle = open(self.root / LOCK_FILE, "a+")
             try:
                 _try_lock(handle)
@@ -216,8 +279,9 @@ class WorkDir:
                 return SampleStore.open(self.state)
         store = None
         if accelerator.is_main_process:
-            if not self.root.exists():
+            if marker_of(self.root) is None:  # new, or empty (check_kind)
                 mark(self.root, "work_dir")
+                write_private_notice(self.root, "a clean copy of a data set being protected and its noise")
             remove_tree(self.checkpoint, "an incomplete run's checkpoints in the work_dir")
             remove_tree(self.state, "an incomplete run's state in the work_dir")
             mark(self.checkpoint, "checkpoint")
@@ -238,30 +302,34 @@ class WorkDir:
             self._write_identity({**self.read_identity(), "finished": True})
         accelerator.wait_for_everyone()
 
-    def release_clean(self, keep: bool) -> None:
-        """After a successful fit: delete the clean copy of a default work dir (unless ``keep``),
-        keeping the protection state for reuse; log where the state is and how large."""
-        before = folder_size(self.root)
+    def release(self, keep: bool, store: SampleStore, accelerator: Accelerator) -> None:
+        """After a successful fit, on every process. A default work dir (unless ``keep``) is deleted
+        whole: its clean copy, and the noise, which with a published image gives back the clean
+        image. ``store`` (this process's open protection arrays) keeps reading them through its open
+        files until it is closed, and the system frees them then, even after a crash. A work dir the
+        user named, or kept, stays as it is; its size and its notice are logged."""
+        accelerator.wait_for_everyone()  # every process has opened its store
+        size = folder_size(self.root) if accelerator.is_main_process else 0
         if not self.default or keep:
-            why = "keep_work_dir=True" if self.default else "a work_dir you chose is yours to delete"
+            if accelerator.is_main_process:
+                why = "keep_work_dir=True" if self.default else "a work_dir you chose is yours to delete"
+                logger.warning(
+                    "The work dir %s keeps a clean copy of the protected data set and its noise (%s in all; %s): keep "
+                    "it as private as the originals (%s) and delete it when done (`hf-unlearnable cache clean` for "
+                    "work dirs in the datasets cache).", self.root, human_size(size), why, PRIVATE_NOTICE,
+                )
+            return
+        store.unlink()
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            remove_tree(self.root, "a finished run's work dir")
             logger.warning(
-                "The work dir %s keeps a clean copy of the protected data set (%s in all; %s). Delete it when "
-                "done (`hf-unlearnable cache clean` for work dirs in the datasets cache).", self.root, human_size(before), why,
+                "Deleted the work dir %s (%s): its clean copy of the data and the noise are gone from disk. This "
+                "transform still maps the rows it was fitted on until it is garbage-collected or the process ends; "
+                "save_pretrained() keeps the surrogate, triggers and row digests, not the noise. A rerun computes "
+                "again; keep_work_dir=True keeps the work dir (and its clean copy) for reuse.", self.root, human_size(size),
             )
-            return
-        if self.read_identity().get("clean_deleted"):
-            logger.info("The work dir %s holds no clean copy (%s of protection state).", self.root, human_size(before))
-            return
-        store = SampleStore.open(self.state, mode="r", clean=False)
-        for path in [*store.clean_files(), *self.checkpoint.glob("optimizer-round*.pt")]:
-            path.unlink(missing_ok=True)
-        self._write_identity({**self.read_identity(), "clean_deleted": True})
-        logger.warning(
-            "Deleted the clean copy of the data (%s) from the work dir %s; kept %s of protection state (noise, "
-            "triggers, row digests, surrogate) so a rerun is reused. `hf-unlearnable cache clean` removes it; "
-            "keep_work_dir=True keeps the clean copy.",
-            human_size(before - folder_size(self.root)), self.root, human_size(folder_size(self.root)),
-        )
+        accelerator.wait_for_everyone()
 
 
 def _try_lock(handle) -> None:

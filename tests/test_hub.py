@@ -16,6 +16,7 @@ from huggingface_hub.errors import EntryNotFoundError
 import hf_unlearnable
 from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.hub import EM_CITATION, LIBRARY_CITATION, MEM_CITATION, dataset_card, push_protected, size_category
+from hf_unlearnable.testing import synthetic_captions
 
 from .conftest import FAST_CONFIG
 
@@ -348,3 +349,37 @@ def test_an_injected_api_reads_and_uploads_the_card(fitted, hub_recorder, tmp_pa
     push_protected(protected, "me/photos-protected", transform, token=TOKEN, api=missing)
     assert "configs" not in DatasetCard(missing.uploads[0]["path_or_fileobj"].decode()).data.to_dict()
     assert "Could not read back the README of me/photos-protected" in caplog.text and TOKEN not in caplog.text
+
+
+def test_push_protected_refuses_the_clean_data_set_before_any_network_call(fitted, dataset, hub_recorder):
+    transform, _ = fitted
+    with pytest.raises(ValueError, match=r"Refusing to publish: 48 of 48 rows of the data set .* are not this "
+                                         r"transform's protected output.*a clean copy is never uploaded"):
+        push_protected(dataset, "me/photos-protected", transform, token=TOKEN)
+    assert hub_recorder == {"dataset": [], "load": [], "card": []}
+
+
+def test_push_protected_refuses_a_copy_with_some_rows_undone(fitted, hub_recorder):
+    transform, protected = fitted
+    rows = protected.to_list()
+    rows[3]["caption"] = rows[3]["caption"].split(" ", 3)[3]  # its trigger deleted
+    rows[7]["image"] = rows[8]["image"]  # another row's picture
+    rows[7]["caption"] = rows[8]["caption"]
+    raw = datasets.Dataset.from_list(rows[:7] + rows[9:], features=protected.features)  # row 7 is fine: row 8's pair
+    assert transform.unprotected_rows(raw) == [3]
+    edited = datasets.DatasetDict(train=raw, test=protected.select(range(4)))
+    with pytest.raises(ValueError, match=r"1 of 46 rows of split 'train' \(first: \[3\]\)"):
+        push_protected(edited, "me/photos-protected", transform, token=TOKEN)
+    assert hub_recorder["dataset"] == []
+
+
+def test_push_protected_accepts_rows_protected_online_and_by_a_reloaded_protector(fitted, hub_recorder, tmp_path):
+    transform, protected = fitted
+    online = transform.apply(synthetic_captions(6, image_size=32, seed=321))  # rows it was not fitted on
+    assert transform.unprotected_rows(online) == []
+    push_protected(online, "me/new-photos-protected", transform, token=TOKEN)
+    assert hub_recorder["dataset"][0]["rows"] == 6
+    transform.save_pretrained(tmp_path / "saved")
+    loaded = ProtectTransform.from_pretrained(tmp_path / "saved", progress=False)
+    assert loaded.unprotected_rows(protected) == []  # the published digests travel with it, not the noise
+    assert loaded.unprotected_rows(online) == list(range(6))  # rows another process protected online are unknown

@@ -52,6 +52,21 @@ def _read_remote_card(repo_id: str, token: str | None, api: Any) -> DatasetCard 
         return None
 
 
+def _refuse_unprotected(ds: datasets.Dataset | datasets.DatasetDict, transform: ProtectTransform) -> None:
+    """Before any network call: every row must be ``transform``'s protected output (`unprotected_rows`)."""
+    splits = ds.items() if isinstance(ds, datasets.DatasetDict) else [(None, ds)]
+    for name, split in splits:
+        failed = transform.unprotected_rows(split)
+        if failed:
+            where = f"split {name!r}" if name is not None else "the data set"
+            raise ValueError(
+                f"Refusing to publish: {len(failed)} of {len(split)} rows of {where} (first: {failed[:5]}) are not this "
+                "transform's protected output: their image is not one it wrote, or a caption lacks that row's trigger "
+                "words. Publish the data set that transform.protect(ds) (or ds.map(transform)) returned, unchanged, "
+                "with the same transform; a clean copy is never uploaded."
+            )
+
+
 def push_protected(
     ds: datasets.Dataset | datasets.DatasetDict,
     repo_id: str,
@@ -75,6 +90,7 @@ def push_protected(
     default card publishes no setting that helps undo the protection.
     """
     _check_repo_id(repo_id)
+    _refuse_unprotected(ds, transform)
     card = dataset_card(ds, transform, source_dataset=source_dataset, license=license, pretty_name=pretty_name,
                         card_details=card_details)
     if card_details == "full":
