@@ -26,7 +26,9 @@ def load_image(value: Any, row: int | None = None) -> Image.Image:
     """Turn what a `datasets` image column may hold into a PIL image (not yet converted).
 
     Accepts a PIL image, a ``{"bytes": ..., "path": ...}`` dict (the `datasets.Image` storage
-    form), raw encoded bytes, a file path, or an HxW / HxWxC uint8 array.
+    form), raw encoded bytes, a file path, or an HxW / HxWxC uint8 array. A file that cannot be
+    decoded, or that declares more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` pixels (a decompression
+    bomb), raises a ValueError naming the row.
     """
     if isinstance(value, Image.Image):
         return value
@@ -46,6 +48,12 @@ def load_image(value: Any, row: int | None = None) -> Image.Image:
             if array.dtype != np.uint8:
                 raise ValueError(f"an image array must be uint8 (got {array.dtype}); scale it to 0..255 first")
             return Image.fromarray(array)
+    except Image.DecompressionBombError as error:
+        raise ValueError(
+            f"The image at {_where(row)} is too large to decode safely: {error} Drop or downscale that row "
+            "(e.g. ds.filter) before protecting, or, if you trust the file, raise PIL.Image.MAX_IMAGE_PIXELS "
+            "(None removes the limit); nothing was written."
+        ) from error
     except (UnidentifiedImageError, OSError, ValueError) as error:
         raise ValueError(
             f"Cannot decode the image at {_where(row)}: {error}. Fix or drop that row "

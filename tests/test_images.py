@@ -69,3 +69,14 @@ def test_broken_bytes_name_the_row():
         load_image(3.5, row=3)
     with pytest.raises(ValueError, match="uint8"):
         load_image(np.zeros((4, 4), dtype=np.float32), row=1)
+
+
+def test_a_decompression_bomb_names_the_row_and_the_fix(tmp_path, monkeypatch):
+    # PIL refuses an image of more than 2 x MAX_IMAGE_PIXELS pixels with its own DecompressionBombError,
+    # which no caller catches: it must be a ValueError naming the row, like every other bad image.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # a 16x16 image (256 pixels) is then a "bomb"
+    image = Image.new("RGB", (16, 16))
+    image.save(tmp_path / "bomb.png")
+    for value in ({"bytes": _encoded(image), "path": None}, str(tmp_path / "bomb.png")):
+        with pytest.raises(ValueError, match=r"row 5 is too large to decode safely.*MAX_IMAGE_PIXELS"):
+            prepare_image(value, 8, row=5)
