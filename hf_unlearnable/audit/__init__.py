@@ -27,11 +27,30 @@ audit's report: its clean victims are taken from it rather than retrained. From 
 ``hf-unlearnable evaluate --clean-train C --protected-train P --test T [--reuse REPORT_JSON]``.
 """
 
-from .checks import check_copies_match, check_no_overlap
-from .command import add_evaluate_parser, run_evaluate
-from .report import plot_report, write_report
-from .run import evaluate_protection, load_report, resolve_defenses
-from .verdicts import BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+import typing
+
+from ..lazy import lazy_exports
+
+# Loaded on first use (PEP 562): the `evaluate` command's parser (`audit.command`) is built for every
+# `hf-unlearnable --help`, which must not import torch.
+_PUBLIC = {
+    "BROKEN_SHARE": ".verdicts",
+    "PROTECTED_FACTOR": ".verdicts",
+    "ProtectionReport": ".verdicts",
+    "Verdict": ".verdicts",
+    "chance_scores": ".verdicts",
+    "check_copies_match": ".checks",
+    "check_no_overlap": ".checks",
+    "evaluate_protection": ".run",
+    "judge": ".verdicts",
+    "load_report": ".run",
+    "mean_recall_at_10": ".verdicts",
+    "plot_report": ".report",
+    "resolve_defenses": ".run",
+    "write_report": ".report",
+    "add_evaluate_parser": ".command",
+    "run_evaluate": ".command",
+}
 
 __all__ = [
     "BROKEN_SHARE",
@@ -48,3 +67,12 @@ __all__ = [
     "plot_report",
     "write_report",
 ]
+
+if typing.TYPE_CHECKING:
+    from .checks import check_copies_match, check_no_overlap
+    from .command import add_evaluate_parser, run_evaluate
+    from .report import plot_report, write_report
+    from .run import evaluate_protection, load_report, resolve_defenses
+    from .verdicts import BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+
+__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())
