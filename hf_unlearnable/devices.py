@@ -94,3 +94,52 @@ def build_accelerator(mixed_precision: str = "auto", **kwargs: Any) -> Accelerat
             f"mixed_precision={mixed_precision!r} differs from the setting this process already uses "
             "(Accelerate allows one per process); pass the same value, or run in a new process."
         ) from error
+
+
+def _sees(probe: str, token: str) -> bool:
+    try:
+        return open(probe, encoding="utf-8").read() == token
+    except OSError:
+        return False
+
+
+def check_shared_folder(folder: str | os.PathLike, state: PartialState, what: str = "the work dir") -> None:
+    """Stop unless every process of the run sees the file system ``folder`` is (or will be) on.
+
+    With several machines the work dir must be on a file system they all mount: a folder on each
+    machine's own disk would split the run's store (the main process ingests into its own copy, the
+    others find nothing, or an old run's state). The main process writes a file with a random token
+    in ``folder``, or in its nearest existing parent, so that nothing is created where the library
+    would not; every process reads it back. Nothing to check with one process.
+    """
+    if state.num_processes == 1:
+        return
+    import socket
+    import uuid
+
+    from accelerate.utils import broadcast_object_list, gather_object
+
+    shared: list[str | None] = [None, None]
+    if state.is_main_process:
+        place = os.path.abspath(os.path.expanduser(os.fspath(folder)))
+        while not os.path.isdir(place) and os.path.dirname(place) != place:
+            place = os.path.dirname(place)
+        token = uuid.uuid4().hex
+        probe = os.path.join(place, f".hf_unlearnable-shared-{token}")
+        with open(probe, "w", encoding="utf-8") as file:
+            file.write(token)
+        shared = [probe, token]
+    broadcast_object_list(shared, from_process=0)
+    probe, token = shared
+    seen = gather_object([(state.process_index, socket.gethostname(), _sees(probe, token))])
+    state.wait_for_everyone()
+    if state.is_main_process:
+        os.remove(probe)
+    blind = [f"process {rank} on {host}" for rank, host, sees in seen if not sees]
+    if blind:
+        raise ValueError(
+            f"{what} {os.fspath(folder)} is not on a file system every process of this run sees: {', '.join(blind)} "
+            f"cannot read what process 0 wrote there, so the processes would not share one store. Fix: put it on a "
+            "file system every machine mounts (pass --work-dir /shared/folder, or ProtectTransform(work_dir=...)); "
+            "the default work dir is in each machine's own datasets cache."
+        )
