@@ -67,4 +67,10 @@ def test_disk_checkpointer_loads_on_the_cpu_device_of_a_process_group(clip, tmp_
     assert (state["round"], state["phase"]) == (1, "sweep")
     for name, tensor in saved.model.state_dict().items():
         assert torch.equal(fresh.model.state_dict()[name], tensor), name
-    assert fresh_optimizer.state_dict()["state"].keys() == optimizer.state_dict()["state"].keys() != set()
+    restored, original = fresh_optimizer.state_dict(), optimizer.state_dict()
+    assert restored["state"].keys() == original["state"].keys() != set()
+    for index, values in original["state"].items():  # Adam's moments and step, value for value
+        assert values.keys() == restored["state"][index].keys() >= {"exp_avg", "exp_avg_sq", "step"}
+        for key, value in values.items():
+            assert torch.equal(restored["state"][index][key], value), (index, key)
+    assert restored["param_groups"] == original["param_groups"]

@@ -36,12 +36,16 @@ WORKER = textwrap.dedent(
     if accelerator.is_main_process:
         protected.save_to_disk(os.path.join(out_dir, "protected"))
     digest = hashlib.sha256(json.dumps(protected["caption"][:]).encode()).hexdigest()
+    weights = hashlib.sha256()
+    for name, tensor in sorted(transform.surrogate.model.state_dict().items()):
+        weights.update(name.encode() + tensor.detach().contiguous().numpy().tobytes())
     report = {
         "rank": accelerator.process_index,
         "world": accelerator.num_processes,
         "distributed": dist.is_initialized(),
         "rows": len(protected),
         "captions_sha256": digest,
+        "weights_sha256": weights.hexdigest(),
         "history": transform.history,
     }
     with open(os.path.join(out_dir, f"rank{accelerator.process_index}.json"), "w") as handle:
@@ -71,6 +75,9 @@ def test_two_processes_shard_the_work_and_agree(tmp_path):
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
     assert [r["rank"] for r in reports] == [0, 1] and all(r["world"] == 2 and r["distributed"] for r in reports)
     assert reports[0]["captions_sha256"] == reports[1]["captions_sha256"]  # every process got the same Dataset
+    # DDP kept one surrogate: both processes end with the same trained weights (without the gradient
+    # all-reduce each would train on its own batches and the weights would differ)
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
     losses = [[{k: v for k, v in r.items() if k != "seconds"} for r in report["history"]] for report in reports]
     # losses reduced over both processes; the layered default: two pixel rounds, one trigger round
     assert losses[0] == losses[1] and [r["stage"] for r in losses[0]] == ["pixels", "pixels", "triggers"]

@@ -47,9 +47,8 @@ def rows(path):
 def test_sigkill_mid_round_then_rerun_gives_identical_output(tmp_path):
     killed = start(tmp_path / "work", tmp_path / "unused")
     progress = tmp_path / "work" / "state" / "progress-rank0.json"
-    deadline = time.time() + 240
     seen = None
-    while time.time() < deadline and killed.poll() is None:
+    while killed.poll() is None:  # no wall-clock deadline: under load the run is only slower
         try:
             seen = json.loads(progress.read_text())
         except (FileNotFoundError, json.JSONDecodeError):
