@@ -34,8 +34,11 @@ if _REPO_ROOT not in sys.path:
 from hf_unlearnable.cli import (  # noqa: E402
     add_config_arguments,
     add_surrogate_arguments,
+    check_work_dir_is_shared,
     config_from_arguments,
-    load_dataset_argument,
+    exit_codes,
+    load_dataset_checked,
+    run_command,
     surrogate_from_arguments,
 )
 
@@ -47,6 +50,7 @@ CARD_DETAILS = ("minimal", "full")
 # Holds each caption's original row number while a one-row-per-caption data set is grouped, so
 # --per-caption-output can restore the exact input order.
 _ROW_NUMBERS = "__hf_unlearnable_row__"
+_TRACEBACK_HINT = "--verbose prints the traceback"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="protect_coco.py",
         description="Protect an image-caption data set with Multi-step Error Minimization (MEM) and save it "
         "(save_to_disk), optionally pushing it to the Hub. Run with python (1 process) or accelerate launch.",
+        epilog=exit_codes(traceback_hint=_TRACEBACK_HINT),
     )
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, help="Hub id or local path (a save_to_disk folder or anything load_dataset takes)")
@@ -74,8 +79,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     output = parser.add_argument_group("output")
     output.add_argument("--output-dir", required=True, help="folder for the protected data set (save_to_disk)")
-    output.add_argument("--work-dir", help="folder for the per-sample MEM state (default: a temporary folder); "
-                        "reuse it to resume an interrupted run")
+    output.add_argument("--work-dir", help="folder for the per-sample MEM state (default: a folder in the datasets "
+                        "cache named after the data and settings); reuse it to resume an interrupted run. With several "
+                        "machines, a folder every machine sees")
     output.add_argument("--save-transform", metavar="DIR", help="also save the fitted ProtectTransform "
                         "(ProtectTransform.from_pretrained(DIR) protects new rows later)")
     output.add_argument("--push-to-hub", metavar="REPO_ID", help="push the protected copy and its dataset card to this Hub data set repo")
@@ -87,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "that the data is protected, how to use and cite it, and no setting that helps undo it; 'full' "
                         "adds every setting, the losses and the whole MEMConfig")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step; on a crash, print the traceback")
     add_config_arguments(parser)
     return parser
 
@@ -141,6 +147,7 @@ def run(arguments: argparse.Namespace) -> int:
         datasets.disable_progress_bars()
         transformers.utils.logging.disable_progress_bar()
     config = config_from_arguments(arguments)  # a bad flag value fails here, before any loading
+    check_work_dir_is_shared(arguments.work_dir, state)  # several machines: one store, before any work
     per_caption = [name.strip() for name in arguments.per_caption_columns.split(",") if name.strip()]
     if arguments.max_rows is not None and arguments.max_rows < 2:
         raise ValueError(f"--max-rows {arguments.max_rows}: MEM needs at least 2 rows.")
@@ -158,7 +165,7 @@ def run(arguments: argparse.Namespace) -> int:
 
     # The main process loads (and groups) first, so the others reuse its cache files.
     with state.main_process_first():
-        ds = load_dataset_argument(arguments.dataset, arguments.split)
+        ds = load_dataset_checked(arguments.dataset, arguments.split, "--dataset")  # a load failure: one line, exit 2
         caption_column = arguments.caption_column
         if caption_column and "," in caption_column:
             ds = merge_caption_columns(ds, [name.strip() for name in caption_column.split(",") if name.strip()], "captions")
@@ -224,11 +231,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--card-details needs --push-to-hub")
     logging.basicConfig(level=logging.INFO if arguments.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return run(arguments)
-    except (ValueError, TypeError, FileNotFoundError, ImportError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    # the exit codes of hf-unlearnable protect: bad input is one line and 2, a crash one line and 3
+    return run_command(run, arguments, verbose=arguments.verbose, traceback_hint=_TRACEBACK_HINT)
 
 
 if __name__ == "__main__":

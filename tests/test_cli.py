@@ -1,5 +1,6 @@
 """`hf-unlearnable protect` as a user runs it: a real process, real files."""
 
+import argparse
 import dataclasses
 import json
 import os
@@ -286,3 +287,223 @@ def test_resume_continues_a_work_dir_and_refuses_a_missing_one(tmp_path):
     again = run(*common, "--output", str(tmp_path / "b"), "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert datasets.load_from_disk(str(tmp_path / "a"))["caption"][:] == datasets.load_from_disk(str(tmp_path / "b"))["caption"][:]
+
+
+def test_a_decompression_bomb_is_one_line_naming_the_row_exit_2(surrogate_files, tmp_path, monkeypatch, capsys):
+    # PIL's own DecompressionBombError used to escape as a traceback; it is a bad row like any other.
+    from PIL import Image
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # the 32x32 images (1,024 pixels) are now "bombs"
+    code = main(["protect", "--dataset", str(surrogate_files / "data"), "--from-scratch", str(surrogate_files / "clip_config.json"),
+                 "--processor", str(surrogate_files / "processor"), "--output", str(tmp_path / "out"), "--max-rounds", "1",
+                 "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    [line] = err.strip().splitlines()
+    assert line.startswith("error: The image at row 0 is too large to decode safely") and "MAX_IMAGE_PIXELS" in line
+    assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------ help, numbers, exit codes
+def every_parser(parser):
+    """``parser`` and every subcommand's parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                yield from every_parser(child)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from .test_recipes import load_recipe
+
+    for parser in (*every_parser(build_parser()), load_recipe().build_parser()):
+        for action in parser._actions:
+            if isinstance(action, (argparse._HelpAction, argparse._SubParsersAction)):
+                continue
+            name = "/".join(action.option_strings) or action.dest
+            described = re.sub(r"\(?default: [^)]*\)?", "", action.help or "")  # a default alone says nothing
+            assert len(re.findall(r"[a-zA-Z]{2,}", described)) >= 2, f"{parser.prog} {name}: help {action.help!r}"
+    text = " ".join(build_parser()._subparsers._group_actions[0].choices["protect"].format_help().split())
+    assert "--epsilon EPSILON l_inf budget of the image noise" in text and "a number or a fraction such as 8/255" in text
+
+
+def test_epsilon_takes_a_fraction_and_a_rounded_decimal_is_its_level():
+    # The README's --epsilon 0.0313725 (8/255 to 7 places) protected at 7/255; 8/255 was refused.
+    parser = build_parser()
+    for text in ("8/255", "0.0313725", "0.031372549"):
+        config = config_from_arguments(parser.parse_args(["protect", "--epsilon", text]))
+        assert config.epsilon == 8 / 255 and config.epsilon_levels == 8, text
+    assert config_from_arguments(parser.parse_args(["protect", "--pgd-step-size", "2/255"])).step_levels == 2
+    assert config_from_arguments(parser.parse_args(["protect", "--epsilon", "7.5/255"])).epsilon_levels == 7  # not a hair
+    assert parser.parse_args(["verify", "c", "p", "--epsilon", "0.0313725"]).epsilon == 8 / 255
+    evaluate = ["evaluate", "--clean-train", "c", "--protected-train", "p", "--test", "t"]
+    assert parser.parse_args([*evaluate, "--epsilon", "4/255"]).epsilon == 4 / 255
+    assert config_from_arguments(parser.parse_args(["protect", "--learning-rate", "1/1000"])).learning_rate == 1e-3
+    for bad in ("8/0", "eight"):
+        with pytest.raises(SystemExit) as error:
+            parser.parse_args(["protect", "--epsilon", bad])
+        assert error.value.code == 2
+
+
+def test_importing_the_cli_and_building_its_help_import_no_torch():
+    # `hf-unlearnable --help` took 5 s: the package root imported torch, transformers and datasets.
+    code = ("import sys; from hf_unlearnable.cli import build_parser; build_parser().format_help(); "
+            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+    for command in ("protect", "verify", "show", "cache", "evaluate"):
+        helped = subprocess.run([sys.executable, "-c", "import sys; from hf_unlearnable.cli import main\n"
+                                 f"try:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass\n"
+                                 "print('torch' in sys.modules)"], capture_output=True, text=True, env=ENV, timeout=300)
+        assert helped.stdout.strip().endswith("False"), (command, helped.stderr[-2000:])
+
+
+# ------------------------------------------------------------------------------------ evaluate
+@pytest.fixture(scope="module")
+def audit_files(tmp_path_factory):
+    """Clean, protected (noise and a trigger word) and test splits on disk, a victim folder, a
+    CLIPConfig JSON alone in a folder and a processor folder."""
+    from hf_unlearnable.baselines import random_noise
+
+    root = tmp_path_factory.mktemp("evaluate")
+    clean = synthetic_captions(16, image_size=32, seed=0)
+    clean.save_to_disk(str(root / "clean"))
+    random_noise(clean, 32, seed=3).map(lambda row: {"caption": f"zq {row['caption']}"}).save_to_disk(str(root / "protected"))
+    synthetic_captions(12, image_size=32, seed=1).save_to_disk(str(root / "test"))
+    model, processor = tiny_clip(image_size=32, seed=0)
+    model.save_pretrained(root / "victim")
+    processor.save_pretrained(root / "victim")
+    processor.save_pretrained(root / "processor")
+    (root / "configs").mkdir()
+    tiny_clip_config(32, hidden_size=32).to_json_file(root / "configs" / "clip_config.json")
+    return root
+
+
+def evaluate_arguments(root, *extra):
+    return ["evaluate", "--clean-train", str(root / "clean"), "--protected-train", str(root / "protected"),
+            "--test", str(root / "test"), "--output", str(root / "report"), "--no-progress", *extra]
+
+
+def test_evaluate_crash_is_one_line_with_its_own_exit_code(audit_files, monkeypatch, capsys):
+    # A crash exited 1 with a traceback: the code of "a defense breaks the protection".
+    import hf_unlearnable.audit.run as audit_run
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory.\nTried to allocate 2 GiB")
+
+    monkeypatch.setattr(audit_run, "evaluate_protection", crash)
+    assert main(evaluate_arguments(audit_files, "--victim", str(audit_files / "victim"))) == 3
+    err = capsys.readouterr().err
+    assert err.splitlines() == ["error: crashed (RuntimeError: CUDA out of memory. Tried to allocate 2 GiB); "
+                                "hf-unlearnable -v COMMAND ... prints the traceback."]
+    assert main(["-v", *evaluate_arguments(audit_files, "--victim", str(audit_files / "victim"))]) == 3
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and err.rstrip().splitlines()[-1].startswith("error: crashed (")
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["evaluate"].format_help().split())
+    assert "1 a defense breaks the protection" in help_text and "3 crashed" in help_text
+
+
+def test_evaluate_offline_hub_victim_is_one_line_exit_2(audit_files, tmp_path):
+    env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}  # nothing cached, whatever this machine holds
+    for extra, names in (([], "--victim 'openai/clip-vit-base-patch32'"),
+                         (["--pretrained", "openai/clip-vit-base-patch32"], "--pretrained 'openai/clip-vit-base-patch32'"),
+                         (["--victim", str(audit_files / "configs" / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'")):
+        result = subprocess.run([sys.executable, "-m", "hf_unlearnable.cli", *evaluate_arguments(audit_files, *extra)],
+                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+        assert result.returncode == 2, result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+        [line] = result.stderr.strip().splitlines()
+        assert names in line and "HF_HUB_OFFLINE=1 is set" in line and "LOCAL_FOLDER" in line, line
+
+
+def test_evaluate_victim_config_json_takes_a_processor(audit_files, monkeypatch, capsys):
+    # --victim clip_config.json looked for a processor beside the file; --processor names it, as in protect.
+    import hf_unlearnable.audit.run as audit_run
+
+    from .test_audit import scripted_victims
+
+    seen = []
+    scripted_victims(monkeypatch, lambda ds, defense: 20)
+    fake = audit_run.train_victim
+
+    def record(train_ds, eval_ds, model, processor, **kwargs):
+        seen.append((model, processor))
+        return fake(train_ds, eval_ds, model, processor, **kwargs)
+
+    monkeypatch.setattr(audit_run, "train_victim", record)
+    config = str(audit_files / "configs" / "clip_config.json")
+    assert main(evaluate_arguments(audit_files, "--victim", config, "--processor", str(audit_files / "processor"))) == 0
+    assert len(seen) == 2 and all(model.vision_config.hidden_size == 32 for model, _ in seen)  # the JSON's CLIP
+    assert all(len(processor.tokenizer) == len(tiny_clip(32)[1].tokenizer) for _, processor in seen)
+    capsys.readouterr()
+    assert main(evaluate_arguments(audit_files, "--victim", config, "--processor", str(audit_files / "missing"))) == 2
+    assert "--processor" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------ cache
+def fake_work_dir(root, name, rows, fingerprint, stage, trigger_length, created):
+    """A work dir as a run leaves it: marker, identity.json, its layout and the history of its rounds."""
+    from hf_unlearnable.workdir import mark
+
+    folder = root / name
+    mark(folder, "work_dir")
+    mark(folder / "state", "state")
+    mark(folder / "checkpoint", "checkpoint")
+    (folder / "identity.json").write_text(json.dumps({"dataset_fingerprint": fingerprint, "rows": rows, "created": created,
+                                                      "finished": True}))
+    (folder / "state" / "layout.json").write_text(json.dumps({"trigger_length": trigger_length}))
+    np.save(folder / "state" / "noise.npy", np.ones((rows, 4, 4, 3), np.int8))
+    history = [{"round": 1, "stage": stage}] if stage else []
+    (folder / "checkpoint" / "state.json").write_text(json.dumps({"round": 1, "phase": "done", "history": history}))
+    return folder
+
+
+class Terminal:
+    """Standard input: a terminal that answers ``answer``, or (``tty=False``) a pipe."""
+
+    def __init__(self, answer="", tty=True):
+        self.answer, self.tty, self.asked = answer, tty, 0
+
+    def isatty(self):
+        return self.tty
+
+    def readline(self):
+        self.asked += 1
+        return self.answer + "\n"
+
+
+def test_cache_list_tells_runs_apart(tmp_path, capsys):
+    fake_work_dir(tmp_path, "mem-a", 40, "aaaa1111", "pixels", 3, 1.7e9)
+    fake_work_dir(tmp_path, "mem-b", 12, "bbbb2222", "mem", 5, 1.7e9 + 86400)
+    fake_work_dir(tmp_path, "mem-c", 12, "bbbb2222", None, 3, 1.7e9 + 2 * 86400)  # no round finished yet
+    assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("3 work dir(s) under ")
+    a, b, c = lines[1:]
+    assert "data set aaaa1111, 40 rows" in a and "  layered  " in a and "created 2023-11-1" in a
+    assert "data set bbbb2222, 12 rows" in b and "  MEM-5  " in b and "finished" in b
+    assert "no round done" in c and a.split("created ")[1][:10] != b.split("created ")[1][:10]
+
+
+def test_cache_clean_lists_then_asks_and_a_script_must_say_yes(tmp_path, monkeypatch, capsys):
+    # `cache clean` deleted every work dir without showing them, and asked nothing.
+    folders = [fake_work_dir(tmp_path, f"mem-{n}", 8, f"fp{n}", "mem", 3, 1.7e9) for n in range(2)]
+    clean = ["cache", "clean", "--cache-dir", str(tmp_path)]
+    monkeypatch.setattr(sys, "stdin", Terminal(tty=False))  # a script, a pipe, a job
+    assert main(clean) == 2
+    captured = capsys.readouterr()
+    assert str(folders[0]) in captured.out and str(folders[1]) in captured.out  # listed first
+    assert "Pass --yes" in captured.err and all(folder.exists() for folder in folders)
+    terminal = Terminal("n")
+    monkeypatch.setattr(sys, "stdin", terminal)
+    assert main(clean) == 0
+    assert terminal.asked == 1 and "nothing deleted" in capsys.readouterr().out and all(f.exists() for f in folders)
+    monkeypatch.setattr(sys, "stdin", Terminal("y"))
+    assert main(clean) == 0
+    assert "deleted 2 work dir(s)" in capsys.readouterr().out and not any(f.exists() for f in folders)
+    folder = fake_work_dir(tmp_path, "mem-2", 8, "fp2", "mem", 3, 1.7e9)
+    monkeypatch.setattr(sys, "stdin", Terminal(tty=False))
+    assert main([*clean, "--yes"]) == 0
+    assert "deleted 1 work dir(s)" in capsys.readouterr().out and not folder.exists()

@@ -220,3 +220,26 @@ def test_recipe_summary_says_when_its_rounds_were_reused(capsys):
     assert "reused" not in capsys.readouterr().out.split("summary: ")[0]
     load_recipe()._print_summary({**summary, "reused": True})
     assert "  MEM rounds reused from the finished run in /cache/mem-1 (they took 45.4 s)\n" in capsys.readouterr().out
+
+
+def test_recipe_reports_an_unreachable_dataset_like_the_cli(assets, tmp_path, monkeypatch, capsys):
+    # The recipe printed a traceback and exited 1 where `hf-unlearnable protect` says one line, exit 2.
+    from hf_unlearnable.cli import main as cli_main
+
+    base = ["--model", assets["model"], "--max-rounds", "1", "--no-progress"]
+    assert load_recipe().main(["--dataset", "someone/no-such-dataset", "--output-dir", str(tmp_path / "out"), *base]) == 2
+    recipe_error = capsys.readouterr().err.strip()
+    assert cli_main(["protect", "--dataset", "someone/no-such-dataset", "--output", str(tmp_path / "out"), *base]) == 2
+    cli_error = capsys.readouterr().err.strip()
+    assert recipe_error == cli_error and len(recipe_error.splitlines()) == 1
+    assert recipe_error.startswith("error: --dataset 'someone/no-such-dataset' cannot be loaded")
+    # and a crash is one line and exit 3, as in the CLI
+    import hf_unlearnable.transform as transform_module
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("out of memory")
+
+    monkeypatch.setattr(transform_module.ProtectTransform, "protect", crash)
+    assert load_recipe().main(["--dataset", assets["flickr"], "--output-dir", str(tmp_path / "out"), *base]) == 3
+    assert capsys.readouterr().err.splitlines() == ["error: crashed (RuntimeError: out of memory); --verbose prints the traceback."]
+    assert not (tmp_path / "out").exists()
