@@ -62,10 +62,11 @@ def test_protect_built_in_default_writes_a_dataset(tmp_path):
 def test_protect_rerun_says_its_rounds_were_reused_not_run(tmp_path, monkeypatch, capsys):
     # A second identical run trains nothing; its summary must not pass off the first run's round
     # time as its own (it printed "seconds: 0.9 (45.4 in MEM rounds)") and must name the work dir.
+    # (A default work dir is deleted after its run unless kept, so the first run keeps it.)
     cache = tmp_path / "cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
     flags = ["protect", "--rows", "12", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
-             "--batch-size", "6", "--no-progress"]
+             "--batch-size", "6", "--no-progress", "--keep-work-dir"]
     outputs = []
     for name in ("first", "second"):
         capsys.readouterr()
