@@ -7,17 +7,20 @@ instead (``[start] body_1 .. body_p t_1 .. t_k body_p+1 .. [end]``), the word pi
 the caption, and the codec builds exactly the tokens the written caption tokenises to.
 Trigger tokens come only from a *round-trip-safe* vocabulary (whole-word alphabetic tokens whose
 decode-then-encode gives back the same single token), so tokenising the saved text gives back
-exactly the optimised ids. By default that vocabulary is further cut to English dictionary words
-(`pyspellchecker`'s dictionary and `wordfreq`'s frequent words) that are on no blocklist
-(`better-profanity`'s word list plus the user's), so a trigger reads as words, not as word pieces
-("gue", "ttle") or slurs. Over-long captions lose tokens at the tail, never the trigger.
+exactly the optimised ids. By default (``trigger_words="dictionary"``) that vocabulary is further
+cut to a shipped list of neutral everyday words (``data/trigger_words.txt``, `dictionary_words`),
+built by inclusion from WordNet: things, food, plants, animals, places, weather, colours, sizes,
+with every word that has a main sense about people, bodies, health, sex, religion, ethnicity or
+nationality, weapons, violence, death, crime, drugs or terrorism left out, and so are slurs,
+first names and the words of a blocklist (``data/trigger_blocklist.txt`` and the user's, matched
+on the word and its inflections: `blocked`). On CLIP's tokenizer that leaves 6,235 of its 32,875
+round-trip-safe whole-word tokens. Over-long captions lose tokens at the tail, never the trigger.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import importlib.util
 import re
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
@@ -33,60 +36,78 @@ _WORD = re.compile(r"^[a-z]+$")
 _END_OF_WORD = "</w>"
 _WORDS = re.compile(r"\S+")
 
-#: A "dictionary word" is in a spelling dictionary (pyspellchecker's English one) *and* among
-#: wordfreq's N most frequent English words. Neither list alone is enough: wordfreq counts text as
-#: written, so hyphenation debris and abbreviations rank high ("ing" 7,700, "int" 9,800, "tal" and
-#: "ter" 20,800); the spelling dictionary drops those but holds rare and archaic words. N = 50,000
-#: word forms (inflections count apart) is roughly an adult reader's vocabulary: words near that
-#: rank are still familiar ("croissant" 37,900, "walrus" 29,900) and rarer ones are not needed, as
-#: a CLIP tokenizer (49,408 tokens) has far fewer whole-word tokens than that. Both lists still let
-#: a few pieces through ("ard", "lon"): add them to ``MEMConfig.trigger_blocklist``.
-DICTIONARY_SIZE = 50_000
-#: Shortest dictionary word. The one- and two-letter entries of both lists are mostly letters,
-#: contraction pieces and abbreviations ("s", "ll", "tv", "uk", "mr"); the real ones ("a", "to",
-#: "of") are function words, so dropping them costs a trigger a few dozen tokens out of thousands.
+_DATA = Path(__file__).resolve().parent / "data"
+#: Shortest trigger word. The one- and two-letter tokens of a BPE vocabulary are mostly letters,
+#: contraction pieces and abbreviations ("s", "ll", "tv", "uk", "mr").
 MIN_WORD_LETTERS = 3
+#: Endings that English inflection and agent nouns add, each with the ending of the base form it
+#: came from: WordNet's morphological rules for nouns, verbs and adjectives ("wolves" needs its
+#: exception list, the rest do not), plus "-er"/"-ers" ("wanker", "wankers" -> "wank").
+_INFLECTIONS = (
+    ("s", ""), ("es", ""), ("es", "e"), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
+    ("ies", "y"), ("men", "man"), ("ed", ""), ("ed", "e"), ("ied", "y"), ("ing", ""), ("ing", "e"), ("er", ""),
+    ("er", "e"), ("ier", "y"), ("ers", ""), ("ers", "e"), ("iers", "y"), ("est", ""), ("est", "e"), ("iest", "y"),
+)
+
+
+def word_forms(word: str) -> frozenset[str]:
+    """`word` lower-cased and every base form it may be an inflection of, by suffix rules applied
+    up to twice, with a doubled final consonant undone ("Cats" -> "cat", "shopping" -> "shop",
+    "killings" -> "kill"). Over-generates ("cater" -> "cat"): it only ever blocks more words."""
+    forms = {word.strip().lower()}
+    for _ in range(2):
+        for form in list(forms):
+            for ending, base in _INFLECTIONS:
+                if form.endswith(ending) and len(form) - len(ending) + len(base) >= 2:
+                    stem = form[: len(form) - len(ending)] + base
+                    forms.add(stem)
+                    if not base and len(stem) >= 3 and stem[-1] == stem[-2] and stem[-1] not in "aeiou":
+                        forms.add(stem[:-1])  # "shopp" -> "shop"
+    return frozenset(forms)
+
+
+def blocked(word: str, blocklist: Collection[str]) -> bool:
+    """Whether `word` is on `blocklist` (lower-case words) as written or as an inflection of a word
+    on it, in any case: with "cat" on the list, "cat", "Cats", "catting" are blocked."""
+    return not word_forms(word).isdisjoint(blocklist)
+
+
+def _read_words(name: str) -> frozenset[str]:
+    lines = (line.split("#", 1)[0].strip().lower() for line in (_DATA / name).read_text(encoding="utf-8").splitlines())
+    return frozenset(line for line in lines if line)
 
 
 @functools.lru_cache(maxsize=1)
 def dictionary_words() -> frozenset[str]:
-    """The words a ``trigger_words="dictionary"`` trigger may use: lower-case ASCII letters only, at
-    least `MIN_WORD_LETTERS` long, among wordfreq's `DICTIONARY_SIZE` most frequent English words
-    and in pyspellchecker's English dictionary. Loaded once per process (both ship their data in
-    the wheel, so this works offline)."""
-    import wordfreq  # imported here: only the "dictionary" trigger vocabulary needs them
-    from spellchecker import SpellChecker
+    """The words a ``trigger_words="dictionary"`` trigger may use: the shipped list
+    ``hf_unlearnable/data/trigger_words.txt`` (9,945 everyday English word forms).
 
-    spelling = SpellChecker(language="en", distance=1).word_frequency
-    return frozenset(
-        word for word in wordfreq.top_n_list("en", DICTIONARY_SIZE)
-        if len(word) >= MIN_WORD_LETTERS and _WORD.match(word) and word in spelling
-    )
+    It was built once by ``tools/build_trigger_words.py`` from WordNet 3.0 by inclusion: a word is
+    on it when one of its senses is a concrete thing or a physical property (artifacts, food,
+    plants, animals, natural objects, shapes, substances, places, weather, times, quantities;
+    colours, sizes, shapes, textures) and no main sense of it or of its base form is sensitive
+    (people, bodies, health, sex, religion, peoples and nationalities, weapons, war, violence,
+    death, crime, drugs, alcohol, gambling, terrorism; slurs and slang; capitalised names of
+    peoples and places), it is no common first name, and neither it nor its base form is on
+    `shipped_blocklist` or better-profanity's list. Reading it needs no
+    network and no WordNet."""
+    return _read_words("trigger_words.txt")
 
 
 @functools.lru_cache(maxsize=1)
-def offensive_words() -> frozenset[str]:
-    """The single words of better-profanity's maintained word list, lower-cased.
-
-    Read straight from the package's ``profanity_wordlist.txt`` (no censor machinery). Its few
-    multi-word entries ("blow job") are left out: their parts are ordinary words ("blow", "job").
-    """
-    spec = importlib.util.find_spec("better_profanity")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            "better-profanity is not installed; it is a dependency of hf_unlearnable "
-            "(pip install better-profanity), needed for MEMConfig.trigger_words='dictionary'."
-        )
-    path = Path(next(iter(spec.submodule_search_locations))) / "profanity_wordlist.txt"
-    lines = (line.strip().lower() for line in path.read_text(encoding="utf-8").splitlines())
-    return frozenset(line for line in lines if line and " " not in line)
+def shipped_blocklist() -> frozenset[str]:
+    """The library's own blocklist, ``hf_unlearnable/data/trigger_blocklist.txt``: words that
+    WordNet's domains let through but a data owner would not publish at the start of every caption
+    ("sexy", "shoot"). Matched like ``MEMConfig.trigger_blocklist`` (`blocked`)."""
+    return _read_words("trigger_blocklist.txt")
 
 
 def allowed_trigger_word(word: str, blocklist: Collection[str] = ()) -> bool:
-    """Whether `word` may be a trigger word under ``trigger_words="dictionary"``: a dictionary word
-    on neither better-profanity's list nor `blocklist` (lower-case words)."""
+    """Whether `word` may be a trigger word under ``trigger_words="dictionary"``: on the shipped
+    list (`dictionary_words`), and neither it nor a base form of it (`word_forms`) on the shipped
+    blocklist or `blocklist` (lower-case words)."""
     word = word.lower()
-    return word in dictionary_words() and word not in offensive_words() and word not in blocklist
+    return word in dictionary_words() and not blocked(word, shipped_blocklist()) and not blocked(word, blocklist)
 
 
 class TriggerVocabulary:
@@ -94,9 +115,11 @@ class TriggerVocabulary:
 
     A token qualifies when it is a whole lower-case alphabetic word (ends with ``</w>``), is no
     special token, and ``encode(decode(id)) == [id]`` without special tokens. With
-    ``words="dictionary"`` (the default) its word must also be a dictionary word
-    (`dictionary_words`) on neither better-profanity's list (`offensive_words`) nor `blocklist`;
-    ``words="any"`` keeps every round-trip-safe token (word pieces included).
+    ``words="dictionary"`` (the default) its word must also be on the shipped list of neutral
+    everyday words (`dictionary_words`) and blocked neither by the shipped blocklist
+    (`shipped_blocklist`) nor by `blocklist`; ``words="any"`` keeps every round-trip-safe token
+    (word pieces included) not blocked by `blocklist`. A word is blocked when it or a base form of
+    it is on the list, in any case (`blocked`: "cat" blocks "cats", "Cat").
 
     Args:
         tokenizer: the surrogate's CLIP tokenizer.
@@ -110,7 +133,7 @@ class TriggerVocabulary:
     def __init__(self, tokenizer: Any, words: str = "dictionary", blocklist: Iterable[str] = (), min_size: int = 1):
         if words not in TRIGGER_WORDS:
             raise ValueError(f"TriggerVocabulary words={words!r} is invalid: it must be one of {TRIGGER_WORDS}.")
-        blocked = {str(word).lower() for word in blocklist}
+        user_blocklist = frozenset(str(word).strip().lower() for word in blocklist)
         vocab: dict[str, int] = tokenizer.get_vocab()
         special = set(getattr(tokenizer, "all_special_ids", []))
         words_found, ids = [], []
@@ -137,13 +160,13 @@ class TriggerVocabulary:
         self.words, self.round_trip_safe = words, len(safe)
         word_of = dict(zip(ids, words_found))
         if words == "dictionary":
-            safe = [token_id for token_id in safe if allowed_trigger_word(word_of[token_id], blocked)]
-        elif blocked:
-            safe = [token_id for token_id in safe if word_of[token_id] not in blocked]
+            safe = [token_id for token_id in safe if allowed_trigger_word(word_of[token_id], user_blocklist)]
+        elif user_blocklist:
+            safe = [token_id for token_id in safe if not blocked(word_of[token_id], user_blocklist)]
         if len(safe) < needed:
             raise ValueError(
                 f"Only {len(safe)} of the tokenizer's {len(tokenizer)} tokens ({self.round_trip_safe} round-trip-safe "
-                f"whole words) may be trigger words with MEMConfig.trigger_words={words!r} and {len(blocked)} "
+                f"whole words) may be trigger words with MEMConfig.trigger_words={words!r} and {len(user_blocklist)} "
                 f"blocklisted word(s); at least {needed} are needed (MEMConfig.hotflip_candidates + 1). "
                 "Set MEMConfig.trigger_words='any' to allow every whole-word token, shorten "
                 "MEMConfig.trigger_blocklist, or use a tokenizer with a larger English vocabulary."
@@ -328,8 +351,12 @@ class CaptionCodec:
         return torch.where(keep, with_trigger, without), torch.where(keep, with_mask, without_mask)
 
     def trigger_text(self, trigger_ids: Sequence[int]) -> str:
-        """The trigger as words, e.g. ``"harbor quiet lamp"``."""
-        return " ".join(self.tokenizer.decode([int(t)]).strip() for t in trigger_ids)
+        """The trigger as words, e.g. ``"harbor quiet lamp"``: each trigger token is a whole word
+        (``"harbor</w>"``). Read from the token strings, not with ``tokenizer.decode``: transformers'
+        CLIPTokenizer patches its decoder when it is built, and a pickled copy (a ``ds.map(num_proc=...)``
+        worker) decodes ``"harbor</w>"`` instead of ``"harbor"``."""
+        tokens = self.tokenizer.convert_ids_to_tokens([int(t) for t in trigger_ids])
+        return " ".join(token.removesuffix(_END_OF_WORD) for token in tokens)
 
     def apply(self, trigger_ids: Sequence[int], caption: str) -> str:
         """The protected caption: the caption unchanged, with the trigger words and one space

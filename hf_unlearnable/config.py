@@ -45,13 +45,20 @@ class MEMConfig:
         trigger_length: k, trigger tokens inserted after the start token; 0 means EM (no trigger).
         hotflip_candidates: K, candidate tokens scored per trigger position (Eq. 6).
         trigger_words: which tokens a trigger may use. "dictionary" (default): whole-word tokens
-            that are English dictionary words (3+ letters, in `pyspellchecker`'s English
-            dictionary and among `wordfreq`'s 50,000 most frequent words) and on no blocklist
-            (`better-profanity`'s word list and ``trigger_blocklist``), so a trigger reads as
-            words. "any": every round-trip-safe whole-word token, word pieces such as "ttle"
-            included (the behaviour before this option, and `paper`'s).
+            whose word is on the shipped list of neutral everyday words
+            (``hf_unlearnable/data/trigger_words.txt``, 9,945 words: things, food, plants,
+            animals, places, weather, colours, sizes...), built by inclusion from WordNet 3.0's
+            domains, without any word whose main sense touches people, bodies, health, sex,
+            religion, ethnicity, nationality, weapons, violence, death, crime, drugs or terrorism,
+            nor slurs, first names or the shipped blocklist (``tools/build_trigger_words.py`` says
+            how), and not blocked by ``trigger_blocklist``. On CLIP's tokenizer that is 6,235 of its
+            32,875 round-trip-safe whole-word tokens. "any": every round-trip-safe whole-word
+            token, word pieces such as "ttle" included (the behaviour before this option, and
+            `paper`'s), less ``trigger_blocklist``.
         trigger_blocklist: extra words never to use in a trigger (one word per entry, any case;
-            stored lower-cased), e.g. words offensive in your domain that the list misses.
+            stored lower-cased), e.g. words sensitive in your domain that the list keeps. A word
+            is blocked with its inflections and in any case: "cat" also blocks "cats", "Cat",
+            "catting" (and, as the match undoes suffixes, "cater").
         trigger_rounds: rounds (from the first) in which triggers are updated.
         surrogate_steps: M, surrogate training steps per round.
         max_rounds: upper bound on rounds.
@@ -205,7 +212,7 @@ class MEMConfig:
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise bad("weight_decay", ">= 0")
         if self.trigger_words not in TRIGGER_WORDS:
-            raise bad("trigger_words", 'one of "dictionary" (English dictionary words on no blocklist) or "any" (every whole-word token)')
+            raise bad("trigger_words", 'one of "dictionary" (the shipped list of neutral everyday words) or "any" (every whole-word token)')
         blocklist = self.trigger_blocklist
         if (
             not isinstance(blocklist, (list, tuple))

@@ -1,4 +1,5 @@
-"""Triggers read as words: dictionary words (wordfreq) on no blocklist (better-profanity + the user's)."""
+"""Triggers read as words: the shipped list of neutral everyday words, less the blocklists (the
+library's and the user's). The same on CLIP's real vocabulary: tests/test_trigger_vocabulary.py."""
 
 from __future__ import annotations
 
@@ -8,16 +9,19 @@ import numpy as np
 import pytest
 
 from hf_unlearnable import MEMConfig, ProtectTransform
-from hf_unlearnable.captions import TriggerVocabulary, dictionary_words, offensive_words, trigger_vocabulary
+from hf_unlearnable import captions
+from hf_unlearnable.captions import TriggerVocabulary, allowed_trigger_word, dictionary_words, trigger_vocabulary
 from hf_unlearnable.cli import build_parser, config_from_arguments
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions
 
-# Word pieces a BPE keeps as whole-word tokens: not in wordfreq's list ("ttle", "mber"), or in it
-# (hyphenation debris, "int" at rank 9,800) but not in the spelling dictionary ("tal", "int").
+from .test_trigger_vocabulary import SENSITIVE_WORDS, sensitive_forms
+
+# Word pieces a BPE keeps as whole-word tokens ("ttle", "mber"), and hyphenation debris that is
+# frequent in written English ("tal", "int").
 WORD_PIECES = ("ttle", "mber", "tal", "int")
-# An offensive word that *is* a dictionary word, so only the blocklist can remove it (first in
-# sorted order: the test does not depend on a word chosen by hand).
-OFFENSIVE = sorted(dictionary_words() & offensive_words())[0]
+# Sensitive words of the test's own list (every 40th: not words chosen by hand), planted as
+# whole-word tokens.
+SENSITIVE = tuple(SENSITIVE_WORDS[::40])
 
 ONE_ROUND = MEMConfig(
     max_rounds=1, surrogate_steps=2, batch_size=8, pgd_steps=1, trigger_rounds=1,
@@ -27,8 +31,8 @@ ONE_ROUND = MEMConfig(
 
 @pytest.fixture(scope="module")
 def planted():
-    """The test tokenizer with word pieces and an offensive word planted as whole-word tokens."""
-    return clip_tokenizer(extra_words=(*WORD_PIECES, OFFENSIVE))
+    """The test tokenizer with word pieces and sensitive words planted as whole-word tokens."""
+    return clip_tokenizer(extra_words=(*WORD_PIECES, *SENSITIVE))
 
 
 def words_of(tokenizer, vocabulary: TriggerVocabulary) -> set[str]:
@@ -42,24 +46,26 @@ def trigger_words_of(protected, k: int) -> list[str]:
 def test_planted_words_are_trigger_tokens_under_any(planted):
     # the premise of the next test: each planted word is a round-trip-safe token "any" may use
     words = words_of(planted, TriggerVocabulary(planted, words="any"))
-    assert {*WORD_PIECES, OFFENSIVE, "lamp"} <= words
+    assert {*WORD_PIECES, *SENSITIVE, "lamp"} <= words
 
 
-def test_dictionary_vocabulary_holds_only_dictionary_words_on_no_blocklist(planted):
+def test_dictionary_vocabulary_holds_only_listed_words_on_no_blocklist(planted):
     vocabulary = TriggerVocabulary(planted, words="dictionary", blocklist=("Lamp",))
     words = words_of(planted, vocabulary)
-    assert len(words) > 500
+    assert len(words) > 300
     assert words <= dictionary_words()
-    assert not words & offensive_words()
-    assert OFFENSIVE not in words and "lamp" not in words  # blocklisted: better-profanity's, the user's
+    assert not words & sensitive_forms()  # the planted ones included
+    assert "lamp" not in words  # the user's blocklist
     assert not words & set(WORD_PIECES)  # word pieces are gone
-    assert "harbor" in words or "river" in words  # ordinary words stay
+    assert {"river", "apple", "chair"} <= words  # ordinary words stay
 
 
-def test_better_profanity_phrases_do_not_block_their_ordinary_parts():
-    # the word list has "blow job", "blue waffle": "blue" alone is an ordinary caption word
-    assert "blue" in dictionary_words() and "blue" not in offensive_words()
-    assert all(" " not in word for word in offensive_words())
+def test_the_shipped_blocklist_applies_at_run_time(planted, monkeypatch):
+    # a word added to data/trigger_blocklist.txt is left out before the word list is rebuilt
+    assert allowed_trigger_word("lamps")
+    monkeypatch.setattr(captions, "shipped_blocklist", lambda: frozenset({"lamp"}))
+    assert not allowed_trigger_word("lamps") and not allowed_trigger_word("Lamp")
+    assert "lamp" not in words_of(planted, TriggerVocabulary(planted))
 
 
 def test_too_few_dictionary_words_names_the_counts_and_the_fix(planted):
@@ -75,14 +81,14 @@ def test_protect_writes_dictionary_triggers_and_honours_the_user_blocklist(clip,
     model, processor = clip
     tokenizer = processor.tokenizer
     dictionary = sorted(words_of(tokenizer, TriggerVocabulary(tokenizer)))
-    allowed = set(dictionary[::20])  # ~38 words; the blocklist removes all the others
+    allowed = set(dictionary[::20])  # ~23 words; the blocklist removes all the others
     config = ONE_ROUND.replace(trigger_blocklist=tuple(sorted(set(dictionary) - allowed)))
     ds = synthetic_captions(24, image_size=32, seed=3)
     transform = ProtectTransform(model, processor, config, work_dir=tmp_path / "work", progress=False)
     protected = transform.protect(ds)
     fitted_words = trigger_words_of(protected, config.trigger_length)
     assert len(fitted_words) == 3 * len(ds)
-    assert set(fitted_words) <= allowed  # 72 words drawn from 38 of ~750: chance alone would not do it
+    assert set(fitted_words) <= allowed  # 72 words drawn from 23 of ~450: chance alone would not do it
 
     # rows it was not fitted on (online protection) and a saved-then-loaded protector agree
     unseen = synthetic_captions(8, image_size=32, seed=99)
@@ -94,11 +100,11 @@ def test_protect_writes_dictionary_triggers_and_honours_the_user_blocklist(clip,
 
 
 def test_default_protect_triggers_are_dictionary_words(fitted):
-    # the shared session fit runs with the default config: every trigger word is a dictionary word
+    # the shared session fit runs with the default config: every trigger word is a listed word
     transform, protected = fitted
     assert transform.config.trigger_words == "dictionary"
     words = trigger_words_of(protected, transform.config.trigger_length)
-    assert words and set(words) <= dictionary_words() and not set(words) & offensive_words()
+    assert words and set(words) <= dictionary_words() and not set(words) & sensitive_forms()
 
 
 def test_trigger_words_and_blocklist_enter_the_fingerprint(clip):
