@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .workdir import CHECKPOINT_DIR, STATE_DIR, WorkDir, cache_root, folder_size, human_size, marker_of, remove_tree
+from .workdir import CHECKPOINT_DIR, STATE_DIR, WorkDir, cache_root, folder_size, human_size, marker_of, remove_tree, unless_in_use
 
 
 def _read_json(path: Path) -> dict:
@@ -55,6 +55,8 @@ def list_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
         if marker is None or marker.get("kind") != "work_dir":
             continue
         identity = WorkDir(folder, default=True).read_identity()
+        with unless_in_use(folder) as free:
+            in_use = not free
         found.append(
             {
                 "path": str(folder),
@@ -66,17 +68,22 @@ def list_work_dirs(root: str | os.PathLike | None = None) -> list[dict]:
                 "library_version": identity.get("library_version"),
                 "dataset": identity.get("dataset") or identity.get("dataset_fingerprint"),
                 "method": _method_of(folder, identity),
+                "in_use": in_use,
             }
         )
     return found
 
 
 def clean_work_dirs(root: str | os.PathLike | None = None, entries: list[dict] | None = None) -> list[dict]:
-    """Delete ``entries`` (default: every work dir `list_work_dirs` shows under ``root``); returns them.
+    """Delete ``entries`` (default: every work dir `list_work_dirs` shows under ``root``) but those a
+    running run holds (it would crash, or write into a folder that is gone); returns the deleted ones.
     Pass the entries a user was shown, so that a work dir created since is not deleted unseen."""
-    removed = list_work_dirs(root) if entries is None else entries
-    for entry in removed:
-        remove_tree(Path(entry["path"]), "a work dir in the cache")
+    removed = []
+    for entry in list_work_dirs(root) if entries is None else entries:
+        with unless_in_use(Path(entry["path"])) as free:
+            if free:  # deleted while its lock is held: no run can start in it meanwhile
+                remove_tree(Path(entry["path"]), "a work dir in the cache")
+                removed.append(entry)
     return removed
 
 
@@ -87,6 +94,8 @@ def format_work_dirs(entries: list[dict], root: str | os.PathLike) -> str:
         created = time.strftime("%Y-%m-%d %H:%M", time.localtime(entry["created"])) if entry["created"] else "?"
         state = "finished" if entry["finished"] else "unfinished"
         clean = "clean copy kept" if entry["clean_copy"] else "no clean copy"
+        if entry.get("in_use"):
+            state = "IN USE by a running run (not deleted by clean), " + state
         lines.append(
             f"  {entry['path']}  created {created}  data set {entry.get('dataset') or '?'}, {entry['rows']} rows  "
             f"{entry.get('method') or 'no round done'}  {human_size(entry['bytes'])}  {state}, {clean}"

@@ -18,7 +18,8 @@
 Exit codes, the same for every command (`EXIT_CODES`, `run_command`): 0 done; 1 the check failed
 (``verify``: a violation; ``evaluate``: a defense breaks the protection); 2 bad input, one line
 naming the argument and the fix; 3 crashed, one line (``hf-unlearnable -v COMMAND ...`` prints the
-traceback). Importing this module imports neither torch, transformers nor datasets: ``--help`` is
+traceback); 4 training could not go on or protected nothing (`NonFiniteLossError`,
+`NoProtectionError`), one line naming where and the likely cause. Importing this module imports neither torch, transformers nor datasets: ``--help`` is
 quick, each command imports what it needs.
 """
 
@@ -39,6 +40,7 @@ import typing
 from collections.abc import Callable, Sequence
 
 from .config import MEMConfig
+from .errors import NonFiniteLossError, NoProtectionError
 
 if typing.TYPE_CHECKING:
     from transformers import CLIPConfig, CLIPProcessor
@@ -47,14 +49,16 @@ DEMO_ROWS = 256
 DEMO_OVERRIDES = {"max_rounds": 5, "trigger_rounds": 2, "surrogate_steps": 50, "batch_size": 32}
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
-EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED = 0, 1, 2, 3
+EXIT_OK, EXIT_CHECK_FAILED, EXIT_BAD_INPUT, EXIT_CRASHED, EXIT_NO_PROTECTION = 0, 1, 2, 3, 4
 TRACEBACK_HINT = "hf-unlearnable -v COMMAND ... prints the traceback"
 
 
 def exit_codes(check_failed: str | None = None, done: str = "done", traceback_hint: str = TRACEBACK_HINT) -> str:
     """The exit codes, for a command's ``--help`` epilog (``check_failed``: what exit 1 means, if it can happen)."""
     codes = [f"0 {done}", *([f"1 {check_failed}"] if check_failed else []),
-             "2 bad input (one line naming the argument and the fix)", f"3 crashed (one line; {traceback_hint})"]
+             "2 bad input (one line naming the argument and the fix)", f"3 crashed (one line; {traceback_hint})",
+             "4 training could not go on or protected nothing (a loss turned NaN, or no pixel or trigger changed; "
+             "one line naming where and the likely cause)"]
     return "exit codes: " + "; ".join(codes)
 
 
@@ -582,6 +586,9 @@ def run_cache(arguments: argparse.Namespace) -> int:
             return EXIT_OK
     removed = clean_work_dirs(root, entries)
     print(f"deleted {len(removed)} work dir(s), {sum(entry['bytes'] for entry in removed)} bytes, under {root}")
+    kept = [entry["path"] for entry in entries if entry not in removed]
+    if kept:
+        print(f"kept {len(kept)} work dir(s) in use by a running run: {', '.join(kept)}")
     return EXIT_OK
 
 
@@ -597,6 +604,9 @@ def run_command(command: Callable[[argparse.Namespace], int], arguments: argpars
     Shared by the CLI and the recipes, so a script can tell bad input from a crash from a failed check."""
     try:
         return command(arguments)
+    except (NonFiniteLossError, NoProtectionError) as error:  # not a crash: the run says where and why
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_NO_PROTECTION
     except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

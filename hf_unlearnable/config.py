@@ -12,7 +12,8 @@ from typing import Any
 TRIGGER_WORDS = ("dictionary", "any")
 #: The allowed values of ``MEMConfig.method``.
 METHODS = ("mem", "layered")
-_LEVEL_TOLERANCE = 1e-6
+#: An epsilon within this many 8-bit levels of a whole level is that level (0.0313725 is 8/255).
+_LEVEL_TOLERANCE = 1e-4
 MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
 
 

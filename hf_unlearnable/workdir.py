@@ -332,6 +332,23 @@ class WorkDir:
         accelerator.wait_for_everyone()
 
 
+@contextlib.contextmanager
+def unless_in_use(folder: Path) -> Iterator[bool]:
+    """Take a work dir's lock for the block if no run holds it; yields whether it was free (a run
+    that holds it is using the folder, so it must not be deleted under it)."""
+    lock = Path(folder) / LOCK_FILE
+    if not lock.exists():
+        yield True
+        return
+    with open(lock, "a+") as handle:
+        try:
+            _try_lock(handle)
+        except OSError:
+            yield False
+            return
+        yield True
+
+
 def _try_lock(handle) -> None:
     """An exclusive, non-blocking lock on an open file; OSError when another process holds it."""
     try:

@@ -508,3 +508,48 @@ def test_cache_clean_lists_then_asks_and_a_script_must_say_yes(tmp_path, monkeyp
     monkeypatch.setattr(sys, "stdin", Terminal(tty=False))
     assert main([*clean, "--yes"]) == 0
     assert "deleted 1 work dir(s)" in capsys.readouterr().out and not folder.exists()
+
+
+def test_a_run_that_cannot_protect_is_one_line_with_its_own_exit_code(monkeypatch, capsys):
+    # A NaN loss or a run that moved nothing is not a crash and not bad input: exit 4, one line saying where.
+    from hf_unlearnable import NonFiniteLossError, NoProtectionError
+    from hf_unlearnable.transform import ProtectTransform
+
+    for error in (NonFiniteLossError("MEM round 1, surrogate step 1 of 4: the loss is nan. Likely causes: ..."),
+                  NoProtectionError("MEM finished (layered) without moving a single pixel of 8 rows")):
+        def fail(*args, error=error, **kwargs):
+            raise error
+
+        monkeypatch.setattr(ProtectTransform, "protect", fail)
+        assert main(["protect", "--rows", "8", "--no-progress"]) == 4
+        assert capsys.readouterr().err.splitlines() == [f"error: {error}"]
+    help_text = " ".join(build_parser()._subparsers._group_actions[0].choices["protect"].format_help().split())
+    assert "4 training could not go on or protected nothing" in help_text
+
+
+def test_an_epsilon_a_hair_below_a_level_is_that_level():
+    assert MEMConfig(epsilon=0.0313725).epsilon_levels == 8  # 7.9999875 levels: the README's old example
+    assert MEMConfig(epsilon=7.9 / 255).epsilon_levels == 7  # a real fraction of a level still rounds down
+
+
+def test_cache_clean_keeps_a_work_dir_a_running_run_holds(tmp_path, capsys):
+    # A run holds its work dir's lock while it uses the folder; deleting it under the run would crash it.
+    from hf_unlearnable.workdir import LOCK_FILE
+
+    busy, idle = (fake_work_dir(tmp_path, name, 8, "fp", "mem", 3, 1.7e9) for name in ("mem-busy", "mem-idle"))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+                               str(busy / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+        listed = capsys.readouterr().out
+        assert f"{busy}  " in listed and "IN USE by a running run" in listed.split(str(busy))[1].splitlines()[0]
+        assert "IN USE" not in listed.split(str(idle))[1].splitlines()[0]
+        assert main(["cache", "clean", "--yes", "--cache-dir", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert "deleted 1 work dir(s)" in out and f"kept 1 work dir(s) in use by a running run: {busy}" in out
+        assert busy.exists() and not idle.exists()
+    finally:
+        holder.kill()
+        holder.wait()
