@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Protect a whole image-caption data set (MS-COCO, Flickr8K/30K or your own) with MEM.
 
-    accelerate launch recipes/protect_coco.py --dataset nlphuji/flickr30k --split test \
+    accelerate launch recipes/protect_coco.py --dataset lmms-lab/flickr30k --split test \
         --model openai/clip-vit-base-patch32 --output-dir flickr30k-protected
 
 One GPU: ``python recipes/protect_coco.py ...``; eight: ``accelerate launch --multi_gpu
@@ -31,7 +31,7 @@ _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO_ROOT not in sys.path:
     sys.path.insert(0, _REPO_ROOT)
 
-from hf_unlearnable.cli import (  # noqa: E402
+from hf_unlearnable.commands import (  # noqa: E402
     add_config_arguments,
     add_surrogate_arguments,
     check_work_dir_is_shared,
