@@ -182,8 +182,17 @@ def load_surrogate(
     trained, and AdamW on float16 weights turns them to NaN within a step. Lower precision is only
     ever autocast (``MEMConfig.mixed_precision``)."""
     if isinstance(model, (str, os.PathLike)):
-        loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)
-        processor = processor or CLIPProcessor.from_pretrained(str(model))
+        try:
+            loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)
+            processor = processor or CLIPProcessor.from_pretrained(str(model))
+        except OSError as error:  # transformers' own message is long and ends in a 40-line chain
+            reason = " ".join(str(error).split())[:300]
+            raise OSError(
+                f"Cannot load the CLIP model {str(model)!r} ({reason}). Pass a local folder written by "
+                "CLIPModel.save_pretrained (config.json and safetensors weights) with its processor, a CLIPModel "
+                "and its CLIPProcessor, or a CLIPConfig to train a surrogate from scratch; for a Hub id, this "
+                "machine must reach the Hub (HF_HUB_OFFLINE unset) or have the model in its cache."
+            ) from None
         return _float32(loaded), processor
     if isinstance(model, CLIPConfig):
         with torch.random.fork_rng(devices=[]):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from hf_unlearnable import NonFiniteLossError, NoProtectionError, ProtectTransform, train_victim
+from hf_unlearnable.testing import synthetic_captions
 from hf_unlearnable.workdir import IDENTITY_FILE
 
 from .conftest import FAST_CONFIG
@@ -100,3 +101,15 @@ def test_the_method_without_image_noise_is_not_refused_for_moving_no_pixel(clip,
     transform = ProtectTransform(model, processor, triggers_only, work_dir=tmp_path / "work", progress=False).fit(
         dataset.select(range(16)))
     assert transform.summary()["max_noise_levels"] == 0
+
+
+def test_a_hub_id_that_cannot_be_loaded_says_what_to_do_in_one_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # nothing cached, whatever this machine holds
+    with pytest.raises(OSError, match=r"Cannot load the CLIP model 'openai/clip-vit-base-patch32' .*Pass a local "
+                                      r"folder written by CLIPModel.save_pretrained") as caught:
+        ProtectTransform("openai/clip-vit-base-patch32", config=SMALL, progress=False)
+    assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no 40-line chain behind it
+    rows = synthetic_captions(8, image_size=32)
+    with pytest.raises(OSError, match=r"Cannot load the CLIP model '.*no-such-folder'"):
+        train_victim(rows, rows, str(tmp_path / "no-such-folder"), progress=False)
