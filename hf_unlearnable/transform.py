@@ -28,7 +28,6 @@ import torch
 from accelerate import Accelerator
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
-from . import ALGORITHM_VERSION, __version__
 from .captions import CaptionCodec, trigger_vocabulary
 from .checks import check_dataset
 from .config import MEMConfig
@@ -41,9 +40,10 @@ from .memory import release_pages
 from .rows import UNFITTED_WARNING, FittedRows, OnlineProtector, image_digest, protect_batch, record_published
 from .store import SampleStore
 from .surrogate import Surrogate, hash_weights, load_surrogate
+from .version import ALGORITHM_VERSION, __version__
 from .workdir import WorkDir, check_kind, copy_protection_state, ingest, initial_triggers, mark, work_dir_identity
 
-__all__ = ["ProtectTransform", "load_surrogate"]
+__all__ = ["ProtectTransform"]
 
 logger = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ class ProtectTransform:
         check_dataset(ds, self.image_column, self.caption_column)
         known: dict[int, tuple[int, ...]] = {}
         if self._store is not None and self._store.has_published:
-            for index, (value, trigger) in enumerate(zip(self._store.published[:].tolist(), self._store.triggers[:].tolist())):
+            for value, trigger in zip(self._store.published[:].tolist(), self._store.triggers[:].tolist()):
                 known.setdefault(int(value), tuple(trigger))
         known.update(self._written)
         source = undecoded(ds.select_columns([self.image_column, self.caption_column]), self.image_column)

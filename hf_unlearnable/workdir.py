@@ -30,13 +30,13 @@ import numpy as np
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
-from . import ALGORITHM_VERSION, __version__
 from .captions import CaptionCodec, TriggerVocabulary
 from .checks import caption_is_list, row_captions
 from .images import prepare_image, undecoded
 from .memory import release_pages
 from .rows import row_digest
 from .store import CLEAN_ARRAYS, RowArray, SampleStore, StoreLayout
+from .version import ALGORITHM_VERSION, __version__
 
 logger = logging.getLogger(__name__)
 
