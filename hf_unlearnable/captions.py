@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from .checks import check_caption  # noqa: F401  (re-exported: it used to live here)
 from .config import TRIGGER_WORDS, MEMConfig
 
 _WORD = re.compile(r"^[a-z]+$")

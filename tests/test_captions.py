@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary, check_caption
+from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
+from hf_unlearnable.checks import check_caption
 from hf_unlearnable.testing import clip_tokenizer
 
 

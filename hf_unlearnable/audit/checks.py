@@ -16,7 +16,8 @@ from ..rows import row_digest
 _READ_BATCH = 256
 
 
-def _caption_list(value: Any) -> list[str]:
+def caption_list(value: Any) -> list[str]:
+    """A row's captions as a list of strings (one caption, or the list a row holds)."""
     return [str(text) for text in value] if isinstance(value, (list, tuple)) else [str(value)]
 
 
@@ -52,7 +53,7 @@ def check_copies_match(
         raise ValueError(f"{name} has {len(protected)} rows and clean_train {len(clean)}; a protected copy keeps every row. {fix}")
     if set(clean.column_names) != set(protected.column_names):
         raise ValueError(f"{name} has columns {protected.column_names}, clean_train {clean.column_names}. {fix}")
-    from ..report.verify import _same  # NaN-aware equality, shared with `verify_protected`
+    from ..report.verify import nan_equal  # NaN-aware equality, shared with `verify_protected`
 
     others = [c for c in clean.column_names if c not in (image_column, caption_column)]
     plain_clean = clean.select_columns([*others, caption_column]).with_format(None)
@@ -62,12 +63,12 @@ def check_copies_match(
         for offset in range(len(before[caption_column])):
             row = start + offset
             for column in others:
-                if not _same(before[column][offset], after[column][offset]):
+                if not nan_equal(before[column][offset], after[column][offset]):
                     raise ValueError(
                         f"{name} row {row} does not match clean_train row {row}: column {column!r} is "
                         f"{after[column][offset]!r}, not {before[column][offset]!r}. {fix}"
                     )
-            clean_texts, protected_texts = _caption_list(before[caption_column][offset]), _caption_list(after[caption_column][offset])
+            clean_texts, protected_texts = caption_list(before[caption_column][offset]), caption_list(after[caption_column][offset])
             if len(clean_texts) != len(protected_texts) or not all(map(_inserts_only, clean_texts, protected_texts)):
                 raise ValueError(
                     f"{name} row {row} does not match clean_train row {row}: its caption {after[caption_column][offset]!r} "
@@ -90,13 +91,14 @@ def check_copies_match(
             )
 
 
-def _row_digests(ds: datasets.Dataset, image_size: int, image_column: str, caption_column: str) -> list[int]:
+def row_digests(ds: datasets.Dataset, image_size: int, image_column: str, caption_column: str) -> list[int]:
+    """Each row's digest (image at ``image_size`` and captions), in row order, as `check_no_overlap` compares them."""
     source = undecoded(ds.select_columns([image_column, caption_column]).with_format(None), image_column)
     digests = []
     for start in range(0, len(source), _READ_BATCH):
         chunk = source[start : start + _READ_BATCH]
         for offset, (image, caption) in enumerate(zip(chunk[image_column], chunk[caption_column])):
-            digests.append(row_digest(prepare_image(image, image_size, start + offset), _caption_list(caption)))
+            digests.append(row_digest(prepare_image(image, image_size, start + offset), caption_list(caption)))
     return digests
 
 
@@ -111,11 +113,12 @@ def check_no_overlap(
     """Refuse a test split that shares rows with the training split (same image at ``image_size``
     and same captions: the row digest `ProtectTransform` keys its state on). A victim scored on
     rows it trained on measures memorisation, not what it learned."""
-    digests = [_row_digests(ds, image_size, image_column, caption_column) for ds in (train, test)]
-    _refuse_shared_rows(*digests)
+    digests = [row_digests(ds, image_size, image_column, caption_column) for ds in (train, test)]
+    refuse_shared_rows(*digests)
 
 
-def _refuse_shared_rows(train_digests: list[int], test_digests: list[int]) -> None:
+def refuse_shared_rows(train_digests: list[int], test_digests: list[int]) -> None:
+    """Raise a ValueError naming the test rows whose digest is also a training row's."""
     seen = {digest: row for row, digest in enumerate(train_digests)}
     shared = [(row, seen[d]) for row, d in enumerate(test_digests) if d in seen]
     if shared:

@@ -17,12 +17,12 @@ _PROCESSOR_FIX = "pass --processor LOCAL_FOLDER (a saved CLIPProcessor)"
 
 def add_evaluate_parser(commands: Any) -> None:
     """The ``hf-unlearnable evaluate`` subcommand (its arguments; `run_evaluate` runs it)."""
-    from .verdicts import _RULE  # numpy only
+    from .verdicts import VERDICT_RULE  # numpy only
 
     parser = commands.add_parser(
         "evaluate", help="audit a protected copy: train victims under each defense, a verdict per defense",
         description="Train a victim CLIP on the clean and on the protected copy under each defense, evaluate both on "
-        "a clean test split, and say per defense whether the protection holds (protected / weakened / broken). " + _RULE,
+        "a clean test split, and say per defense whether the protection holds (protected / weakened / broken). " + VERDICT_RULE,
         epilog=exit_codes("a defense breaks the protection", done="no defense breaks the protection"),
     )
     parser.add_argument("--clean-train", required=True, help="the clean training data: save_to_disk folder or Hub id")

@@ -20,9 +20,19 @@ from ..checks import check_dataset
 from ..devices import process_state
 from ..surrogate import load_surrogate
 from ..victim import Defense, train_victim
-from .checks import _caption_list, _refuse_shared_rows, _row_digests, check_copies_match
+from .checks import caption_list, check_copies_match, refuse_shared_rows, row_digests
 from .report import write_report
-from .verdicts import _KEYS, BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, _json_safe, chance_scores, judge, mean_recall_at_10
+from .verdicts import (
+    BROKEN_SHARE,
+    PROTECTED_FACTOR,
+    VERDICT_METRICS,
+    ProtectionReport,
+    Verdict,
+    chance_scores,
+    json_safe,
+    judge,
+    mean_recall_at_10,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -137,7 +147,7 @@ def _victim_identity(spec: _Victim) -> str:
     for bookkeeping in ("transformers_version", "architectures"):  # save_pretrained writes them; training ignores them
         fields.pop(bookkeeping, None)
     fields["dtype"] = fields.get("dtype") or "float32"  # unset means the float32 default a model is built in
-    digest.update(json.dumps(_json_safe(fields), sort_keys=True, default=str).encode())
+    digest.update(json.dumps(json_safe(fields), sort_keys=True, default=str).encode())
     if isinstance(spec.model, CLIPModel):
         for name, tensor in sorted(spec.model.state_dict().items()):
             digest.update(f"{name} {tensor.dtype}".encode())
@@ -295,12 +305,12 @@ def evaluate_protection(
         name = "protected_train" if label == "protected" else f"protected_train[{label!r}]"
         check_copies_match(clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name)
     image_size = _image_size(victims[0].model)
-    train_digests = _row_digests(clean_train, image_size, image_column, caption_column)
-    test_digests = _row_digests(test, image_size, image_column, caption_column)
-    _refuse_shared_rows(train_digests, test_digests)  # as check_no_overlap
+    train_digests = row_digests(clean_train, image_size, image_column, caption_column)
+    test_digests = row_digests(test, image_size, image_column, caption_column)
+    refuse_shared_rows(train_digests, test_digests)  # as check_no_overlap
 
     captions = test.select_columns([caption_column]).with_format(None)[caption_column]
-    chance = chance_scores([len(_caption_list(value)) for value in captions])
+    chance = chance_scores([len(caption_list(value)) for value in captions])
     chance10 = mean_recall_at_10(chance)
     settings = {
         "defenses": [label for label, _ in resolved], "victims": {v.label: v.source for v in victims},
@@ -343,7 +353,7 @@ def evaluate_protection(
                 verdict, reason = judge(protected10, clean10, chance10, start10)
                 verdicts.append(Verdict(
                     copy_label, spec.label, defense_label, verdict, protected10, clean10, chance10, start10, reason,
-                    {k: history[-1][k] for k in _KEYS}, {k: clean_history[-1][k] for k in _KEYS},
+                    {k: history[-1][k] for k in VERDICT_METRICS}, {k: clean_history[-1][k] for k in VERDICT_METRICS},
                 ))
                 if verdict == "broken":
                     logger.warning("defense %s breaks the protection of %s (%s victim): %s", defense_label, copy_label, spec.label, reason)

@@ -17,8 +17,8 @@ PROTECTED_FACTOR = 3.0
 #: broken: mean R@10 >= BROKEN_SHARE x the clean victim's mean R@10 under the same defense.
 BROKEN_SHARE = 0.5
 
-_READ_BATCH = 256
-_KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
+#: The retrieval metrics a verdict keeps for each victim, in the order of the report's tables.
+VERDICT_METRICS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
 
 # ---------------------------------------------------------------------------------------- scores
 
@@ -138,16 +138,17 @@ class ProtectionReport:
         return "\n".join(lines + ([note] if note else []))
 
     def to_dict(self) -> dict[str, Any]:
-        return _json_safe(
+        return json_safe(
             {"settings": self.settings, "chance": self.chance, "verdicts": [asdict(v) for v in self.verdicts],
-             "histories": self.histories, "rule": _RULE}
+             "histories": self.histories, "rule": VERDICT_RULE}
         )
 
     def to_markdown(self) -> str:
         return _markdown(self)
 
 
-_RULE = (
+#: The verdict rule in words, for the report, its JSON and ``hf-unlearnable evaluate --help``.
+VERDICT_RULE = (
     f"Score: R@10 on the clean test split, averaged over image-to-text and text-to-image. Floor: "
     f"{PROTECTED_FACTOR:g}x chance (for a fine-tuned victim, the pretrained model's score if higher). "
     f"protected: at or below the floor while the clean victim under the same defense rose above it. broken: "
@@ -195,15 +196,16 @@ def _weakest_statements(verdicts: Sequence[Verdict]) -> list[str]:
     return lines
 
 
-def _json_safe(value: Any) -> Any:
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as None, numpy scalars as python numbers, tuples as lists, keys as strings."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return _json_safe(value.item())
+        return json_safe(value.item())
     return value
 
 
@@ -211,7 +213,7 @@ def _markdown(report: ProtectionReport) -> str:
     chance10 = mean_recall_at_10(report.chance)
     several_copies = len({v.copy for v in report.verdicts}) > 1
     lines = ["# Protection audit", "", f"**{_plain_statement(report.verdicts)}**", "",
-             *(line for statement in _weakest_statements(report.verdicts) for line in (statement, "")), _RULE, ""]
+             *(line for statement in _weakest_statements(report.verdicts) for line in (statement, "")), VERDICT_RULE, ""]
     reused = report.settings.get("reused_clean") or []
     if reused:
         lines += [f"Clean victims taken from an earlier audit of the same rows, victims and recipe (`reuse`), not retrained: "
@@ -228,17 +230,17 @@ def _markdown(report: ProtectionReport) -> str:
         )
     note = _coarse_test_note(report.chance)
     lines += ["", f"Chance R@10: {chance10:.2f}." + (f" {note}" if note else ""), "", "## Retrieval on the clean test split (last epoch)", ""]
-    head = "| Victim | Defense | Trained on | " + " | ".join(_KEYS) + " |"
-    lines += [head, "|" + "---|" * (len(_KEYS) + 3)]
-    lines.append("| - | - | chance | " + " | ".join(f"{report.chance[k]:.1f}" for k in _KEYS) + " |")
+    head = "| Victim | Defense | Trained on | " + " | ".join(VERDICT_METRICS) + " |"
+    lines += [head, "|" + "---|" * (len(VERDICT_METRICS) + 3)]
+    lines.append("| - | - | chance | " + " | ".join(f"{report.chance[k]:.1f}" for k in VERDICT_METRICS) + " |")
     seen = set()
     for v in report.verdicts:
         if (v.victim, v.defense) not in seen:
             seen.add((v.victim, v.defense))
-            lines.append(f"| {v.victim} | {v.defense} | clean | " + " | ".join(f"{v.clean_final[k]:.1f}" for k in _KEYS) + " |")
-        lines.append(f"| {v.victim} | {v.defense} | {v.copy} | " + " | ".join(f"{v.protected_final[k]:.1f}" for k in _KEYS) + " |")
-    lines += ["", "## Settings", "", "```json", json.dumps(_json_safe(report.settings), indent=1), "```", ""]
+            lines.append(f"| {v.victim} | {v.defense} | clean | " + " | ".join(f"{v.clean_final[k]:.1f}" for k in VERDICT_METRICS) + " |")
+        lines.append(f"| {v.victim} | {v.defense} | {v.copy} | " + " | ".join(f"{v.protected_final[k]:.1f}" for k in VERDICT_METRICS) + " |")
+    lines += ["", "## Settings", "", "```json", json.dumps(json_safe(report.settings), indent=1), "```", ""]
     if "figure" in report.paths:
-        lines.insert(lines.index(_RULE) + 2, f"![R@10 per defense]({Path(report.paths['figure']).name})\n")
+        lines.insert(lines.index(VERDICT_RULE) + 2, f"![R@10 per defense]({Path(report.paths['figure']).name})\n")
     return "\n".join(lines)
 

@@ -18,7 +18,7 @@ from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..transform import ProtectTransform
-from .card import _LOADER_KEYS, CARD_DETAILS, EM_CITATION, LIBRARY_CITATION, MEM_CITATION, _rows_and_info, dataset_card, size_category
+from .card import CARD_DETAILS, EM_CITATION, LIBRARY_CITATION, LOADER_KEYS, MEM_CITATION, dataset_card, rows_and_info, size_category
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def push_protected(
     if card_details == "full":
         logger.warning("The dataset card of %s records every protection setting (card_details='full'); they help "
                        "anyone who wants to undo the protection.", repo_id)
-    rows, _ = _rows_and_info(ds)
+    rows, _ = rows_and_info(ds)
     message = commit_message or "Upload data set protected with hf_unlearnable (MEM)"
     logger.info("Pushing %d protected rows to the Hub data set %s (private=%s)", rows, repo_id, private)
     commit = ds.push_to_hub(repo_id, private=private, token=token, commit_message=message)
@@ -104,7 +104,7 @@ def push_protected(
     resolved = getattr(repo_url, "repo_id", None) or repo_id  # push_to_hub adds the user's namespace
     remote = _read_remote_card(resolved, token, api)
     if remote is not None:
-        for key in _LOADER_KEYS:
+        for key in LOADER_KEYS:
             value = remote.data.get(key)
             if value is not None:
                 card.data[key] = value  # str(card) re-renders the YAML from card.data

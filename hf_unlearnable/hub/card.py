@@ -18,6 +18,7 @@ import datasets
 from huggingface_hub import DatasetCard, DatasetCardData
 
 from ..transform import ProtectTransform
+from ..version import __version__
 
 __all__ = ["CARD_DETAILS", "EM_CITATION", "LIBRARY_CITATION", "MEM_CITATION", "dataset_card", "size_category"]
 
@@ -61,7 +62,7 @@ _SIZE_BOUNDS = [
     (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T"),
 ]
 # Metadata that `Dataset.push_to_hub` writes into README.md and `load_dataset` reads back.
-_LOADER_KEYS = ("configs", "dataset_info")
+LOADER_KEYS = ("configs", "dataset_info")
 
 
 def size_category(rows: int) -> str:
@@ -72,7 +73,8 @@ def size_category(rows: int) -> str:
     return "n>1T"
 
 
-def _rows_and_info(ds: datasets.Dataset | datasets.DatasetDict) -> tuple[int, datasets.DatasetInfo | None]:
+def rows_and_info(ds: datasets.Dataset | datasets.DatasetDict) -> tuple[int, datasets.DatasetInfo | None]:
+    """The row count of ``ds`` (all splits of a DatasetDict) and the info of its first split."""
     if isinstance(ds, datasets.DatasetDict):
         splits = list(ds.values())
         return sum(len(split) for split in splits), (splits[0].info if splits else None)
@@ -137,7 +139,7 @@ def dataset_card(
             f"card_details={card_details!r} is not one of {CARD_DETAILS}: 'minimal' (the default) publishes no "
             "setting that helps undo the protection, 'full' adds the whole record."
         )
-    rows, info = _rows_and_info(ds)
+    rows, info = rows_and_info(ds)
     license = license or (info.license if info is not None and info.license else None)
     if pretty_name is None and source_dataset:
         pretty_name = f"{source_dataset} (MEM-protected)"
@@ -160,8 +162,6 @@ def dataset_card(
 
 def _settings_table(transform: ProtectTransform, method: str) -> str:
     """The full record (``card_details="full"`` only): every setting, the rounds run and the final losses."""
-    from .. import __version__
-
     config, summary, k = transform.config, transform.summary(), transform.config.trigger_length
     if method == "MEM":
         method_row = "Multi-step Error Minimization (MEM): image noise and text trigger optimised together"
@@ -274,8 +274,9 @@ def _card_body(
             "are when you mirror the data, and do not use them as reference captions (e.g. to score a captioning model)."
         )
     notes += [
-        "- **Keep the originals private.** The protection only covers this copy; anyone holding the clean originals "
-        "can train on them.",
+        "- **Keep the originals private.** This copy holds neither the clean images nor the perturbation on its own; "
+        "anyone holding the clean originals, or the perturbation (the published image minus it is the clean image), "
+        "can train on clean data. The data owner keeps both private.",
         "- **This is not encryption and not a guarantee.** The protection is aimed at CLIP-style contrastive "
         "image-text training, as evaluated in the paper; other kinds of training may still learn from this data."
         + (" So may strong data augmentation or an adaptive adversary." if full else ""),

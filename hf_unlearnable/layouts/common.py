@@ -20,39 +20,45 @@ IMAGE_ID_COLUMN_NAMES = ("image_id", "cocoid", "imgid", "img_id", "filename", "f
 
 _CHUNK = 1024
 # One caption per column: caption_0 ... caption_4 (some Flickr8K copies), sentence1 ..., text_2 ...
-_NUMBERED_CAPTION = re.compile(r"^(caption|captions|sentence|sentences|text|raw)_?\d+$")
-_LIST_TYPES = tuple(t for t in (getattr(datasets, "List", None), datasets.Sequence, getattr(datasets, "LargeList", None)) if t)
+NUMBERED_CAPTION = re.compile(r"^(caption|captions|sentence|sentences|text|raw)_?\d+$")
+#: The list features of the installed datasets (List, Sequence, LargeList; older releases lack some).
+LIST_TYPES = tuple(t for t in (getattr(datasets, "List", None), datasets.Sequence, getattr(datasets, "LargeList", None)) if t)
 
 
-def _list_feature(inner: Any) -> Any:
+def list_feature(inner: Any) -> Any:
+    """A list feature of ``inner`` (``datasets.List`` where the installed datasets has it, else ``Sequence``)."""
     return datasets.List(inner) if hasattr(datasets, "List") else datasets.Sequence(inner)
 
 
-def _is_string(feature: Any) -> bool:
+def is_string(feature: Any) -> bool:
+    """Whether a feature holds one string per row."""
     return isinstance(feature, datasets.Value) and feature.dtype in ("string", "large_string")
 
 
-def _is_string_list(feature: Any) -> bool:
-    return isinstance(feature, _LIST_TYPES) and _is_string(feature.feature)
+def is_string_list(feature: Any) -> bool:
+    """Whether a feature holds a list of strings per row."""
+    return isinstance(feature, LIST_TYPES) and is_string(feature.feature)
 
 
-def _describe(ds: datasets.Dataset) -> str:
-    return ", ".join(f"{name} ({_feature_name(feature)})" for name, feature in ds.features.items())
+def describe_columns(ds: datasets.Dataset) -> str:
+    """The columns of ``ds`` with their kinds, for error messages: ``"image (image), caption (string)"``."""
+    return ", ".join(f"{name} ({feature_name(feature)})" for name, feature in ds.features.items())
 
 
-def _feature_name(feature: Any) -> str:
+def feature_name(feature: Any) -> str:
+    """A feature's kind in words (``image``, ``string``, ``list of string``, ``struct``)."""
     if isinstance(feature, datasets.Image):
         return "image"
     if isinstance(feature, datasets.Value):
         return feature.dtype
-    if isinstance(feature, _LIST_TYPES):
-        return f"list of {_feature_name(feature.feature)}"
+    if isinstance(feature, LIST_TYPES):
+        return f"list of {feature_name(feature.feature)}"
     if isinstance(feature, dict):
         return "struct"
     return type(feature).__name__
 
 
-def _arrow_chunks(ds: datasets.Dataset, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, list]]]:
+def arrow_chunks(ds: datasets.Dataset, columns: Sequence[str]) -> Iterator[tuple[int, dict[str, list]]]:
     """(first row, {column: python values}) for `columns`, _CHUNK rows at a time, images undecoded."""
     view = ds.select_columns(list(columns)).with_format("arrow")
     for start in range(0, len(view), _CHUNK):
@@ -60,14 +66,15 @@ def _arrow_chunks(ds: datasets.Dataset, columns: Sequence[str]) -> Iterator[tupl
         yield start, {name: table.column(name).to_pylist() for name in columns}
 
 
-def _column_values(ds: datasets.Dataset, column: str) -> list:
+def column_values(ds: datasets.Dataset, column: str) -> list:
+    """Every value of one column as python values, read chunk by chunk, images undecoded."""
     values: list = []
-    for _, chunk in _arrow_chunks(ds, [column]):
+    for _, chunk in arrow_chunks(ds, [column]):
         values.extend(chunk[column])
     return values
 
 
-def _image_key(value: Any) -> Any:
+def image_key(value: Any) -> Any:
     """What identifies a stored image: a hash of its bytes, else its path."""
     if isinstance(value, dict):
         if value.get("bytes") is not None:
@@ -76,7 +83,8 @@ def _image_key(value: Any) -> Any:
     return value
 
 
-def _same(first: Any, other: Any) -> bool:
+def same_value(first: Any, other: Any) -> bool:
+    """Whether two cell values are equal, a float NaN equal to a float NaN."""
     if first == other:
         return True
     return isinstance(first, float) and isinstance(other, float) and math.isnan(first) and math.isnan(other)

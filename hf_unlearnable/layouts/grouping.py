@@ -9,15 +9,15 @@ import datasets
 
 from ..checks import check_column, check_is_dataset
 from .common import (
-    _LIST_TYPES,
-    _arrow_chunks,
-    _column_values,
-    _feature_name,
-    _image_key,
-    _is_string,
-    _is_string_list,
-    _list_feature,
-    _same,
+    LIST_TYPES,
+    arrow_chunks,
+    column_values,
+    feature_name,
+    image_key,
+    is_string,
+    is_string_list,
+    list_feature,
+    same_value,
 )
 
 # --------------------------------------------------------------------------------------------------
@@ -57,11 +57,11 @@ def group_captions(
         check_column(ds, column, "per_caption_columns")
     if image_id_column in per_caption or caption_column in per_caption:
         raise ValueError("per_caption_columns must not name the image id or caption column.")
-    if not _is_string(ds.features[caption_column]):
-        hint = " It already holds a list per row: no grouping needed." if _is_string_list(ds.features[caption_column]) else ""
+    if not is_string(ds.features[caption_column]):
+        hint = " It already holds a list per row: no grouping needed." if is_string_list(ds.features[caption_column]) else ""
         raise ValueError(
             f"group_captions needs one caption string per row; column {caption_column!r} holds "
-            f"{_feature_name(ds.features[caption_column])}.{hint}"
+            f"{feature_name(ds.features[caption_column])}.{hint}"
         )
     if row_numbers_column is not None and row_numbers_column in ds.column_names:
         raise ValueError(f"row_numbers_column={row_numbers_column!r} is already a column of the data set; pick another name.")
@@ -69,7 +69,7 @@ def group_captions(
         raise ValueError(f"max_images must be a non-negative integer or None, got {max_images!r}.")
 
     groups: dict[Any, list[int]] = {}
-    for row, value in enumerate(_column_values(ds, image_id_column)):
+    for row, value in enumerate(column_values(ds, image_id_column)):
         if value is None:
             raise ValueError(f"Image id column {image_id_column!r} is empty (null) at row {row}; fill or drop that row.")
         rows = groups.get(value)
@@ -92,18 +92,18 @@ def group_captions(
     first_values: list[dict[str, Any] | None] = [None] * len(group_rows)
     subset = ds.select(kept_rows) if len(kept_rows) < len(ds) else ds
     read = [caption_column, *per_caption, *shared]
-    for start, chunk in _arrow_chunks(subset, read):
+    for start, chunk in arrow_chunks(subset, read):
         for offset in range(len(chunk[caption_column])):
             row = kept_rows[start + offset]
             group = group_of[row]
             for name in collected:
                 collected[name][group].append(chunk[name][offset])
-            values = {name: (_image_key(chunk[name][offset]) if name == image_column else chunk[name][offset]) for name in shared}
+            values = {name: (image_key(chunk[name][offset]) if name == image_column else chunk[name][offset]) for name in shared}
             if first_values[group] is None:
                 first_values[group] = values
                 continue
             for name in shared:
-                if not _same(first_values[group][name], values[name]):
+                if not same_value(first_values[group][name], values[name]):
                     what = "image" if name == image_column else "value"
                     raise ValueError(
                         f"Rows {group_rows[group][0]} and {row} share {image_id_column}={ids[group]!r} but differ in "
@@ -116,10 +116,10 @@ def group_captions(
     grouped = ds.select([rows[0] for rows in group_rows])
     columns = list(ds.column_names)
     for name in collected:
-        feature = _list_feature(ds.features[name])
+        feature = list_feature(ds.features[name])
         grouped = grouped.remove_columns(name).add_column(name, collected[name], feature=feature)
     if row_numbers_column is not None:
-        grouped = grouped.add_column(row_numbers_column, group_rows, feature=_list_feature(datasets.Value("int64")))
+        grouped = grouped.add_column(row_numbers_column, group_rows, feature=list_feature(datasets.Value("int64")))
         columns.append(row_numbers_column)
     return grouped.select_columns(columns)
 
@@ -146,14 +146,14 @@ def ungroup_captions(
         check_column(grouped, row_numbers_column, "row_numbers_column", "grouped")
     unfold = [caption_column, *per_caption] + ([row_numbers_column] if row_numbers_column else [])
     for name in unfold:
-        if not isinstance(grouped.features[name], _LIST_TYPES):
+        if not isinstance(grouped.features[name], LIST_TYPES):
             raise ValueError(
-                f"ungroup_captions needs a list per row in column {name!r}; it holds {_feature_name(grouped.features[name])}."
+                f"ungroup_captions needs a list per row in column {name!r}; it holds {feature_name(grouped.features[name])}."
             )
 
     source_rows: list[int] = []
     flat: dict[str, list] = {name: [] for name in unfold}
-    for start, chunk in _arrow_chunks(grouped, unfold):
+    for start, chunk in arrow_chunks(grouped, unfold):
         for offset, captions in enumerate(chunk[caption_column]):
             row = start + offset
             count = len(captions or [])

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from ..checks import check_dataset
 from ..images import load_image, prepare_image, to_rgb
-from .verify import _raw
+from .verify import raw_rows
 
 # ---------------------------------------------------------------------------------------------------
 # sample grid (Figures 3-4 of the MEM paper)
@@ -116,7 +116,7 @@ def sample_grid(
     if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
         raise ValueError(f"image_size={image_size!r} must be an integer >= 8 (display pixels per image).")
 
-    clean_raw, protected_raw = _raw(clean_ds, image_column), _raw(protected_ds, image_column)
+    clean_raw, protected_raw = raw_rows(clean_ds, image_column), raw_rows(protected_ds, image_column)
     samples = []
     for row in chosen:
         protected = np.asarray(to_rgb(load_image(protected_raw[row][image_column], row)), dtype=np.uint8)

@@ -101,19 +101,19 @@ def _levels(epsilon: float) -> int:
     return levels
 
 
-def _raw(ds: datasets.Dataset, image_column: str) -> datasets.Dataset:
+def raw_rows(ds: datasets.Dataset, image_column: str) -> datasets.Dataset:
     """Python-formatted rows with images as stored (bytes/paths), so decoding happens here, per row."""
     return undecoded(ds.with_format(None), image_column)
 
 
-def _same(a: Any, b: Any) -> bool:
+def nan_equal(a: Any, b: Any) -> bool:
     """Equality that treats NaN as equal to NaN (a float column with missing values stays 'unchanged')."""
     if isinstance(a, float) and isinstance(b, float):
         return a == b or (math.isnan(a) and math.isnan(b))
     if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return len(a) == len(b) and all(nan_equal(x, y) for x, y in zip(a, b))
     if isinstance(a, dict) and isinstance(b, dict):
-        return a.keys() == b.keys() and all(_same(a[key], b[key]) for key in a)
+        return a.keys() == b.keys() and all(nan_equal(a[key], b[key]) for key in a)
     try:
         return bool(a == b)
     except (TypeError, ValueError):
@@ -219,7 +219,7 @@ def verify_protected(
         if clean.features[column] != protected.features[column]:
             report.add(None, "features", f"column {column!r} changed type: {clean.features[column]} -> {protected.features[column]}")
 
-    clean_raw, protected_raw = _raw(clean, image_column), _raw(protected, image_column)
+    clean_raw, protected_raw = raw_rows(clean, image_column), raw_rows(protected, image_column)
     total = min(len(clean), len(protected))
     bar = tqdm(total=total, desc="Verifying rows", unit="row", disable=None if progress is None else not progress)
     for start in range(0, total, _VERIFY_BATCH):
@@ -230,7 +230,7 @@ def verify_protected(
             row = start + offset
             for column in others:
                 before, after = clean_batch[column][offset], protected_batch[column][offset]
-                if not _same(before, after):
+                if not nan_equal(before, after):
                     report.add(row, "column", f"column {column!r} changed: {_short(before)} -> {_short(after)}")
             _check_image(report, row, clean_batch[image_column][offset], protected_batch[image_column][offset])
             triggers = _check_captions(
