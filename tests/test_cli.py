@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from hf_unlearnable import MEMConfig
-from hf_unlearnable.cli import build_parser, config_from_arguments, main
+from hf_unlearnable.cli import build_parser, main
+from hf_unlearnable.commands import config_from_arguments
 from hf_unlearnable.images import decode_png
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 

@@ -11,7 +11,8 @@ import pytest
 from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable import captions
 from hf_unlearnable.captions import TriggerVocabulary, allowed_trigger_word, dictionary_words, trigger_vocabulary
-from hf_unlearnable.cli import build_parser, config_from_arguments
+from hf_unlearnable.cli import build_parser
+from hf_unlearnable.commands import config_from_arguments
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions
 
 from .test_trigger_vocabulary import SENSITIVE_WORDS, sensitive_forms

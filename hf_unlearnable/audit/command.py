@@ -7,7 +7,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cli import DEFAULT_MODEL, EXIT_CHECK_FAILED, EXIT_OK, exit_codes, parse_number, parse_pixel_value
+from ..commands import (
+    DEFAULT_MODEL,
+    EXIT_CHECK_FAILED,
+    EXIT_OK,
+    check_model,
+    check_vocabulary,
+    exit_codes,
+    load_dataset_checked,
+    load_processor,
+    parse_number,
+    parse_pixel_value,
+    read_clip_config,
+)
 
 _VICTIM_FIX = ("pass --victim LOCAL_FOLDER (a CLIP model or its config.json saved with its processor), or --victim "
                "CLIPConfig.json with --processor LOCAL_FOLDER")
@@ -63,8 +75,6 @@ def victims_from_arguments(victim: str | None, pretrained: str | None, processor
     the fix, before any data is checked or any victim trains. A CLIPConfig JSON ``victim`` takes
     ``processor``, else the ``pretrained`` model's, else ``DEFAULT_MODEL``'s (the one the audit then
     uses for every victim)."""
-    from ..cli import check_model, check_vocabulary, load_processor, read_clip_config
-
     victim = victim or (None if pretrained else DEFAULT_MODEL)
     loaded = load_processor("--processor", processor, _PROCESSOR_FIX) if processor else None
     if victim is not None and victim.endswith(".json"):
@@ -88,7 +98,6 @@ def run_evaluate(arguments: Any) -> int:
     """Run ``hf-unlearnable evaluate``: print the verdicts, write the report; exit 1 when a defense breaks it."""
     import datasets
 
-    from ..cli import load_dataset_checked
     from .run import evaluate_protection
 
     if arguments.no_progress:
