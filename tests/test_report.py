@@ -255,6 +255,57 @@ def test_grid_options_and_errors(fitted, dataset):
         sample_grid(dataset, protected, caption_column="text")
 
 
+def wide_protected(clean: datasets.Dataset) -> datasets.Dataset:
+    """A protected copy whose images are 48 x 32 (the clean ones are fitted to that shape for the grid)
+    and whose captions run past the lines a row has (the last one ends in an ellipsis)."""
+    raw = clean.cast_column("image", datasets.Image(decode=False))
+    rng = np.random.default_rng(1)
+    data = raw.to_dict()
+    images = []
+    for value in raw["image"]:
+        base = np.asarray(Image.open(io.BytesIO(value["bytes"])).convert("RGB").resize((48, 32)), dtype=np.int16)
+        images.append({"bytes": encode_png((base + rng.integers(-5, 6, size=base.shape)).clip(0, 255)), "path": None})
+    data["image"] = images
+    data["caption"] = ["one two three four five six seven " + caption + " and more words" * 12 for caption in raw["caption"]]
+    return datasets.Dataset.from_dict(data, features=raw.features).cast_column("image", datasets.Image())
+
+
+#: where the grid digests were taken: the PNG bytes depend on Pillow, its zlib and FreeType, and the font
+GRID_CAPTURED = {"pillow": "13.0.0", "zlib": "1.2.13", "freetype2": "2.14.3", "matplotlib": "3.11.2"}
+
+
+def test_grid_png_bytes_are_those_of_the_reference_figures(tmp_path):
+    """Three fixed figures (triggers and an untriggered row; caption lists, image_size and amplify; images that
+    are not square, shrunk with LANCZOS, captions cut with an ellipsis) give the PNG bytes they always gave."""
+    import hashlib
+
+    import matplotlib
+    import PIL
+    from PIL import features
+
+    here = {"pillow": PIL.__version__, "zlib": features.version("zlib"), "freetype2": features.version("freetype2"),
+            "matplotlib": matplotlib.__version__}
+    if here != GRID_CAPTURED:
+        pytest.skip(f"digests were taken with {GRID_CAPTURED}; this is {here}")
+    clean = synthetic_captions(3, image_size=32, seed=2)
+    listed = synthetic_captions(2, image_size=32, seed=4, captions_per_image=3)
+    figures = {
+        "triggers": (clean, handmade_protected(clean, ["alpha beta", "", "delta epsilon zeta"]), 3, {}),
+        "lists": (listed, handmade_protected(listed, ["kappa", "lambda mu"]), [1, 0], dict(image_size=64, amplify=4)),
+        "wide": (clean, wide_protected(clean), [2, 0], dict(image_size=24)),
+    }
+    found = {}
+    for name, (clean_ds, protected_ds, rows, options) in figures.items():
+        grid = sample_grid(clean_ds, protected_ds, rows, path=tmp_path / name / f"{name}.png", **options)
+        written = (tmp_path / name / f"{name}.png").read_bytes()
+        found[name] = (grid.size, hashlib.sha256(written).hexdigest()[:16])
+    assert found == {
+        "triggers": ((896, 653), "9c8878a6620cd4bc"),
+        "lists": ((576, 266), "dcd884b774dabf9c"),
+        "wide": ((581, 208), "38dc3103e2e4e8c2"),
+    }
+
+
 def test_amplify_noise_formula():
     noise = np.array([[[-2, 0, 4]]], dtype=np.int16)
     shown, factor = amplify_noise(noise)
