@@ -1,5 +1,6 @@
-"""The image operations keep their outputs: every image defense and every EOT transformation gives,
-bit for bit, what it gave before they became one registered family (`hf_unlearnable.imageops`).
+"""The image operations (`hf_unlearnable.imageops`): one registry that EOT and the image defenses both
+run, and outputs that did not change when they became one family: every image defense and every EOT
+transformation gives, bit for bit, what it gave before.
 
 The digests were taken from the separate implementations (defenses/image.py and mem/eot.py as they
 were) on fixed inputs and generators; a change in any parameter, draw or kornia call changes them.
@@ -9,6 +10,7 @@ kernel, so elsewhere the comparison is skipped, saying why.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 
 import kornia
@@ -22,12 +24,14 @@ from hf_unlearnable.defenses import (
     Cutout,
     GaussianBlur,
     GaussianNoise,
+    ImageDefense,
     MixUp,
     ResizedCropFlip,
     get_defense,
     jpeg_compress,
 )
-from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS
+from hf_unlearnable.imageops import OPERATIONS, available_image_ops, image_op, register
+from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS, TRANSFORMATIONS
 
 #: where the digests were taken: torch release (without its build tag), kornia release, CPU kernels
 CAPTURED = {"torch": "2.13.0", "kornia": "0.9.0", "cpu": "AVX512"}
@@ -190,3 +194,111 @@ def test_every_eot_transformation_gives_what_it_gave():
     found = eot_digests()
     changed = sorted(name for name in EOT_DIGESTS if found.get(name) != EOT_DIGESTS[name])
     assert not changed, f"EOT transformations whose output, gradient or draws changed: {changed}"
+
+
+# ------------------------------------------------------------------------------------ the registry
+#: which registered operation each EOT transformation and each image defense runs
+RUNS = {
+    **{f"eot:{name}": name for name in ("jpeg", "crop-flip", "grayscale", "blur")},
+    **{f"jpeg-{q}": "jpeg" for q in (10, 30, 50, 75, 90)}, "iss-jpeg-10": "jpeg", "grayscale": "grayscale",
+    "iss-grayscale": "grayscale", "bit-depth-2": "bit-depth", "gaussian-blur": "blur", "gaussian-noise": "gaussian-noise",
+    "cutout": "cutout", "resized-crop-flip": "resized-crop-flip", "ueraser-lite": "ueraser-lite",
+}
+
+
+def test_the_registry_holds_one_operation_per_kind():
+    assert available_image_ops() == [
+        "jpeg", "grayscale", "blur", "crop-flip", "resized-crop-flip", "bit-depth", "gaussian-noise", "cutout", "mixup",
+        "cutmix", "ueraser-lite",
+    ]
+    for operation in OPERATIONS.values():
+        assert operation.summary and operation.source and (operation.function.__doc__ or "").strip()
+
+
+def test_eot_and_the_defenses_run_the_registered_operation(monkeypatch):
+    """A defense such as "jpeg-75" and the EOT transformation "jpeg" go through the one registered
+    function, with their own parameters (a spy replaces each registry entry)."""
+    calls = []
+
+    def spy(name, function):
+        def wrapped(pixels, generator, **parameters):
+            calls.append((name, parameters))
+            return function(pixels, generator, **parameters)
+        return wrapped
+
+    for name, operation in list(OPERATIONS.items()):
+        monkeypatch.setitem(OPERATIONS, name, dataclasses.replace(operation, function=spy(name, operation.function)))
+    pixels = batches()["square"]
+    for label, expected in RUNS.items():
+        calls.clear()
+        if label.startswith("eot:"):
+            EOT((label[4:],))(pixels, label[4:], torch.Generator().manual_seed(0))
+        else:
+            get_defense(label)(pixels, [""] * len(pixels), torch.Generator().manual_seed(0))
+        assert [name for name, _ in calls] == [expected], label
+    calls.clear()
+    get_defense("jpeg-75")(pixels, [""] * len(pixels), torch.Generator())
+    EOT(("jpeg",))(pixels, "jpeg", torch.Generator())
+    assert calls == [("jpeg", {"quality": 75.0, "quantize": True}), ("jpeg", {"quality": (30.0, 95.0)})]
+
+
+def test_mixing_defenses_give_the_registered_operations_pixels():
+    pixels = batches()["square"]
+    for defense, operation in (("mixup", "mixup"), ("cutmix", "cutmix")):
+        ours, _ = get_defense(defense)(pixels.clone(), [""] * len(pixels), torch.Generator().manual_seed(4))
+        assert torch.equal(ours, image_op(operation)(pixels.clone(), torch.Generator().manual_seed(4)))
+
+
+@pytest.mark.parametrize("name", list(OPERATIONS))
+def test_each_operation_replays_from_its_generator_and_says_whether_it_is_differentiable(name):
+    pixels = batches()["square"]
+    torch.manual_seed(11)
+    before = torch.random.get_rng_state()
+    x = pixels.clone().requires_grad_(True)
+    first = image_op(name)(x, torch.Generator().manual_seed(1))
+    assert torch.equal(torch.random.get_rng_state(), before)  # the caller's global RNG is left alone
+    assert torch.equal(first, image_op(name)(pixels.clone(), torch.Generator().manual_seed(1)))
+    assert first.shape == pixels.shape and not torch.equal(first, pixels)
+    gradient = torch.autograd.grad(first.sum(), x, allow_unused=True)[0] if first.requires_grad else None
+    reaches = gradient is not None and bool(gradient.abs().sum() > 0)
+    assert reaches == OPERATIONS[name].differentiable
+
+
+def test_eot_transformations_are_registered_operations_with_drawn_parameters():
+    for name, (operation, _) in TRANSFORMATIONS.items():
+        assert operation.operation.differentiable, name
+        assert any(isinstance(value, tuple) for value in operation.parameters.values()), name  # drawn per image
+    with pytest.raises(ValueError, match="generator"):
+        TRANSFORMATIONS["jpeg"][0](batches()["square"], None)
+
+
+def test_a_new_operation_is_registered_once_and_serves_as_a_defense():
+    try:
+        @register("invert", summary="1 - pixels", source="by hand")
+        def invert(pixels, generator, *, amount: float = 1.0):
+            """Invert by `amount`."""
+            return pixels + amount * (1 - 2 * pixels)
+
+        pixels = batches()["odd"]
+        out, texts = ImageDefense(image_op("invert"))(pixels, ["a", "b"], torch.Generator())
+        assert torch.allclose(out, 1 - pixels) and texts == ["a", "b"]
+        with pytest.raises(ValueError, match="already registered"):
+            register("invert", summary="", source="")(invert)
+    finally:
+        OPERATIONS.pop("invert", None)
+    with pytest.raises(ValueError, match="keyword-only with a default"):
+        register("loose", summary="", source="")(lambda pixels, generator, amount: pixels)
+    assert "loose" not in OPERATIONS
+
+
+def test_unknown_names_and_parameters_name_the_valid_ones():
+    with pytest.raises(ValueError, match="unknown image operation 'jpg'.*'jpeg'"):
+        image_op("jpg")
+    with pytest.raises(TypeError, match=r"takes no parameter \['q'\]; it takes \['quality', 'quantize'\]"):
+        image_op("jpeg", q=75)
+    with pytest.raises(ValueError, match="JPEG quality must be in"):
+        image_op("jpeg", quality=(0.0, 50.0))(batches()["odd"], torch.Generator())
+    with pytest.raises(TypeError, match="image_op"):
+        ImageDefense("jpeg")
+    assert image_op("jpeg", quality=75.0) == image_op("jpeg", quality=75.0) != image_op("jpeg", quality=50.0)
+    assert repr(image_op("blur", sigma=(0.3, 1.2))) == "image_op('blur', sigma=(0.3, 1.2))"

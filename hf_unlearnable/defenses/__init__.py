@@ -29,6 +29,10 @@ for corpus statistics and ``needs_model`` for adversarial training). The registr
 =====================  ===================================================================
 
 Names join with ``+`` (or ``,``) into a composition applied left to right: ``"jpeg-75+strip-3"``.
+
+The image defenses (``jpeg-Q`` to ``ueraser-lite``) are operations of `hf_unlearnable.imageops` with
+fixed parameters, the ones EOT draws per image inside PGD: ``ImageDefense(image_op("jpeg",
+quality=40, quantize=True))`` is a defense for any registered operation.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ from .image import (
     GaussianBlur,
     GaussianNoise,
     Grayscale,
+    ImageDefense,
     MixUp,
     ResizedCropFlip,
     UEraserLite,
@@ -66,6 +71,7 @@ __all__ = [
     "GaussianNoise",
     "Grayscale",
     "Identity",
+    "ImageDefense",
     "MixUp",
     "RareWordFilter",
     "ResizedCropFlip",

@@ -1,5 +1,5 @@
 """The defense protocol that `hf_unlearnable.victim.train_victim` calls, and the helpers every
-defense shares: seeded randomness, 8-bit quantisation, composition.
+defense shares: seeded randomness and 8-bit quantisation (those of `hf_unlearnable.imageops`), composition.
 
 A defense is a callable ``defense(pixels, captions, generator) -> (pixels, captions)``:
 
@@ -21,21 +21,17 @@ honoured by `train_victim` (and forwarded by `Compose`):
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
-__all__ = ["Compose", "DefenseBase", "Identity", "compose", "quantize_8bit"]
+from ..imageops import draw_seed, quantize_8bit
+
+__all__ = ["Compose", "DefenseBase", "Identity", "compose", "draw_seed", "quantize_8bit"]
 
 #: ``loss(pixels, captions) -> scalar tensor``: the victim's contrastive loss on one batch.
 LossClosure = Callable[[torch.Tensor, Sequence[str]], torch.Tensor]
-
-
-def quantize_8bit(pixels: torch.Tensor) -> torch.Tensor:
-    """Round [0, 1] pixels to the nearest of the 256 uint8 levels (what saving a PNG/JPEG does)."""
-    return pixels.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
 
 
 def check_batch(pixels: Any, captions: Any) -> None:
@@ -85,25 +81,6 @@ class DefenseBase:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.name!r})" if self.name else f"{type(self).__name__}()"
-
-
-def draw_seed(generator: torch.Generator) -> int:
-    """A 62-bit seed drawn from `generator` (to seed libraries that use torch's global RNG)."""
-    return int(torch.randint(0, 2**62, (1,), generator=generator))
-
-
-@contextlib.contextmanager
-def seeded_global_rng(generator: torch.Generator) -> Iterator[None]:
-    """Run a block under torch's global CPU RNG seeded from `generator`, restored afterwards.
-
-    kornia's augmentations draw their parameters from the global RNG and take no generator; this
-    makes them a deterministic function of `generator` without disturbing the caller's RNG
-    (e.g. the victim's dropout).
-    """
-    seed = draw_seed(generator)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
 
 
 class Identity(DefenseBase):

@@ -1,5 +1,6 @@
 """Image defenses: what a scraper's pipeline, or a trainer who knows about unlearnable examples,
-does to the published pixels. kornia does the image operations wherever it has them.
+does to the published pixels. Each applies one operation of `hf_unlearnable.imageops` (kornia's
+wherever kornia has it) with fixed parameters: the same code that EOT runs inside PGD.
 
 Every defense takes float (B, 3, H, W) batches in [0, 1] (the published uint8 images / 255, before
 CLIP normalisation) and returns the same shape, clamped to [0, 1]. Operations that a real pipeline
@@ -10,15 +11,19 @@ crops) stay float, as they would in a data loader.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
-import kornia
-import kornia.augmentation as K
 import torch
-from kornia.augmentation.auto import TrivialAugment
 
-from .base import DefenseBase, LossClosure, quantize_8bit, seeded_global_rng
+from ..imageops import (
+    ImageOp,
+    blur_kernel_size,
+    cutmix_with_partners,
+    image_op,
+    jpeg_compress,
+    mixup_with_partners,
+)
+from .base import DefenseBase, LossClosure
 
 __all__ = [
     "AdversarialTraining",
@@ -28,6 +33,7 @@ __all__ = [
     "GaussianBlur",
     "GaussianNoise",
     "Grayscale",
+    "ImageDefense",
     "JPEG",
     "MixUp",
     "ResizedCropFlip",
@@ -36,59 +42,54 @@ __all__ = [
 ]
 
 
-def jpeg_compress(pixels: torch.Tensor, quality: float | torch.Tensor) -> torch.Tensor:
-    """JPEG encode-decode round trip at `quality` (1-100; a scalar or one per image), quantised to uint8 levels.
+class ImageDefense(DefenseBase):
+    """Apply one registered image operation with its parameters bound; captions pass through.
 
-    kornia's `jpeg_codec_differentiable` implements the baseline codec (YCbCr, 4:2:0 chroma
-    subsampling, 8x8 DCT, the standard IJG quantisation tables scaled by quality), the same
-    settings as PIL's default encoder; tests/test_defenses.py checks it against PIL.
+    Args:
+        operation: an `hf_unlearnable.imageops.image_op`, e.g. ``image_op("jpeg", quality=40, quantize=True)``.
     """
-    batch = pixels.shape[0]
-    quality = torch.as_tensor(quality, dtype=pixels.dtype).flatten()
-    if quality.numel() == 1:
-        quality = quality.expand(batch)
-    if quality.numel() != batch or bool(((quality < 1) | (quality > 100)).any()):
-        raise ValueError(f"JPEG quality must be in [1, 100], one value or one per image; got {quality.tolist()}.")
-    # The codec pads to whole 16x16 macro-blocks by edge replication (as encoders do) and crops back.
-    with torch.no_grad():
-        decoded = kornia.enhance.jpeg_codec_differentiable(pixels.clamp(0, 1), quality.contiguous())
-    return quantize_8bit(decoded)
+
+    def __init__(self, operation: ImageOp, seed: int = 0):
+        super().__init__(seed)
+        if not isinstance(operation, ImageOp):
+            raise TypeError(f"operation must be an image_op(name, **parameters), got {type(operation).__name__}.")
+        self.operation = operation
+
+    def apply(self, pixels, captions, generator, **hooks):
+        return self.operation(pixels, generator), captions
 
 
-class JPEG(DefenseBase):
+class JPEG(ImageDefense):
     """Re-encode every image as JPEG at a fixed quality (a scraper's re-compression; ISS uses quality 10).
 
     Liu et al., "Image Shortcut Squeezing: Countering Perturbative Availability Poisons with
-    Compression", ICML 2023 (JPEG-10 is its strongest compression). kornia's codec; output
-    quantised to uint8 as a decoded JPEG is.
+    Compression", ICML 2023 (JPEG-10 is its strongest compression). The ``jpeg`` operation
+    (kornia's codec); output quantised to uint8 as a decoded JPEG is.
 
     Args:
         quality: JPEG quality, 1-100 (the registry has 10, 30, 50, 75, 90).
     """
 
     def __init__(self, quality: int = 75, seed: int = 0):
-        super().__init__(seed)
         if not 1 <= quality <= 100:
             raise ValueError(f"quality must be in [1, 100], got {quality!r}.")
+        super().__init__(image_op("jpeg", quality=float(quality), quantize=True), seed)
         self.quality = quality
 
-    def apply(self, pixels, captions, generator, **hooks):
-        return jpeg_compress(pixels, float(self.quality)), captions
 
-
-class Grayscale(DefenseBase):
+class Grayscale(ImageDefense):
     """Convert to grayscale and back to 3 equal channels (ISS's grayscale squeezing, Liu et al. ICML 2023).
 
-    kornia's `rgb_to_grayscale` (ITU-R 601 luma, 0.299 R + 0.587 G + 0.114 B, as PIL's "L"
-    mode), replicated to 3 channels and quantised to uint8 as a saved grayscale image is.
+    The ``grayscale`` operation: kornia's `rgb_to_grayscale` (ITU-R 601 luma, 0.299 R + 0.587 G +
+    0.114 B, as PIL's "L" mode), replicated to 3 channels and quantised to uint8 as a saved
+    grayscale image is.
     """
 
-    def apply(self, pixels, captions, generator, **hooks):
-        gray = kornia.color.rgb_to_grayscale(pixels)
-        return quantize_8bit(gray).expand_as(pixels).contiguous(), captions
+    def __init__(self, seed: int = 0):
+        super().__init__(image_op("grayscale", amount=1.0, quantize=True), seed)
 
 
-class BitDepthReduction(DefenseBase):
+class BitDepthReduction(ImageDefense):
     """Keep `bits` bits per channel: round to 2**bits evenly spaced levels in [0, 1].
 
     The bit-depth squeezing of Xu et al., "Feature Squeezing", NDSS 2018 (also in ISS's
@@ -100,17 +101,13 @@ class BitDepthReduction(DefenseBase):
     """
 
     def __init__(self, bits: int = 2, seed: int = 0):
-        super().__init__(seed)
         if not 1 <= bits <= 8:
             raise ValueError(f"bits must be in [1, 8], got {bits!r}.")
+        super().__init__(image_op("bit-depth", bits=bits), seed)
         self.bits = bits
 
-    def apply(self, pixels, captions, generator, **hooks):
-        levels = 2**self.bits - 1
-        return quantize_8bit(torch.round(pixels.clamp(0, 1) * levels) / levels), captions
 
-
-class GaussianBlur(DefenseBase):
+class GaussianBlur(ImageDefense):
     """Gaussian low-pass filter (kornia `gaussian_blur2d`, reflect padding): removes fine high-frequency noise.
 
     Args:
@@ -118,18 +115,14 @@ class GaussianBlur(DefenseBase):
     """
 
     def __init__(self, sigma: float = 1.0, seed: int = 0):
-        super().__init__(seed)
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}.")
         self.sigma = float(sigma)
-        self.kernel_size = 2 * math.ceil(2 * self.sigma) + 1
-
-    def apply(self, pixels, captions, generator, **hooks):
-        blurred = kornia.filters.gaussian_blur2d(pixels, self.kernel_size, (self.sigma, self.sigma), border_type="reflect")
-        return blurred, captions
+        self.kernel_size = blur_kernel_size(self.sigma)
+        super().__init__(image_op("blur", sigma=self.sigma, kernel_size=self.kernel_size), seed)
 
 
-class GaussianNoise(DefenseBase):
+class GaussianNoise(ImageDefense):
     """Add i.i.d. Gaussian noise to every pixel ("Random Noise" of the MEM paper's Table 2).
 
     kornia's `RandomGaussianNoise` (p = 1). The default standard deviation, 8/255, is the
@@ -137,18 +130,13 @@ class GaussianNoise(DefenseBase):
     """
 
     def __init__(self, std: float = 8 / 255, seed: int = 0):
-        super().__init__(seed)
         if not std > 0:
             raise ValueError(f"std must be > 0, got {std!r}.")
         self.std = float(std)
-        self.augment = K.RandomGaussianNoise(mean=0.0, std=self.std, p=1.0)
-
-    def apply(self, pixels, captions, generator, **hooks):
-        with seeded_global_rng(generator):
-            return self.augment(pixels), captions
+        super().__init__(image_op("gaussian-noise", std=self.std), seed)
 
 
-class Cutout(DefenseBase):
+class Cutout(ImageDefense):
     """Zero one square of a quarter of the image's area at a random place (DeVries & Taylor 2017).
 
     kornia's `RandomErasing` with a fixed scale 0.25 and aspect ratio 1 (a square of half the
@@ -156,15 +144,10 @@ class Cutout(DefenseBase):
     """
 
     def __init__(self, area: float = 0.25, seed: int = 0):
-        super().__init__(seed)
         if not 0 < area < 1:
             raise ValueError(f"area must be in (0, 1), got {area!r}.")
         self.area = float(area)
-        self.augment = K.RandomErasing(scale=(self.area, self.area), ratio=(1.0, 1.0), value=0.0, p=1.0)
-
-    def apply(self, pixels, captions, generator, **hooks):
-        with seeded_global_rng(generator):
-            return self.augment(pixels), captions
+        super().__init__(image_op("cutout", area=self.area), seed)
 
 
 def _partner_captions(captions: list[str], pairs: torch.Tensor, mode: str) -> list[str]:
@@ -174,7 +157,8 @@ def _partner_captions(captions: list[str], pairs: torch.Tensor, mode: str) -> li
 
 
 class MixUp(DefenseBase):
-    """Blend each image with another of the batch (Zhang et al., ICLR 2018); kornia `RandomMixUpV2`.
+    """Blend each image with another of the batch (Zhang et al., ICLR 2018); the ``mixup`` operation
+    (kornia `RandomMixUpV2`).
 
     CLIP has no labels to mix. The MEM paper blends "images and their corresponding captions";
     here each image is ``(1 - lam) * own + lam * partner`` with the partner's weight ``lam``
@@ -194,19 +178,16 @@ class MixUp(DefenseBase):
         if captions not in ("own", "both"):
             raise ValueError(f"captions must be 'own' or 'both', got {captions!r}.")
         self.captions = captions
-        self.augment = K.RandomMixUpV2(lambda_val=(0.0, float(max_partner_weight)), p=1.0, data_keys=["input"])
+        self.max_partner_weight = float(max_partner_weight)
 
     def apply(self, pixels, captions, generator, **hooks):
-        if len(pixels) < 2:
-            return pixels, captions
-        with seeded_global_rng(generator):
-            mixed = self.augment(pixels)
-        pairs = self.augment._params["mixup_pairs"]
-        return mixed, _partner_captions(captions, pairs, self.captions)
+        mixed, pairs = mixup_with_partners(pixels, generator, self.max_partner_weight)
+        return mixed, captions if pairs is None else _partner_captions(captions, pairs, self.captions)
 
 
 class CutMix(DefenseBase):
-    """Paste a random box of another image of the batch (Yun et al., ICCV 2019); kornia `RandomCutMixV2`.
+    """Paste a random box of another image of the batch (Yun et al., ICCV 2019); the ``cutmix``
+    operation (kornia `RandomCutMixV2`).
 
     The box covers at most half of the image (the mixing coefficient, the own image's share, is
     drawn from Beta(1, 1) clamped to [0.5, 1]), so each image keeps its own caption
@@ -218,62 +199,39 @@ class CutMix(DefenseBase):
         if captions not in ("own", "both"):
             raise ValueError(f"captions must be 'own' or 'both', got {captions!r}.")
         self.captions = captions
-        self.augment = K.RandomCutMixV2(cut_size=(0.5, 1.0), p=1.0, data_keys=["input"], use_correct_lambda=True)
 
     def apply(self, pixels, captions, generator, **hooks):
-        if len(pixels) < 2:
-            return pixels, captions
-        with seeded_global_rng(generator):
-            mixed = self.augment(pixels)
-        pairs = self.augment._params["mix_pairs"][0]
-        return mixed, _partner_captions(captions, pairs, self.captions)
+        mixed, pairs = cutmix_with_partners(pixels, generator)
+        return mixed, captions if pairs is None else _partner_captions(captions, pairs, self.captions)
 
 
-class ResizedCropFlip(DefenseBase):
+class ResizedCropFlip(ImageDefense):
     """CLIP training augmentation: random resized crop back to the input size, then horizontal flip.
 
-    kornia `RandomResizedCrop` with open_clip's training scale (0.9, 1.0) and aspect ratio
-    (3/4, 4/3), bicubic; `RandomHorizontalFlip` p = 0.5. (A flip swaps "left"/"right" in
-    captions that name positions; a scraper's pipeline does not care.)
+    The ``resized-crop-flip`` operation: kornia `RandomResizedCrop` with open_clip's training scale
+    (0.9, 1.0) and aspect ratio (3/4, 4/3), bicubic; `RandomHorizontalFlip` p = 0.5. (A flip swaps
+    "left"/"right" in captions that name positions; a scraper's pipeline does not care.)
     """
 
     def __init__(self, scale: tuple[float, float] = (0.9, 1.0), flip: float = 0.5, seed: int = 0):
-        super().__init__(seed)
         if not 0 < scale[0] <= scale[1] <= 1:
             raise ValueError(f"scale must be (low, high) with 0 < low <= high <= 1, got {scale!r}.")
         self.scale = tuple(scale)
-        self.flip = K.RandomHorizontalFlip(p=flip)
-
-    def apply(self, pixels, captions, generator, **hooks):
-        crop = K.RandomResizedCrop(tuple(pixels.shape[-2:]), scale=self.scale, resample="BICUBIC", p=1.0)
-        with seeded_global_rng(generator):
-            return self.flip(crop(pixels)), captions
+        super().__init__(image_op("resized-crop-flip", scale=self.scale, flip=flip), seed)
 
 
-class UEraserLite(DefenseBase):
+class UEraserLite(ImageDefense):
     """UEraser-Lite (Qin et al., "Learning the Unlearnable: Adversarial Augmentations Suppress
     Unlearnable Example Attacks", 2023): strong random augmentation on every batch.
 
-    The reference pipeline, in kornia: `RandomPlasmaBrightness` (roughness 0.1-0.7, intensity
-    0-1, p = 1), `RandomPlasmaContrast` (roughness 0.1-0.7, p = 1), `RandomChannelShuffle`
-    (p = 0.5), `TrivialAugment`, then a JPEG round trip at a random quality in [10, 100) per
-    image (the reference's ``random_JPEG_compression``).
+    The ``ueraser-lite`` operation, the reference pipeline in kornia: `RandomPlasmaBrightness`
+    (roughness 0.1-0.7, intensity 0-1, p = 1), `RandomPlasmaContrast` (roughness 0.1-0.7, p = 1),
+    `RandomChannelShuffle` (p = 0.5), `TrivialAugment`, then a JPEG round trip at a random quality
+    in [10, 100) per image (the reference's ``random_JPEG_compression``).
     """
 
     def __init__(self, seed: int = 0):
-        super().__init__(seed)
-        self.augment = K.AugmentationSequential(
-            K.RandomPlasmaBrightness(roughness=(0.1, 0.7), intensity=(0.0, 1.0), p=1.0),
-            K.RandomPlasmaContrast(roughness=(0.1, 0.7), p=1.0),
-            K.RandomChannelShuffle(p=0.5),
-            TrivialAugment(),
-        )
-
-    def apply(self, pixels, captions, generator, **hooks):
-        with seeded_global_rng(generator):
-            augmented = self.augment(pixels).clamp(0, 1)
-        quality = torch.randint(10, 100, (len(pixels),), generator=generator).float()
-        return jpeg_compress(augmented, quality), captions
+        super().__init__(image_op("ueraser-lite"), seed)
 
 
 class AdversarialTraining(DefenseBase):
