@@ -3,10 +3,9 @@
 A *variant* is MEM-3 at the benchmark sizes (`_common.mem_config`) with levers joined by "+":
 
     paper          the paper's MEM-3 (bodies shuffled in PGD)      own       PGD on each image's own caption
-    dropout[=P]    trigger dropout P (default 0.5)                   eot       EOT: jpeg, crop-flip, grayscale, blur
-    eot-NAME       EOT with one transformation (eot-jpeg, ...)       em        no trigger (EM), own captions
-    k=N            trigger length N                                  words=any trigger tokens need not be words
-    restarts=N     surrogate re-initialised N times                 pos=random trigger at a random word boundary
+    eot            EOT: jpeg, crop-flip, grayscale, blur             em        no trigger (EM), own captions
+    eot-NAME       EOT with one transformation (eot-jpeg, ...)       words=any trigger tokens need not be words
+    k=N            trigger length N                                  pos=random trigger at a random word boundary
     layered        method="layered" (EM pixels, then triggers)
 
 Each protected copy is audited (`hf_unlearnable.evaluate_protection`, one victim recipe) against
@@ -19,7 +18,7 @@ scratch,finetuned``, a fine-tuned one. The table marks each target:
     T4  fine-tuned: R@10 at most half of the same fine-tuning on the clean copy
     cost  protect seconds per sample per round (issue 9: at most 2x the paper's)
 
-    python benchmarks/ablation_robust.py --dataset icons --variants paper,dropout,eot,dropout+eot
+    python benchmarks/ablation_robust.py --dataset icons --variants paper,own,eot,own+eot
     python benchmarks/ablation_robust.py --smoke
 
 Stages, so that variants and defenses can run in parallel processes (one GPU, many CPU cores):
@@ -56,7 +55,7 @@ IMAGES_ONLY = " | images only"
 
 
 def lever_changes(variant: str) -> dict:
-    """MEMConfig changes of a variant such as "own+dropout=0.25+eot"."""
+    """MEMConfig changes of a variant such as "own+eot+pos=random"."""
     changes: dict = {}
     for lever in variant.split("+"):
         name, _, value = lever.partition("=")
@@ -64,8 +63,6 @@ def lever_changes(variant: str) -> dict:
             continue
         elif name == "own":
             changes["shuffle_captions"] = False
-        elif name == "dropout":
-            changes["trigger_dropout"] = float(value or 0.5)
         elif name == "eot":
             changes["eot_transforms"] = tuple(EOT_TRANSFORMS)
         elif name.startswith("eot-") and name[4:] in EOT_TRANSFORMS:
@@ -78,8 +75,6 @@ def lever_changes(variant: str) -> dict:
             changes["trigger_length"] = int(value)
         elif name == "pos" and value in ("start", "random"):
             changes["trigger_position"] = value
-        elif name == "restarts" and value.isdigit():
-            changes["surrogate_restarts"] = int(value)
         elif name == "words" and value:
             changes["trigger_words"] = value
         else:
@@ -275,7 +270,7 @@ def run_in_parallel(arguments, argv: list[str], variants: list[str]) -> None:
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_victim_and_mem_arguments(parser)
-    parser.add_argument("--variants", default="paper,own,dropout,eot,dropout+eot,own+dropout+eot,em,em+eot",
+    parser.add_argument("--variants", default="paper,own,eot,own+eot,em,em+eot",
                         help="comma list of variants (levers joined by +; see the module docstring)")
     parser.add_argument("--defenses", help="comma list (default: the targets' defenses: none, jpeg-75, grayscale, "
                         "resized-crop-flip, eda, strip-k for each trigger length)")
@@ -290,7 +285,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     if arguments.smoke:
         apply_smoke(arguments)
         given = sys.argv[1:] if argv is None else argv
-        arguments.variants = arguments.variants if "--variants" in given else "paper,dropout+eot-jpeg"
+        arguments.variants = arguments.variants if "--variants" in given else "paper,own+eot-jpeg"
         arguments.defenses = arguments.defenses or "none,strip-3"
     unknown = set(arguments.victims.split(",")) - {"scratch", "finetuned"}
     if unknown:

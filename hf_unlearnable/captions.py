@@ -299,12 +299,7 @@ class CaptionCodec:
         long, each <= its length (`encode_positions`).
         Returns: input_ids (B, L) long and attention_mask (B, L) long, L = 2 + k + max(lengths).
         """
-        return self._build(triggers, bodies, lengths, self.trigger_length, positions)
-
-    def _build(
-        self, triggers: torch.Tensor, bodies: torch.Tensor, lengths: torch.Tensor, k: int, positions: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = triggers.shape[0]
+        k, batch = self.trigger_length, triggers.shape[0]
         longest = int(lengths.max()) if batch else 0
         device = bodies.device
         width = 2 + k + longest
@@ -328,26 +323,6 @@ class CaptionCodec:
         ids[:, 0] = self.bos
         mask = (column <= length + k + 1).long().expand(batch, -1).contiguous()
         return ids, mask
-
-    def build_dropped(
-        self,
-        triggers: torch.Tensor,
-        bodies: torch.Tensor,
-        lengths: torch.Tensor,
-        keep: torch.Tensor,
-        positions: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Like `build`, but rows where ``keep`` is False get no trigger at all (``[start] body [end]``),
-        as a caption reads after an attacker strips the trigger; both kinds padded to one length.
-
-        Args: as `build`, plus keep (B,) bool. Returns input_ids and attention_mask (B, L)."""
-        with_trigger, with_mask = self.build(triggers, bodies, lengths, positions)
-        without, without_mask = self._build(triggers[:, :0], bodies, lengths, 0)
-        pad = with_trigger.shape[1] - without.shape[1]
-        without = torch.nn.functional.pad(without, (0, pad), value=self.pad)
-        without_mask = torch.nn.functional.pad(without_mask, (0, pad), value=0)
-        keep = keep.to(with_trigger.device).unsqueeze(1)
-        return torch.where(keep, with_trigger, without), torch.where(keep, with_mask, without_mask)
 
     def trigger_text(self, trigger_ids: Sequence[int]) -> str:
         """The trigger as words, e.g. ``"harbor quiet lamp"``: each trigger token is a whole word

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,9 +13,26 @@ from typing import Any
 TRIGGER_WORDS = ("dictionary", "any")
 #: The allowed values of ``MEMConfig.method``.
 METHODS = ("mem", "layered")
+#: Fields MEMConfig no longer has, each with the value that switched it off (what every release
+#: computed by default): levers that were measured and did not make the protection hold
+#: (docs/benchmarks.md). Passing one is refused; a saved protector that holds one still loads
+#: (`MEMConfig.from_saved`).
+REMOVED_FIELDS = {"trigger_dropout": 0.0, "surrogate_restarts": 0}
 #: An epsilon within this many 8-bit levels of a whole level is that level (0.0313725 is 8/255).
 _LEVEL_TOLERANCE = 1e-4
 MAX_EPSILON_LEVELS = 127  # the int8 noise store holds -127..127 levels
+
+
+def refuse_removed_fields(names: Any, error: type[Exception]) -> None:
+    """Raise ``error`` naming each of ``names`` that is a removed field (`REMOVED_FIELDS`)."""
+    removed = [name for name in REMOVED_FIELDS if name in names]
+    if removed:
+        lever, it = ("these levers", "them") if len(removed) > 1 else ("this lever", "it")
+        raise error(
+            f"MEMConfig no longer has {' and '.join(removed)}: measured, {lever} did not make the protection hold "
+            f"(docs/benchmarks.md) and left the library. Leave {it} out; a protector saved with {it} still loads "
+            f"(ProtectTransform.from_pretrained ignores {it})."
+        )
 
 
 @dataclass
@@ -75,17 +93,9 @@ class MEMConfig:
         max_caption_tokens: token budget per caption including start/end and trigger
             (None: the surrogate's text context length).
         online_rounds: rounds of HotFlip + PGD for rows the transform was not fitted on.
-        trigger_dropout: share of samples whose trigger is removed, drawn anew at every surrogate
-            step and every PGD step (0: never, as in the paper). A dropped sample is trained on, and
-            its noise pulled toward, its own caption alone, the caption an attacker who strips the
-            trigger trains on, so the image noise has to carry protection of its own.
         trigger_position: where the trigger goes in each caption: "start" (right after the start
             token, as in the paper) or "random" (before a word of the caption picked by a hash of
             the caption and the seed, so deleting the first words does not remove it).
-        surrogate_restarts: times the surrogate is re-initialised (fresh random weights, a new
-            seed, a new optimizer state) at evenly spaced rounds, so the noise must also bind for a
-            model early in training, as a victim trained from scratch is (0: never, as in the paper;
-            a surrogate loaded from the Hub is re-initialised from its config too).
         eot_transforms: expectation over transformation in PGD: at every step the noised image goes
             through the identity or one of these, drawn uniformly ("jpeg", "crop-flip",
             "grayscale", "blur"; see `mem.eot`), so the noise survives what a victim's pipeline
@@ -115,9 +125,7 @@ class MEMConfig:
     image_noise: bool = True
     max_caption_tokens: int | None = None
     online_rounds: int = 5
-    trigger_dropout: float = 0.0
     eot_transforms: tuple[str, ...] = ("jpeg",)
-    surrogate_restarts: int = 0
     trigger_position: str = "start"
     mixed_precision: str = "auto"
     seed: int = 0
@@ -132,17 +140,21 @@ class MEMConfig:
             self.trigger_blocklist = tuple(word.strip().lower() for word in blocklist)
         self.validate()
 
+    def __new__(cls, *args: Any, **fields: Any) -> "MEMConfig":
+        refuse_removed_fields(fields, TypeError)  # before the dataclass's "unexpected keyword argument"
+        return super().__new__(cls)
+
     @classmethod
     def paper(cls, **changes: Any) -> "MEMConfig":
-        """The settings of the MEM paper and its reference code (Liu et al., ACM MM 2024): eps 8/255,
-        8 PGD steps of 1/255, k = 3, 16 HotFlip candidates, triggers updated in rounds 1-5, M = 200,
-        20 rounds, bodies shuffled in PGD, no trigger dropout, no EOT, and any whole-word token as a
-        trigger word (``trigger_words="any"``). For comparing with the paper."""
+        """MEM as published (Liu et al., ACM MM 2024, and its reference code): Algorithm 1
+        (``method="mem"``), eps 8/255, 8 PGD steps of 1/255, k = 3 trigger tokens right after the
+        start token, any whole-word token as a trigger word (``trigger_words="any"``), 16 HotFlip
+        candidates, triggers updated in rounds 1-5, M = 200, 20 rounds, caption bodies shuffled in
+        PGD, no EOT. For comparing with the paper."""
         values = dict(
-            method="mem", epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, hotflip_candidates=16,
-            trigger_rounds=5, surrogate_steps=200, max_rounds=20, shuffle_captions=True,
-            trigger_dropout=0.0, eot_transforms=(), surrogate_restarts=0, trigger_position="start",
-            trigger_words="any", trigger_blocklist=(),
+            method="mem", epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, trigger_position="start",
+            trigger_words="any", hotflip_candidates=16, trigger_rounds=5, surrogate_steps=200, max_rounds=20,
+            shuffle_captions=True, eot_transforms=(),
         )
         return cls(**{**values, **changes})
 
@@ -201,9 +213,6 @@ class MEMConfig:
         check_int("batch_size", 2)
         check_int("online_rounds", 1)
         check_int("seed", 0)
-        check_int("surrogate_restarts", 0)
-        if self.surrogate_restarts >= self.max_rounds:
-            raise bad("surrogate_restarts", f"< max_rounds={self.max_rounds} (at most one restart per round after the first)")
         if self.max_caption_tokens is not None:
             check_int("max_caption_tokens", 3)
         if self.stop_loss is not None and (not isinstance(self.stop_loss, (int, float)) or self.stop_loss < 0):
@@ -225,12 +234,6 @@ class MEMConfig:
                 'a list or tuple of single words made of letters, e.g. ("lamp", "harbor") (not one string; '
                 "a trigger is checked word by word)",
             )
-        if isinstance(self.trigger_dropout, bool) or not isinstance(self.trigger_dropout, (int, float)) or not (
-            0 <= self.trigger_dropout < 1
-        ):
-            raise bad("trigger_dropout", "a number in [0, 1) (the share of samples whose trigger is removed)")
-        if self.trigger_dropout and self.trigger_length == 0:
-            raise bad("trigger_dropout", "0 when trigger_length=0 (there is no trigger to drop)")
         if not isinstance(self.eot_transforms, tuple) or not all(isinstance(n, str) for n in self.eot_transforms):
             raise bad("eot_transforms", 'a tuple of names, e.g. ("jpeg", "crop-flip")')
         from .mem.eot import check_eot_transforms  # here: mem imports this module
@@ -247,9 +250,7 @@ class MEMConfig:
             needs = {"image_noise": (self.image_noise, 'True (the pixel layer; method="mem" with image_noise=False is '
                                                        "the trigger-only baseline)"),
                      "trigger_rounds": (self.trigger_rounds >= 1 or self.trigger_length == 0,
-                                        ">= 1 (rounds of the trigger layer) unless trigger_length=0"),
-                     "trigger_dropout": (not self.trigger_dropout, "0 (the pixel layer never sees a trigger)"),
-                     "surrogate_restarts": (not self.surrogate_restarts, "0 (the trigger layer restarts the surrogate once)")}
+                                        ">= 1 (rounds of the trigger layer) unless trigger_length=0")}
             for name, (holds, allowed) in needs.items():
                 if not holds:
                     raise bad(name, f'{allowed} with method="{self.method}"')
@@ -277,12 +278,36 @@ class MEMConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "MEMConfig":
-        """Build from ``to_dict`` output; unknown keys are an error (a typo must not be ignored)."""
+        """Build from ``to_dict`` output; unknown keys are an error (a typo must not be ignored), and
+        so are removed ones (`REMOVED_FIELDS`; `from_saved` reads a saved protector's config)."""
+        refuse_removed_fields(values, ValueError)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"MEMConfig.from_dict got unknown field(s) {unknown}; known fields: {sorted(known)}")
         return cls(**values)
+
+    @classmethod
+    def from_saved(cls, values: dict[str, Any]) -> "MEMConfig":
+        """The config of a protector saved by any release (``protect_config.json``), computing what
+        it computed where this release still can. The rules, oldest first: no ``trigger_words``
+        (algorithm <= 3) is "any", the only vocabulary then; no ``method`` (algorithm <= 6) is
+        "mem", the only method then; a field of `REMOVED_FIELDS` is dropped, silently when it holds
+        its "off" value (what every release computed by default), else with a warning: the rows the
+        protector was fitted on keep their protection, rows it protects from now on get none of it."""
+        values = dict(values)
+        values.setdefault("trigger_words", "any")
+        values.setdefault("method", "mem")
+        for name, off in REMOVED_FIELDS.items():
+            value = values.pop(name, off)
+            if value != off:
+                warnings.warn(
+                    f"This protector was saved with MEMConfig.{name}={value!r}, a setting this release no longer "
+                    "has: it is ignored. The rows it was fitted on keep their protection; rows it protects from "
+                    "now on are protected without it.",
+                    stacklevel=3,
+                )
+        return cls.from_dict(values)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)

@@ -355,13 +355,8 @@ class ProtectTransform:
         if not config_file.exists():
             raise FileNotFoundError(f"{directory} is not a saved ProtectTransform (no {_CONFIG_FILE}).")
         meta = json.loads(config_file.read_text())
-        config = dict(meta["config"])
-        # saved before trigger_words existed (algorithm <= 3): its triggers came from every
-        # whole-word token, so rows it has not seen get the same vocabulary
-        config.setdefault("trigger_words", "any")
-        # saved before the layered method existed (algorithm <= 6): MEM, with no EOT unless it said so
-        config.setdefault("method", "mem")
-        transform = cls(directory / _SURROGATE_DIR, config=MEMConfig.from_dict(config), progress=progress)
+        # a config saved by an older release: the fields it lacks or that have left, by MEMConfig.from_saved's rules
+        transform = cls(directory / _SURROGATE_DIR, config=MEMConfig.from_saved(meta["config"]), progress=progress)
         transform.image_column, transform.caption_column = meta["image_column"], meta["caption_column"]
         transform.history = meta.get("history", [])
         if meta.get("fitted"):

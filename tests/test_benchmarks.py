@@ -114,19 +114,19 @@ def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_pa
 
 def test_ablation_smoke_run_in_parallel_stages_marks_every_target(tmp_path):
     """--jobs 2 runs protect and audit stages as separate processes and merges their parts."""
-    result = run("benchmarks/ablation_robust.py", "--smoke", "--jobs", "2", "--variants", "paper,pos=random+dropout",
+    result = run("benchmarks/ablation_robust.py", "--smoke", "--jobs", "2", "--variants", "paper,pos=random+own",
                  "--defenses", "none,strip-3", "--output", str(tmp_path), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "ablation.md").read_text()
     assert "| copy | from scratch / none | from scratch / strip-3 | triggers removed (oracle) | T1 | T2 | T3 | T4 |" in table
-    for variant in ("clean", "paper", "pos=random+dropout"):
+    for variant in ("clean", "paper", "pos=random+own"):
         assert f"| {variant} |" in table
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["paper.scratch.json", "pos_random_dropout.scratch.json"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["paper.scratch.json", "pos_random_own.scratch.json"]
     saved = json.loads((tmp_path / "ablation.json").read_text())
-    assert saved["costs"]["pos_random_dropout"]["config"]["trigger_position"] == "random"
-    assert saved["costs"]["pos_random_dropout"]["config"]["trigger_dropout"] == 0.5
+    assert saved["costs"]["pos_random_own"]["config"]["trigger_position"] == "random"
+    assert saved["costs"]["pos_random_own"]["config"]["shuffle_captions"] is False
     copies = {v["copy"] for v in saved["verdicts"]}
-    assert copies == {"paper", "paper | images only", "pos=random+dropout", "pos=random+dropout | images only"}
+    assert copies == {"paper", "paper | images only", "pos=random+own", "pos=random+own | images only"}
     assert len((tmp_path / "ablation.csv").read_text().splitlines()) == 1 + 2 * 2 + 2  # 2 defenses per copy + 2 oracles (none only)
     bad = run("benchmarks/ablation_robust.py", "--smoke", "--variants", "paper+sparkle", "--output", str(tmp_path / "x"))
     assert bad.returncode != 0 and "unknown lever 'sparkle'" in bad.stderr

@@ -27,13 +27,13 @@ def test_round_trip_through_dict_and_json():
     assert json.loads(config.to_json())["trigger_length"] == 5
 
 
-#: A valid value other than the default for every field ("mem" so that the MEM-only levers are allowed).
+#: A valid value other than the default for every field ("mem" so that image_noise=False is allowed).
 EVERY_FIELD = dict(
     method="mem", epsilon=6 / 255, pgd_steps=3, pgd_step_size=2 / 255, trigger_length=4, hotflip_candidates=7,
     trigger_words="any", trigger_blocklist=("kite", "lamp"), trigger_rounds=2, surrogate_steps=11, max_rounds=9,
     stop_loss=0.25, batch_size=12, learning_rate=3e-4, weight_decay=0.05, shuffle_captions=False, image_noise=False,
-    max_caption_tokens=40, online_rounds=3, trigger_dropout=0.25, eot_transforms=("jpeg", "blur"),
-    surrogate_restarts=1, trigger_position="random", mixed_precision="no", seed=11,
+    max_caption_tokens=40, online_rounds=3, eot_transforms=("jpeg", "blur"),
+    trigger_position="random", mixed_precision="no", seed=11,
 )
 
 

@@ -1,4 +1,4 @@
-"""Expectation over transformation in PGD (`hf_unlearnable.mem.eot`) and trigger dropout in training."""
+"""Expectation over transformation in PGD (`hf_unlearnable.mem.eot`)."""
 
 import io
 
@@ -8,12 +8,11 @@ import torch
 from PIL import Image
 
 from hf_unlearnable import MEMConfig
-from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.defenses import get_defense
 from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS
 from hf_unlearnable.mem.pgd import PGD
 from hf_unlearnable.surrogate import ContrastiveLoss, pixels_from_uint8
-from hf_unlearnable.testing import synthetic_captions, tiny_clip
+from hf_unlearnable.testing import synthetic_captions
 
 from .conftest import trained_surrogate
 
@@ -96,17 +95,3 @@ def test_pgd_through_jpeg_lowers_the_loss_after_jpeg_more_than_plain_pgd(trained
     assert loss_after(surrogate, images, robust, text, "jpeg-75") < loss_after(surrogate, images, plain, text, "jpeg-75") < clean
     with pytest.raises(ValueError, match="generator"):
         PGD(surrogate, 8, 1, 2, EOT(("jpeg",)))(images, zero, text)
-
-
-def test_build_dropped_removes_exactly_the_trigger_of_dropped_rows():
-    _, processor = tiny_clip(seed=1)
-    codec = CaptionCodec(processor.tokenizer, 3, 77)
-    bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(["a red ball", "two blue cubes on grass"]))
-    triggers = torch.from_numpy(TriggerVocabulary(processor.tokenizer).sample((2, 3), np.random.default_rng(0))).long()
-    ids, mask = codec.build_dropped(triggers, bodies, lengths, torch.tensor([True, False]))
-    full, _ = codec.build(triggers, bodies, lengths)
-    clean, _ = CaptionCodec(processor.tokenizer, 0, 77).build(triggers[:, :0], bodies, lengths)
-    assert torch.equal(ids[0], full[0])
-    kept = ids[1][mask[1].bool()]
-    assert torch.equal(kept, clean[1][: len(kept)]) and int(mask[1].sum()) == 2 + int(lengths[1])
-    assert processor.tokenizer.decode(kept, skip_special_tokens=True) == "two blue cubes on grass"

@@ -188,16 +188,15 @@ def test_only_devices_builds_the_process_state():
     assert builders == ["hf_unlearnable/devices.py"]
 
 
-# issue 9's levers, each off by default: a random word slot per caption, trigger dropout, EOT in PGD
-# and a surrogate restart (round 2 of 2)
-LEVERS = ["--method", "mem", "--trigger-position", "random", "--trigger-dropout", "0.5", "--eot-transforms", "jpeg,crop-flip",
-          "--surrogate-restarts", "1", "--max-rounds", "2", "--seed", "7"]
+# the levers beyond the paper's MEM: a random word slot per caption and EOT in PGD
+LEVERS = ["--method", "mem", "--trigger-position", "random", "--eot-transforms", "jpeg,crop-flip", "--max-rounds", "2",
+          "--seed", "7"]
 
 
 def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
     """Each process sweeps its own shard of rows: each caption's trigger must sit at that caption's
     own word slot (the slot array is sharded with the rows), every image keeps the budget, and the
-    restart, dropout and EOT steps run under torchrun."""
+    EOT steps run under torchrun."""
     from hf_unlearnable import ProtectTransform
 
     output, saved = tmp_path / "out", tmp_path / "saved"
@@ -205,7 +204,6 @@ def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
                   "--model", assets["model"], *TINY, *LEVERS, "--output", str(output), "--work-dir", str(tmp_path / "work"),
                   "--keep-work-dir", "--save-transform", str(saved)])
     assert re.findall(r"processes: \d+", result.stdout) == ["processes: 2"], result.stdout
-    assert result.stderr.count("MEM round 2: surrogate re-initialised") == 2, result.stderr[-3000:]  # on both processes
     protected, clean = datasets.load_from_disk(str(output)), assets["clean"]
     assert protected["row_id"][:] == clean["row_id"][:] and protected["note"][:] == clean["note"][:]
     clean_images = clean.cast_column("image", datasets.Image(decode=False))["image"][:]

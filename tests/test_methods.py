@@ -1,11 +1,15 @@
 """What each protection method computes, pinned by digests, so that naming the methods (objects
-instead of flag combinations) and removing levers can be checked byte for byte.
+instead of flag combinations) and removing levers can be checked byte for byte; the levers that left
+MEMConfig are refused by name while old saved protectors still load.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import json
 import platform
+import warnings
 
 import datasets
 import pytest
@@ -13,6 +17,7 @@ import torch
 
 from hf_unlearnable import ALGORITHM_VERSION, MEMConfig, ProtectTransform
 from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
+from hf_unlearnable.config import REMOVED_FIELDS
 from hf_unlearnable.testing import synthetic_captions
 
 #: A small schedule on which every part of each method runs (surrogate steps, HotFlip, PGD, 2 rounds).
@@ -98,3 +103,66 @@ def test_each_method_computes_the_recorded_bytes(clip, rows, name, one_thread):
     if "online" in RECORDED[name]:
         got.update(online=digest(transform.apply(unseen)), surrogate=weights(transform.surrogate.model))
     assert got == RECORDED[name]
+
+
+# ----------------------------------------------------------------------------------------------
+# the levers that left: refused, and ignored in a saved protector
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", sorted(REMOVED_FIELDS))
+def test_a_removed_field_is_refused_by_name(field):
+    for make in (lambda: MEMConfig(**{field: 1}), lambda: MEMConfig().replace(**{field: 1}),
+                 lambda: MEMConfig.paper(**{field: 0})):
+        with pytest.raises(TypeError, match=rf"MEMConfig no longer has {field}: measured"):
+            make()
+    with pytest.raises(ValueError, match=rf"no longer has {field}"):
+        MEMConfig.from_dict({**MEMConfig().to_dict(), field: REMOVED_FIELDS[field]})
+    assert field not in {f.name for f in dataclasses.fields(MEMConfig)}
+
+
+def test_removed_fields_are_named_together():
+    with pytest.raises(TypeError, match="no longer has trigger_dropout and surrogate_restarts: measured, these levers"):
+        MEMConfig(trigger_dropout=0.5, surrogate_restarts=1)
+
+
+@pytest.mark.parametrize("field", sorted(REMOVED_FIELDS))
+def test_the_cli_has_no_flag_for_a_removed_field(field, capsys):
+    from hf_unlearnable.cli import build_parser
+
+    flag = "--" + field.replace("_", "-")
+    assert build_parser().parse_args(["protect", "--max-rounds", "2"]).max_rounds == 2
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["protect", "--max-rounds", "2", flag, "1"])
+    assert f"unrecognized arguments: {flag} 1" in capsys.readouterr().err
+
+
+def saved_with(clip, tmp_path, config: MEMConfig, **extra) -> None:
+    """A protector saved by this release, then edited as an older release wrote it (``extra``
+    fields in its config)."""
+    ProtectTransform(*clip, config, progress=False).save_pretrained(tmp_path)
+    meta_file = tmp_path / "protect_config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["config"].update(extra)
+    meta_file.write_text(json.dumps(meta))
+
+
+def test_an_old_protector_with_the_levers_off_loads_silently(clip, tmp_path):
+    config = MEMConfig.paper(**SMALL)
+    saved_with(clip, tmp_path, config, trigger_dropout=0.0, surrogate_restarts=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = ProtectTransform.from_pretrained(tmp_path, progress=False)
+    assert loaded.config == config
+
+
+def test_an_old_protector_with_a_lever_on_loads_with_a_warning(clip, tmp_path):
+    config = MEMConfig.paper(**SMALL)
+    saved_with(clip, tmp_path, config, trigger_dropout=0.5, surrogate_restarts=2)
+    with pytest.warns(UserWarning) as caught:
+        loaded = ProtectTransform.from_pretrained(tmp_path, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert any("trigger_dropout=0.5" in m and "ignored" in m for m in messages), messages
+    assert any("surrogate_restarts=2" in m for m in messages), messages
+    assert caught[0].filename == __file__  # points at the caller's from_pretrained line
+    assert loaded.config == config

@@ -6,7 +6,7 @@
         for each batch:
             if r <= trigger_rounds: HotFlip update of t
             PGD update of d, caption bodies shuffled inside the batch, triggers kept with images
-              (options: trigger dropout, EOT through kornia transformations; see MEMConfig)
+              (option: EOT through kornia transformations; see MEMConfig)
     until protected loss < stop_loss or r = max_rounds
 
 The layered method (``MEMConfig(method="layered")``) runs the same rounds in two stages, each
@@ -56,7 +56,6 @@ class RoundPlan:
         update_triggers: HotFlip in this round's sweep.
         update_noise: PGD in this round's sweep.
         restart: the surrogate goes back to its initial weights (and a fresh optimizer state) first.
-        seed_restart: the surrogate gets fresh random weights first (``surrogate_restarts``).
     """
 
     stage: str
@@ -64,7 +63,6 @@ class RoundPlan:
     update_triggers: bool
     update_noise: bool
     restart: bool = False
-    seed_restart: bool = False
 
 
 @dataclass
@@ -150,26 +148,19 @@ class MEMStep:
         caption without its trigger; with ``shuffle_captions``, (S, B, D) where step s
         pairs image i's own trigger with the caption body of sample ``order_s[i]``, a fresh
         permutation per step drawn from ``generator``; otherwise (B, D), each image's own caption.
-        With ``trigger_dropout`` p, each (step, image) is instead, with probability p, the image's
-        own caption without any trigger (always (S, B, D) then). ``positions``: where each body
-        takes a trigger (`CaptionCodec.encode_positions`); a shuffled body keeps its own."""
+        ``positions``: where each body takes a trigger (`CaptionCodec.encode_positions`); a shuffled
+        body keeps its own."""
         config = self.config
         batch, steps = len(bodies), config.pgd_steps
         if config.method == "layered":  # the pixel layer never sees a trigger
             return self.surrogate.text_features(*self.untriggered(bodies, lengths))
         if not config.shuffle_captions:
-            features = self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
-        else:
-            orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
-            # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
-            shuffled_positions = None if positions is None else positions[orders]
-            input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders], shuffled_positions)
-            features = self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
-        if not config.trigger_dropout:
-            return features
-        dropped = (torch.rand(steps, batch, generator=generator) < config.trigger_dropout).to(bodies.device)
-        own = self.surrogate.text_features(*self.untriggered(bodies, lengths))
-        return torch.where(dropped.unsqueeze(-1), own.unsqueeze(0), features.expand(steps, *own.shape))
+            return self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
+        orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
+        # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
+        shuffled_positions = None if positions is None else positions[orders]
+        input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders], shuffled_positions)
+        return self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
 
 
 def float_dtype_for_sums(device: torch.device) -> torch.dtype:
@@ -253,8 +244,6 @@ class MEMLoop:
             else:
                 if plan.restart:
                     self.restore_initial_surrogate(round_index)
-                if plan.seed_restart:
-                    self.restart_surrogate(round_index)
                 surrogate_loss = self.train_surrogate(round_index, plan.triggered)  # M steps on (x + d, [t +] caption)
                 self._save(round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started)
             protected_loss, clean_loss = self.sweep(round_index, plan)  # HotFlip and/or PGD on every batch
@@ -281,7 +270,7 @@ class MEMLoop:
             if round_index > config.max_rounds or (history and self._should_stop(history[-1]["protected_loss"])):
                 return None
             return RoundPlan("mem", triggered=config.trigger_length > 0, update_triggers=round_index <= config.trigger_rounds,
-                             update_noise=config.image_noise, seed_restart=round_index in self.restart_rounds())
+                             update_noise=config.image_noise)
         pixel_rounds = [record for record in history if record.get("stage") == "pixels"]
         pixels_done = len(pixel_rounds) == config.max_rounds or (
             pixel_rounds and self._should_stop(pixel_rounds[-1]["protected_loss"])
@@ -304,20 +293,6 @@ class MEMLoop:
         self.optimizer.state.clear()
         logger.info("MEM round %d: surrogate back to its initial weights for the trigger layer", round_index)
 
-    def restart_rounds(self) -> set[int]:
-        """Rounds whose surrogate training starts from fresh weights (``surrogate_restarts``, evenly spaced)."""
-        restarts, rounds = self.config.surrogate_restarts, self.config.max_rounds
-        return {1 + (index * rounds) // (restarts + 1) for index in range(1, restarts + 1)}
-
-    def restart_surrogate(self, round_index: int) -> None:
-        """Fresh random weights from a seed of (seed, round), and an empty optimizer state, on every process."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(int(self._rng(round_index, 3).integers(2**62)))
-            fresh = type(self.surrogate.model)(self.surrogate.model.config)
-        self.surrogate.model.load_state_dict(fresh.state_dict())
-        self.optimizer.state.clear()
-        logger.info("MEM round %d: surrogate re-initialised", round_index)
-
     def train_surrogate(self, round_index: int, triggered: bool = True) -> float:
         """M steps of contrastive training on the current protected data (captions with their
         triggers when ``triggered``, else alone); returns the mean loss."""
@@ -334,9 +309,6 @@ class MEMLoop:
             position += config.batch_size
             if not triggered:
                 input_ids, mask = self.step.untriggered(batch["bodies"], batch["lengths"])
-            elif config.trigger_dropout:  # some samples train on their caption alone, as after stripping
-                keep = torch.from_numpy(rng.random(len(batch["bodies"])) >= config.trigger_dropout)
-                input_ids, mask = self.codec.build_dropped(batch["triggers"], batch["bodies"], batch["lengths"], keep, batch["positions"])
             else:
                 input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"], batch["positions"])
             pixels = pixels_from_uint8(batch["images"], batch["noise"])
