@@ -20,9 +20,9 @@ import datasets
 import torch
 import transformers
 
-from hf_unlearnable import MEMConfig, ProtectTransform
+from hf_unlearnable import EM, MEM, Layered, MEMConfig, RandomNoise, TriggerOnly
 from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10, plot_report
-from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
+from hf_unlearnable.methods import SurrogateMethod
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import VictimResult, train_victim
 
@@ -41,11 +41,6 @@ REAL_DATASETS = {
 
 METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only", "layered": "Layered",
                 "layered-random": "Layered, trigger at a random word"}
-#: The layered methods of the benchmarks: MEMConfig changes on top of `mem_config` (k = 3).
-LAYERED = {
-    "layered": dict(method="layered", eot_transforms=("jpeg",)),
-    "layered-random": dict(method="layered", eot_transforms=("jpeg",), trigger_position="random"),
-}
 
 
 def method_name(method: str) -> str:
@@ -149,32 +144,43 @@ def pretrain_victim(arguments: argparse.Namespace, rows: datasets.Dataset, test:
                         mixed_precision="auto", progress=False)
 
 
+def benchmark_method(name: str, arguments: argparse.Namespace, **changes) -> SurrogateMethod | RandomNoise:
+    """The method object of a benchmark row at the benchmark sizes (``--rounds``, ``--surrogate-steps``,
+    ``--pgd-steps``, ``--batch-size``, ``--seed``, surrogate learning rate 5e-4) with ``changes``:
+    "random", "em", "trigger" (k = 3), "memK" (MEM with a K-word trigger), "layered" or
+    "layered-random" (the trigger at a random word). Triggers are the library's dictionary words
+    throughout, so that methods differ only in what the row names."""
+    schedule = dict(max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps, batch_size=arguments.batch_size,
+                    learning_rate=5e-4, seed=arguments.seed)
+    pixels, words = dict(pgd_steps=arguments.pgd_steps), dict(trigger_words="dictionary")
+    if name == "random":
+        return RandomNoise(seed=arguments.seed, **changes)
+    if name == "em":
+        return EM(**schedule, **pixels, **changes)
+    if name == "trigger":
+        return TriggerOnly(**schedule, **words, **changes)
+    if name in ("layered", "layered-random"):
+        position = dict(trigger_position="random") if name == "layered-random" else {}
+        return Layered(**schedule, **pixels, **words, **position, **changes)
+    if name.startswith("mem") and name[3:].isdigit():
+        return MEM(**schedule, **pixels, **words, trigger_length=int(name[3:]), **changes)
+    raise SystemExit(f"unknown method {name!r}: random, em, trigger, memK (e.g. mem3), layered or layered-random")
+
+
 def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:
-    return MEMConfig(  # MEM as published (method="mem", no EOT) at the benchmark sizes; LAYERED adds the layered method
-        method="mem", eot_transforms=(), trigger_length=trigger_length, max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps,
-        pgd_steps=arguments.pgd_steps, batch_size=arguments.batch_size, learning_rate=5e-4, seed=arguments.seed,
-        shuffle_captions=trigger_length > 0,  # k = 0 is EM: each image's own caption
-    )
+    """The config of MEM-k (EM for k = 0) at the benchmark sizes: where every ablation variant starts."""
+    return benchmark_method(f"mem{trigger_length}" if trigger_length else "em", arguments).config()
 
 
 def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace, processor) -> tuple[datasets.Dataset, float]:
-    """(protected copy, seconds) for one method: "random", "em", "trigger" (the library's
-    baselines, trigger length 3), "memK" (MEM with a K-word trigger) or one of `LAYERED`, against a
-    surrogate of the victim's architecture trained from scratch, as in the paper."""
+    """(protected copy, seconds) for one method of `benchmark_method`, against a surrogate of the
+    victim's architecture trained from scratch, as in the paper."""
     started = time.perf_counter()
-    surrogate = victim_config(arguments, processor)
-    if method == "random":
-        copy = random_noise(train, arguments.image_size, seed=arguments.seed)
-    elif method == "em":
-        copy = error_minimizing_noise(train, surrogate, processor, mem_config(arguments, 0), progress=False)
-    elif method == "trigger":
-        copy = trigger_only(train, surrogate, processor, mem_config(arguments, 3), progress=False)
-    elif method in LAYERED:
-        copy = ProtectTransform(surrogate, processor, mem_config(arguments, 3).replace(**LAYERED[method]), progress=False).protect(train)
-    elif method.startswith("mem") and method[3:].isdigit():
-        copy = ProtectTransform(surrogate, processor, mem_config(arguments, int(method[3:])), progress=False).protect(train)
+    chosen, surrogate = benchmark_method(method, arguments), victim_config(arguments, processor)
+    if isinstance(chosen, RandomNoise):
+        copy = chosen.protect(train, surrogate)
     else:
-        raise SystemExit(f"unknown method {method!r}: random, em, trigger, memK (e.g. mem3) or {', '.join(LAYERED)}")
+        copy = chosen.protect(train, surrogate, processor, progress=False)
     return copy, time.perf_counter() - started
 
 

@@ -6,7 +6,7 @@ each as a copy of the training split with the clean captions, audited like every
 (`hf_unlearnable.evaluate_protection`: a victim trained from scratch on the copy and one on the
 clean split, R@10 on the clean test split):
 
-    em                 EM: PGD toward each image's own caption (`baselines.error_minimizing_noise`).
+    em                 EM: PGD toward each image's own caption (`hf_unlearnable.EM`).
     em-headroom=M:E    EM on images first squeezed into [M, 255 - M] (v -> M + v (255 - 2M) / 255),
                        with a noise budget of E levels. Tests whether saturated pixels (0 or 255, where
                        noise moves one way only: 77% of the icons' channel values) hold EM back. With
@@ -32,7 +32,6 @@ The k-means is Lloyd's algorithm in a few lines of torch, so the benchmarks need
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import re
 import sys
 import time
@@ -43,10 +42,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from _common import add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine, mem_config, victim_config, write_outputs
+from _common import (add_victim_and_mem_arguments, apply_smoke, begin, benchmark_method, default_output, load_data, machine,
+                     victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
-from hf_unlearnable.baselines import error_minimizing_noise
 from hf_unlearnable.images import prepare_image
 
 BUDGET = 8  # levels: the library's l_inf budget, 8/255
@@ -115,8 +114,8 @@ def build_copy(variant: str, train: datasets.Dataset, bases: list[np.ndarray], a
         return with_images(train, arrays), BUDGET
     margin, levels = numbers if name == "em-headroom" else (0, BUDGET)
     squeezed = [np.round(margin + base.astype(np.float32) * (255 - 2 * margin) / 255).astype(np.uint8) for base in bases]
-    config = dataclasses.replace(mem_config(arguments, 0), epsilon=levels / 255)
-    copy = error_minimizing_noise(with_images(train, squeezed), victim_config(arguments, processor), processor, config, progress=False)
+    em = benchmark_method("em", arguments, epsilon=levels / 255)
+    copy = em.protect(with_images(train, squeezed), victim_config(arguments, processor), processor, progress=False)
     return copy, margin + levels
 
 

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import KEYS, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, mem_config, victim_config  # one victim recipe for every protection benchmark
+from _common import (KEYS, add_victim_and_mem_arguments, apply_smoke, begin, benchmark_method,  # one victim recipe for every
+                     default_output, load_data, victim_config)  # protection benchmark
 
-from hf_unlearnable import ProtectTransform
+from hf_unlearnable import ProtectTransform, RandomNoise
 from hf_unlearnable.audit import chance_scores
-from hf_unlearnable.baselines import random_noise
 from hf_unlearnable.victim import train_victim
 
 
@@ -47,13 +47,11 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
     """The training copy for one method, and the protection history (empty for clean/random)."""
     if method == "clean":
         return train, []
-    if method == "random":
-        return random_noise(train, arguments.image_size, seed=arguments.seed), []
-    config = mem_config(arguments, {"em": 0, "trigger": 3, "mem3": 3, "mem5": 5}[method])
-    if method == "trigger":
-        config = config.replace(image_noise=False)
+    chosen = benchmark_method(method, arguments)
+    if isinstance(chosen, RandomNoise):
+        return chosen.protect(train, arguments.image_size), []
     surrogate = victim_config(arguments, processor)  # trained from scratch, as in the paper
-    transform = ProtectTransform(surrogate, processor, config, progress=False)
+    transform = ProtectTransform(surrogate, processor, method=chosen, progress=False)
     return transform.protect(train), transform.history
 
 

@@ -1,10 +1,11 @@
 """hf_unlearnable: make image-caption data sets unlearnable for CLIP-style training (MEM).
 
-Protect: `ProtectTransform` with a `MEMConfig`. Measure: `train_victim`, `retrieval_scores`,
-`retrieval_metrics` and the `evaluate` module from `load_retrieval_metric`; audit a copy before
-publishing with `evaluate_protection`. Publish:
-`push_protected`. Baselines live in `hf_unlearnable.baselines`, offline test helpers in
-`hf_unlearnable.testing`.
+Protect: `ProtectTransform` with a method object (`Layered`, the default; `MEM` as published;
+`EM`; `TriggerOnly`; `RandomNoise`: `hf_unlearnable.methods`) or a `MEMConfig`. Measure:
+`train_victim`, `retrieval_scores`, `retrieval_metrics` and the `evaluate` module from
+`load_retrieval_metric`; audit a copy before publishing with `evaluate_protection`. Publish:
+`push_protected`. The baselines as functions live in `hf_unlearnable.baselines`, offline test
+helpers in `hf_unlearnable.testing`.
 """
 
 import typing
@@ -15,10 +16,15 @@ from .version import ALGORITHM_VERSION, __version__
 # The public names load on first use (PEP 562), so that `import hf_unlearnable.cli` (and with it
 # `hf-unlearnable --help`) does not import torch, transformers and datasets.
 _PUBLIC = {
+    "EM": ".methods",
+    "Layered": ".methods",
+    "MEM": ".methods",
     "MEMConfig": ".config",
     "NoProtectionError": ".errors",
     "NonFiniteLossError": ".errors",
     "ProtectTransform": ".transform",
+    "RandomNoise": ".methods",
+    "TriggerOnly": ".methods",
     "evaluate_protection": ".audit",
     "load_retrieval_metric": ".metrics",
     "push_protected": ".hub",
@@ -34,6 +40,7 @@ if typing.TYPE_CHECKING:
     from .config import MEMConfig
     from .errors import NonFiniteLossError, NoProtectionError
     from .hub import push_protected
+    from .methods import EM, MEM, Layered, RandomNoise, TriggerOnly
     from .metrics import load_retrieval_metric, retrieval_metrics
     from .transform import ProtectTransform
     from .victim import retrieval_scores, train_victim

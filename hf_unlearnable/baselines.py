@@ -1,7 +1,9 @@
-"""The paper's baselines through the same API: random noise, EM (no trigger), trigger-only.
+"""The paper's baselines as functions: random noise, EM (no trigger), trigger-only.
 
-Each returns a `datasets.Dataset` shaped like `ProtectTransform.protect`'s output: same rows,
-order and columns; the image column holds lossless PNGs at the surrogate's resolution.
+Each is a one-line shortcut to a method object of `hf_unlearnable.methods` (`RandomNoise`, `EM`,
+`TriggerOnly`), kept for code written before them; the objects are the documented way. Each returns
+a `datasets.Dataset` shaped like `ProtectTransform.protect`'s output: same rows, order and columns;
+the image column holds lossless PNGs at the surrogate's resolution.
 """
 
 from __future__ import annotations
@@ -9,12 +11,10 @@ from __future__ import annotations
 import os
 
 import datasets
-import numpy as np
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
 from .config import MEMConfig
-from .images import encode_png, prepare_image, undecoded
-from .transform import ProtectTransform
+from .methods import EM, RandomNoise, TriggerOnly
 
 
 def random_noise(
@@ -26,26 +26,9 @@ def random_noise(
     image_column: str = "image",
     caption_column: str = "caption",
 ) -> datasets.Dataset:
-    """Uniform noise on the integer levels within +-epsilon, one draw per row (seeded by row index);
-    captions unchanged. The control that shows MEM's effect is not just "any noise"."""
-    levels = MEMConfig(epsilon=epsilon, trigger_length=0, shuffle_captions=False).epsilon_levels
-    for column in (image_column, caption_column):
-        if column not in ds.column_names:
-            raise ValueError(f"Column {column!r} is not in the data set; its columns are {ds.column_names}.")
-
-    def perturb(batch, indices):
-        images = []
-        for value, row in zip(batch[image_column], indices):
-            clean = prepare_image(value, image_size, row).astype(np.int16)
-            noise = np.random.default_rng([seed, row]).integers(-levels, levels + 1, size=clean.shape)
-            images.append({"bytes": encode_png((clean + noise).clip(0, 255).astype(np.uint8)), "path": None})
-        return {image_column: images}
-
-    features = ds.features.copy()
-    features[image_column] = datasets.Image()
-    return undecoded(ds, image_column).map(
-        perturb, batched=True, with_indices=True, features=features, desc="Random noise"
-    )
+    """``RandomNoise(epsilon, seed).protect(ds, image_size)``: uniform noise on the integer levels
+    within +-epsilon, one draw per row (seeded by row index); captions unchanged."""
+    return RandomNoise(epsilon, seed).protect(ds, image_size, image_column=image_column, caption_column=caption_column)
 
 
 def error_minimizing_noise(
@@ -58,16 +41,11 @@ def error_minimizing_noise(
     caption_column: str = "caption",
     progress: bool = True,
 ) -> datasets.Dataset:
-    """EM (Huang et al., ICLR 2021) for image-text pairs: MEM with ``trigger_length=0``.
-
-    PGD pulls each image toward its own caption (``shuffle_captions=False``), as in the reference
-    EM: with no trigger, a shuffled caption would be another sample's, not a shortcut to learn.
-    """
-    config = (config or MEMConfig(method="mem", eot_transforms=())).replace(
-        method="mem", trigger_length=0, image_noise=True, shuffle_captions=False
-    )
-    transform = ProtectTransform(model, processor, config, progress=progress)
-    return transform.protect(ds, image_column=image_column, caption_column=caption_column)
+    """`EM` (Huang et al., ICLR 2021) for image-text pairs: ``EM()``, or with ``config``'s settings
+    (`EM.from_config`: its trigger settings do not apply, and EM sets method, trigger length, image
+    noise and caption shuffling itself)."""
+    method = EM() if config is None else EM.from_config(config)
+    return method.protect(ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress)
 
 
 def trigger_only(
@@ -80,10 +58,7 @@ def trigger_only(
     caption_column: str = "caption",
     progress: bool = True,
 ) -> datasets.Dataset:
-    """Text triggers optimised by HotFlip against a surrogate trained on the triggered data; images
-    are resized to the protect resolution but carry no noise."""
-    config = (config or MEMConfig(method="mem", eot_transforms=())).replace(method="mem", image_noise=False)
-    if config.trigger_length == 0:
-        raise ValueError("trigger_only needs MEMConfig.trigger_length >= 1.")
-    transform = ProtectTransform(model, processor, config, progress=progress)
-    return transform.protect(ds, image_column=image_column, caption_column=caption_column)
+    """`TriggerOnly`: text triggers optimised by HotFlip, no image noise: ``TriggerOnly()``, or with
+    ``config``'s settings (`TriggerOnly.from_config`: its pixel settings do not apply)."""
+    method = TriggerOnly() if config is None else TriggerOnly.from_config(config)
+    return method.protect(ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress)

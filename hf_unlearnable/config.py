@@ -43,6 +43,10 @@ class MEMConfig:
     ``epsilon`` and ``pgd_step_size`` are turned into whole 8-bit levels
     (``epsilon_levels = floor(epsilon * 255)``, ``step_levels = round(pgd_step_size * 255)``).
 
+    The methods are named objects in `hf_unlearnable.methods` (`MEM`, `EM`, `TriggerOnly`,
+    `Layered`, `RandomNoise`); each builds the MEMConfig it runs (``EM().config()``), so a method
+    is picked by name rather than by a combination of the fields below.
+
     Args:
         method: how noise and trigger are optimised.
             "layered" (default): two independent shortcuts, each optimised for what it must survive.
@@ -150,7 +154,7 @@ class MEMConfig:
         (``method="mem"``), eps 8/255, 8 PGD steps of 1/255, k = 3 trigger tokens right after the
         start token, any whole-word token as a trigger word (``trigger_words="any"``), 16 HotFlip
         candidates, triggers updated in rounds 1-5, M = 200, 20 rounds, caption bodies shuffled in
-        PGD, no EOT. For comparing with the paper."""
+        PGD, no EOT. For comparing with the paper; ``hf_unlearnable.methods.MEM()`` runs it."""
         values = dict(
             method="mem", epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, trigger_position="start",
             trigger_words="any", hotflip_candidates=16, trigger_rounds=5, surrogate_steps=200, max_rounds=20,
@@ -268,7 +272,7 @@ class MEMConfig:
             raise ValueError(
                 "MEMConfig has shuffle_captions=True and trigger_length=0: with no trigger to bind to, PGD "
                 "would pull each image toward another sample's caption instead of minimising its own loss. "
-                "For EM (no trigger) set shuffle_captions=False, or use baselines.error_minimizing_noise."
+                "For EM (no trigger) set shuffle_captions=False, or use hf_unlearnable.methods.EM()."
             )
 
     # -- serialisation --------------------------------------------------------------------

@@ -1,12 +1,13 @@
 """ProtectTransform: where the `datasets` world meets the MEM algorithm.
 
-    transform = ProtectTransform("openai/clip-vit-base-patch32", config=MEMConfig(max_rounds=10))
+    transform = ProtectTransform("openai/clip-vit-base-patch32", method=Layered(max_rounds=10))
     protected = transform.protect(ds, image_column="image", caption_column="caption")
 
 or, inside a preprocessing script, ``transform.fit(ds)`` then
 ``ds.map(transform, batched=True, with_indices=True)``, which yields exactly the rows of
 ``protect``. Rows the transform was not fitted on are protected batch by batch against the
-frozen surrogate, so new data can be protected as it arrives.
+frozen surrogate, so new data can be protected as it arrives. The method is one of
+`hf_unlearnable.methods`; ``config=MEMConfig(...)`` sets every field directly instead.
 
 This module is the facade: work dirs and ingest live in `workdir`, Algorithm 1 in `mem.loop`,
 writing rows in `rows`, model loading in `surrogate`.
@@ -20,7 +21,7 @@ import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 import numpy as np
@@ -43,6 +44,9 @@ from .surrogate import Surrogate, hash_weights, load_surrogate
 from .version import ALGORITHM_VERSION, __version__
 from .workdir import WorkDir, check_kind, copy_protection_state, ingest, initial_triggers, mark, work_dir_identity
 
+if TYPE_CHECKING:
+    from .methods import SurrogateMethod
+
 __all__ = ["ProtectTransform"]
 
 logger = logging.getLogger(__name__)
@@ -62,7 +66,11 @@ class ProtectTransform:
             the paper) or a Hub id / local path (loaded with `from_pretrained`, safetensors only).
         processor: the `CLIPProcessor` (tokenizer and image normalisation); loaded with the model
             when ``model`` is a path.
-        config: MEM settings (`MEMConfig()` when None).
+        config: every setting as one `MEMConfig` (`MEMConfig()`, the layered method, when neither
+            this nor ``method`` is given).
+        method: a method object of `hf_unlearnable.methods` that optimises against the surrogate
+            (`MEM`, `EM`, `TriggerOnly`, `Layered`); the transform runs ``method.config()``. Give
+            ``config`` or ``method``, not both.
         work_dir: folder for the per-sample state and checkpoints of `fit` (None: a folder in the
             `datasets` cache named after the data set and this transform); rerun to resume. A
             work_dir you name is yours: it keeps its clean copy of the data and the noise (as
@@ -79,13 +87,23 @@ class ProtectTransform:
         processor: CLIPProcessor | None = None,
         config: MEMConfig | None = None,
         *,
+        method: SurrogateMethod | None = None,
         work_dir: str | os.PathLike | None = None,
         keep_work_dir: bool = False,
         progress: bool = True,
     ):
+        if method is not None:
+            if config is not None:
+                raise TypeError("Give ProtectTransform a config or a method, not both: the method builds its own config.")
+            if not callable(getattr(method, "config", None)):
+                raise TypeError(f"method={method!r} trains no surrogate, so ProtectTransform cannot run it; "
+                                "call its protect(ds, ...) instead.")
+            config = method.config()
         self.config = config if config is not None else MEMConfig()
         if not isinstance(self.config, MEMConfig):
-            raise TypeError(f"config must be a MEMConfig, got {type(self.config).__name__}")
+            hint = (f" A method object goes to method=: ProtectTransform(model, processor, method={config!r})."
+                    if callable(getattr(config, "config", None)) else "")
+            raise TypeError(f"config must be a MEMConfig, got {type(self.config).__name__}.{hint}")
         clip, self.processor = load_surrogate(model, processor, self.config.seed)
         self.surrogate = Surrogate.from_processor(clip, self.processor)
         self.tokenizer = self.processor.tokenizer

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hf_unlearnable import baselines
+from hf_unlearnable import ProtectTransform, baselines
 from hf_unlearnable.baselines import error_minimizing_noise, random_noise, trigger_only
 from hf_unlearnable.images import decode_png, prepare_image
 from hf_unlearnable.mem.loop import MEMStep
@@ -83,11 +83,11 @@ def test_baselines_without_a_config_are_the_papers_methods_with_the_librarys_saf
     and keep dictionary trigger words (not MEMConfig.paper()'s "any": word pieces in every caption)."""
     seen = []
 
-    def capture(self, model, processor=None, config=None, **kwargs):
-        seen.append(config)
+    def capture(self, model, processor=None, config=None, *, method=None, **kwargs):
+        seen.append(config if method is None else method.config())
         raise RuntimeError("captured")
 
-    monkeypatch.setattr(baselines.ProtectTransform, "__init__", capture)
+    monkeypatch.setattr(ProtectTransform, "__init__", capture)
     model, processor = clip
     for baseline in (baselines.error_minimizing_noise, baselines.trigger_only):
         with pytest.raises(RuntimeError, match="captured"):
