@@ -1,4 +1,4 @@
-"""Which levers make the protection hold? Each lever of MEMConfig on and off, against issue 9's targets.
+"""Which levers make the protection hold? Each lever of MEMConfig on and off, against four targets.
 
 A *variant* is MEM-3 at the benchmark sizes (`_common.mem_config`) with levers joined by "+":
 
@@ -16,7 +16,7 @@ scratch,finetuned``, a fine-tuned one. The table marks each target:
     T2  jpeg-75, grayscale, resized-crop-flip, eda, strip-k: R@10 <= 3x chance each
     T3  every trigger removed (an oracle: the protected images with the clean captions): R@10 <= 3x chance
     T4  fine-tuned: R@10 at most half of the same fine-tuning on the clean copy
-    cost  protect seconds per sample per round (issue 9: at most 2x the paper's)
+    cost  protect seconds per sample per round (target: at most 2x the paper's)
 
     python benchmarks/ablation_robust.py --dataset icons --variants paper,own,eot,own+eot
     python benchmarks/ablation_robust.py --smoke

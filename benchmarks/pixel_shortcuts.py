@@ -1,7 +1,7 @@
 """Can the pixels alone carry a shortcut on this data? Pixel-only copies (no trigger), audited.
 
-Issue 9's third target asks the image noise to protect on its own, with every trigger removed. On
-the icon set nothing tried so far does. This benchmark puts the pixel-side hypotheses side by side,
+The third target of `ablation_robust.py` asks the image noise to protect on its own, with every
+trigger removed. On the icon set nothing tried so far does. This benchmark puts the pixel-side hypotheses side by side,
 each as a copy of the training split with the clean captions, audited like every other table
 (`hf_unlearnable.evaluate_protection`: a victim trained from scratch on the copy and one on the
 clean split, R@10 on the clean test split):

@@ -1,6 +1,6 @@
 """Seconds per sample per round of MEM, split into surrogate steps, HotFlip and PGD; peak RSS.
 
-DESIGN.md's anchor: the reference MEM code with a ViT-B/32-sized CLIP, batch 16, 224 px, k = 3,
+The anchor: the reference MEM code with a ViT-B/32-sized CLIP, batch 16, 224 px, k = 3,
 16 HotFlip candidates, captions of ~20 tokens costs 4.84 s per sample per round on a 2-core CPU
 (HotFlip 61.7 s + 8 PGD steps 15.8 s per batch of 16); over the full schedule (HotFlip in 5 of 20
 rounds) 1.95 s per sample per round. Targets: <= 1.2 s per sample per round, >= 3x over the

@@ -1,6 +1,6 @@
 """The cross-run tables of docs/benchmarks.md, rebuilt from the `robustness.py` result folders.
 
-`robustness.py` writes one folder per run; issue 8's tables gather cells from many runs (one list
+`robustness.py` writes one folder per run; the cross-run tables gather cells from many runs (one list
 of defenses per run, clean victims reused across them). This script reads every
 `robustness*/robustness.json` under ``--results`` (its arguments, and its report through
 `hf_unlearnable.audit.load_report`, as `robustness.py --clean-from` reads it) and prints, in Markdown:

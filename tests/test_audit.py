@@ -125,7 +125,7 @@ def test_a_fine_tuned_victim_is_judged_against_its_pretrained_score():
     # The pretrained model already scores 30 (15x chance): fine-tuning on the copy that stays there learned nothing.
     verdict, reason = judge(29.0, 60.0, 2.0, 30.0)
     assert verdict == "protected" and "the pretrained model's 30.0 before fine-tuning" in reason
-    assert judge(31.0, 60.0, 2.0, 30.0)[0] == "broken"  # above it and >= half of clean fine-tuning (issue 9, target 4)
+    assert judge(31.0, 60.0, 2.0, 30.0)[0] == "broken"  # above it and >= half of clean fine-tuning (the fine-tuning target)
     assert judge(25.0, 28.0, 2.0, 30.0)[0] == "inconclusive"  # clean fine-tuning did not rise above it either
 
 

@@ -85,7 +85,7 @@ def test_default_card_says_it_is_protected_how_to_use_it_and_what_to_cite(fitted
         "far worse than a model trained on the original",
     ):
         assert expected in text, expected
-    # The measured protection stops at 4-8x chance (README, "Measured"): the card must not promise chance.
+    # The measured protection stops at 4-8x chance (README, "Limitations"): the card must not promise chance.
     assert "chance" not in text
 
 

@@ -1,4 +1,4 @@
-"""ProtectTransform end to end: the invariants of DESIGN.md 1-5 on synthetic data."""
+"""ProtectTransform end to end: the guarantees the method card lists (docs/method.md, Outputs) on synthetic data."""
 
 from __future__ import annotations
 
