@@ -31,7 +31,8 @@ from hf_unlearnable.images import prepare_image
 from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.mem.loop import MEMStep
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.surrogate import Surrogate, parameter_groups, pixels_from_uint8
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions, tiny_clip_config
 
 REFERENCE = {"per_sample_round": 4.84, "full_schedule": (5 * 61.7 / 16 + 20 * 15.8 / 16) / 20}

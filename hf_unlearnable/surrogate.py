@@ -1,4 +1,4 @@
-"""The surrogate CLIP: differentiable normalisation, unit-norm features, the contrastive loss.
+"""The surrogate CLIP: differentiable normalisation, unit-norm features (its loss: `hf_unlearnable.losses`).
 
 Images enter as float pixels in [0, 1] (N, 3, H, W); the CLIP mean/std normalisation happens
 here, inside the graph, so gradients are taken in pixel space where the 8/255 budget lives.
@@ -15,55 +15,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+
+from .losses import ContrastiveLoss
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_LOGIT_SCALE = 100.0
 
 logger = logging.getLogger(__name__)
-
-
-def gather_features(image_features: torch.Tensor, text_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All processes' features, concatenated by rank; gradients flow through the local part only.
-
-    With one process (or no process group) the inputs come back unchanged.
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return image_features, text_features
-    rank, world = dist.get_rank(), dist.get_world_size()
-    gathered_images = [torch.zeros_like(image_features) for _ in range(world)]
-    gathered_texts = [torch.zeros_like(text_features) for _ in range(world)]
-    dist.all_gather(gathered_images, image_features.contiguous())
-    dist.all_gather(gathered_texts, text_features.contiguous())
-    gathered_images[rank], gathered_texts[rank] = image_features, text_features
-    return torch.cat(gathered_images), torch.cat(gathered_texts)
-
-
-class ContrastiveLoss(nn.Module):
-    """Symmetric InfoNCE of CLIP; with ``gather=True`` the negatives come from every process.
-
-    Inputs: unit-norm image and text features (B, D), pair i <-> i, and the logit scale (a scalar).
-    """
-
-    def __init__(self, gather: bool = False):
-        super().__init__()
-        self.gather = gather
-
-    def forward(self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
-        offset = 0
-        all_images, all_texts = image_features, text_features
-        if self.gather:
-            all_images, all_texts = gather_features(image_features, text_features)
-            if all_images.shape[0] != image_features.shape[0]:
-                offset = dist.get_rank() * image_features.shape[0]
-        logits_per_image = logit_scale * image_features @ all_texts.T
-        logits_per_text = logit_scale * text_features @ all_images.T
-        labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
-        return (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
 
 
 class Surrogate(nn.Module):

@@ -32,7 +32,8 @@ from .devices import build_accelerator
 from .errors import check_finite
 from .metrics import retrieval_metrics
 from .retrieval import RetrievalSet, embed_and_rank, pad_token_id, pad_token_ids, read_images, retrieval_scores, tokenize
-from .surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
+from .losses import ContrastiveLoss
+from .surrogate import Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
 

@@ -21,7 +21,8 @@ import torch
 from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.images import prepare_image
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, parameter_groups, pixels_from_uint8
+from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.surrogate import Surrogate, parameter_groups, pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
 
 torch.set_num_threads(min(2, os.cpu_count() or 1))

@@ -21,7 +21,8 @@ from hf_unlearnable.defenses import (
     default_synonyms,
     get_defense,
 )
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate
+from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.surrogate import Surrogate
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
 from hf_unlearnable.victim import retrieval_scores, train_victim
 

@@ -11,7 +11,8 @@ from hf_unlearnable import MEMConfig
 from hf_unlearnable.defenses import get_defense
 from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, pixels_from_uint8
+from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.surrogate import pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions
 
 from .conftest import trained_surrogate

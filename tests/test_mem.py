@@ -8,10 +8,11 @@ import torch
 from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.images import prepare_image
-from hf_unlearnable.mem.hotflip import HotFlip, loss_with_text_replaced
+from hf_unlearnable.losses import ContrastiveLoss, loss_with_text_replaced
+from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.mem.loop import MEMStep
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, pixels_from_uint8
+from hf_unlearnable.surrogate import Surrogate, pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
 
 from .conftest import trained_surrogate

@@ -12,7 +12,8 @@ from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.defenses import get_defense
 from hf_unlearnable.images import prepare_image
 from hf_unlearnable.mem.hotflip import HotFlip
-from hf_unlearnable.surrogate import ContrastiveLoss, Surrogate, pixels_from_uint8
+from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.surrogate import Surrogate, pixels_from_uint8
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions, tiny_clip
 
 CAPTIONS = [

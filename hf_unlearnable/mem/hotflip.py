@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import torch
 
-from ..surrogate import ContrastiveLoss, Surrogate, frozen
+from ..losses import ContrastiveLoss, loss_with_text_replaced
+from ..surrogate import Surrogate, frozen
 
 _batch_loss = ContrastiveLoss(gather=False)
-
-
-def loss_with_text_replaced(
-    image_features: torch.Tensor, text_features: torch.Tensor, candidates: torch.Tensor, logit_scale: torch.Tensor
-) -> torch.Tensor:
-    """Exact batch contrastive loss when text b alone is replaced by candidate (b, c).
-
-    image_features, text_features: (B, D) unit-norm; candidates: (B, C, D) unit-norm.
-    Returns (B, C): the symmetric InfoNCE of the whole batch for each single replacement.
-    """
-    batch = image_features.shape[0]
-    logits = logit_scale * image_features @ text_features.T  # (image m, text n)
-    eye = torch.eye(batch, dtype=torch.bool, device=logits.device)
-    positives = logits.diagonal()
-    # log-sum-exp of image m's row without text b: (m, b); computed directly, stable when softmax -> 1
-    row_without = torch.logsumexp(logits.unsqueeze(1).masked_fill(eye.unsqueeze(0), float("-inf")), dim=2)
-    text_terms = torch.logsumexp(logits, dim=0) - positives  # text-to-image CE per text n
-    new_column = logit_scale * torch.einsum("md,bcd->bcm", image_features, candidates)  # (b, c, m)
-    # image-to-text: every image's softmax now contains the candidate in column b
-    image_lse = torch.logaddexp(row_without.T.unsqueeze(1), new_column)  # (b, c, m)
-    image_positive = positives.view(1, 1, batch).expand_as(new_column).clone()
-    index = torch.arange(batch, device=logits.device)
-    image_positive[index, :, index] = new_column[index, :, index]
-    image_loss = (image_lse - image_positive).mean(dim=2)
-    # text-to-image: only text b's row changes
-    new_text_term = torch.logsumexp(new_column, dim=2) - new_column[index, :, index]
-    text_loss = (text_terms.sum() - text_terms.unsqueeze(1) + new_text_term) / batch
-    return (image_loss + text_loss) / 2
 
 
 class HotFlip:

@@ -36,7 +36,8 @@ from ..captions import CaptionCodec, TriggerVocabulary
 from ..config import MEMConfig
 from ..store import SampleStore
 from ..errors import check_finite
-from ..surrogate import ContrastiveLoss, Surrogate, build_optimizer, clip_training_step, pixels_from_uint8
+from ..losses import ContrastiveLoss
+from ..surrogate import Surrogate, build_optimizer, clip_training_step, pixels_from_uint8
 from .checkpoint import Checkpointer, DiskCheckpointer
 from .eot import EOT
 from .hotflip import HotFlip

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..surrogate import ContrastiveLoss, Surrogate, frozen
+from ..losses import ContrastiveLoss
+from ..surrogate import Surrogate, frozen
 from .eot import EOT
 
 
