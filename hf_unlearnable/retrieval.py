@@ -1,5 +1,5 @@
-"""Image-text retrieval of a CLIP on a data set: the evaluation of `train_victim`, and
-`retrieval_scores` on its own (Recall@1/5/10, MedR, MeanR in both directions).
+"""Image-text retrieval of a CLIP (any `ImageTextModel`) on a data set: the evaluation of
+`train_victim`, and `retrieval_scores` on its own (Recall@1/5/10, MedR, MeanR in both directions).
 
 Images are decoded once to uint8 at the model's resolution (`prepare_image`), captions tokenised
 once; scores are cosine similarities of every caption with every image.
@@ -14,12 +14,14 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-from transformers import CLIPModel, CLIPProcessor
+from torch import nn
 
 from .checks import check_dataset, read_captions
+from .families import image_text_model
 from .images import prepare_image, undecoded
+from .imagetext import ImageTextModel
 from .metrics import retrieval_metrics
-from .surrogate import Surrogate, pixels_from_uint8
+from .surrogate import pixels_from_uint8
 
 __all__ = ["RetrievalSet", "embed_and_rank", "pad_token_ids", "read_images", "retrieval_scores", "tokenize"]
 
@@ -69,11 +71,12 @@ def tokenize(tokenizer: Any, texts: list[str], context_length: int) -> list[list
 
 @dataclass
 class RetrievalSet:
-    """An evaluation split decoded and tokenised once: images, caption ids, image of each caption."""
+    """A split decoded and tokenised once: images, caption ids, image of each caption, the captions."""
 
     images: np.ndarray  # uint8 (num_images, H, W, 3)
     token_ids: list[list[int]]  # one unpadded list per caption
     image_index: np.ndarray  # int64 (num_captions,)
+    texts: list[str]  # the captions, flat, in row order
 
     @classmethod
     def read(
@@ -83,11 +86,11 @@ class RetrievalSet:
         images = read_images(ds, image_column, image_size)
         texts = [text for row_captions in captions for text in row_captions]
         image_index = np.repeat(np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions])
-        return cls(images, tokenize(tokenizer, texts, context_length), image_index)
+        return cls(images, tokenize(tokenizer, texts, context_length), image_index, texts)
 
 
 def embed_and_rank(
-    surrogate: Surrogate,
+    surrogate: ImageTextModel,
     data: RetrievalSet,
     pad_id: int,
     batch_size: int,
@@ -117,8 +120,8 @@ def embed_and_rank(
 
 
 def retrieval_scores(
-    model: CLIPModel,
-    processor: CLIPProcessor,
+    model: nn.Module,
+    processor: Any,
     ds: datasets.Dataset,
     image_column: str = "image",
     caption_column: str = "caption",
@@ -134,9 +137,9 @@ def retrieval_scores(
     and a candidate of image-to-text retrieval). Scores are cosine similarities.
 
     Args:
-        model: a `transformers.CLIPModel`; evaluated in eval mode without gradients (its training
-            mode is restored afterwards).
-        processor: its `CLIPProcessor` (tokenizer, image mean/std).
+        model: a `transformers.CLIPModel` or `SiglipModel`; evaluated in eval mode without
+            gradients (its training mode is restored afterwards).
+        processor: its processor (tokenizer, image mean/std).
         ds: the evaluation split (a `datasets.Dataset`).
         image_column, caption_column: column names.
         batch_size: images or captions embedded at a time.
@@ -153,6 +156,6 @@ def retrieval_scores(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    surrogate = Surrogate.from_processor(model, processor).to(device)
+    surrogate = image_text_model(model, processor).to(device)
     data = RetrievalSet.read(ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column)
     return embed_and_rank(surrogate, data, pad_token_id(processor.tokenizer), batch_size, device)

@@ -1,17 +1,16 @@
-"""The surrogate CLIP: differentiable normalisation, unit-norm features (its loss: `hf_unlearnable.losses`).
+"""The surrogate CLIP (`Surrogate`, the CLIP family's `ImageTextModel`) and what training any
+image-text model shares: `load_surrogate`, `frozen`, `parameter_groups`, `build_optimizer`,
+`clip_training_step`.
 
 Images enter as float pixels in [0, 1] (N, 3, H, W); the CLIP mean/std normalisation happens
-here, inside the graph, so gradients are taken in pixel space where the 8/255 budget lives.
+inside the graph (`ImageTextModel`), so gradients are taken in pixel space where the 8/255 budget lives.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
-import logging
-import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -19,81 +18,46 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import CLIPConfig, CLIPModel, CLIPProcessor
 
+from .imagetext import ImageTextModel, ModelFamily, load_model
 from .losses import ContrastiveLoss
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_LOGIT_SCALE = 100.0
-
-logger = logging.getLogger(__name__)
 
 
-class Surrogate(nn.Module):
-    """A `transformers.CLIPModel` with pixel-space inputs and unit-norm features.
+class Surrogate(ImageTextModel):
+    """A `transformers.CLIPModel` with pixel-space inputs and unit-norm features; trains with
+    `ContrastiveLoss` (CLIP's symmetric InfoNCE).
 
     Args:
         model: the CLIPModel (trained from scratch or pretrained).
         image_mean, image_std: the processor's normalisation (OpenAI CLIP's by default).
+        processor: its CLIPProcessor (`tokenizer`); `from_processor` sets it.
     """
 
-    def __init__(
-        self,
-        model: CLIPModel,
-        image_mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        image_std: Sequence[float] = OPENAI_CLIP_STD,
-    ):
-        super().__init__()
-        self.model = model
-        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
-
-    @classmethod
-    def from_processor(cls, model: CLIPModel, processor) -> "Surrogate":
-        """The wrapper with the processor's image normalisation (OpenAI CLIP's when it has none)."""
-        image_processor = getattr(processor, "image_processor", None)
-        return cls(
-            model,
-            getattr(image_processor, "image_mean", None) or OPENAI_CLIP_MEAN,
-            getattr(image_processor, "image_std", None) or OPENAI_CLIP_STD,
-        )
-
-    @property
-    def image_size(self) -> int:
-        return int(self.model.config.vision_config.image_size)
-
-    @property
-    def context_length(self) -> int:
-        return int(self.model.config.text_config.max_position_embeddings)
+    default_mean = OPENAI_CLIP_MEAN
+    default_std = OPENAI_CLIP_STD
 
     @property
     def token_embedding(self) -> nn.Embedding:
         # CLIPModel.get_input_embeddings() raises in transformers 5; this is the text token table.
         return self.model.text_model.embeddings.token_embedding
 
-    def logit_scale(self) -> torch.Tensor:
-        return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+    def logit_bias(self) -> None:
+        """CLIP has no logit bias."""
+        return None
 
-    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in [0, 1], (N, 3, H, W) -> unit-norm image features (N, D)."""
-        normalised = (pixels - self.image_mean) / self.image_std
-        features = self.model.get_image_features(pixel_values=normalised).pooler_output
-        return F.normalize(features.float(), dim=-1)
+    def training_loss(self, gather: bool = False) -> ContrastiveLoss:
+        return ContrastiveLoss(gather=gather)
 
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (N, L) -> unit-norm text features (N, D)."""
         features = self.model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
         return F.normalize(features.float(), dim=-1)
 
-    def forward(
-        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Both towers at once (what DDP wraps during surrogate training)."""
-        return self.image_features(pixels), self.text_features(input_ids, attention_mask)
 
-    def clamp_logit_scale(self) -> None:
-        """Keep exp(logit_scale) <= 100, as CLIP does."""
-        with torch.no_grad():
-            self.model.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+#: The CLIP family: `transformers.CLIPModel` in `Surrogate`.
+CLIP = ModelFamily("CLIP", CLIPModel, CLIPConfig, CLIPProcessor, Surrogate)
 
 
 def pixels_from_uint8(images: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,55 +100,11 @@ def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def load_surrogate(
     model: CLIPModel | CLIPConfig | str | os.PathLike, processor: CLIPProcessor | None, seed: int
 ) -> tuple[CLIPModel, CLIPProcessor]:
-    """Resolve a ``model`` argument (of ProtectTransform or train_victim): a CLIPModel (deep-copied, so
-    the caller's stays untouched), a CLIPConfig (random init from ``seed``, trained from scratch) or
-    a Hub id / local path loaded with `from_pretrained` (safetensors only).
-
-    The weights always come back in float32, whatever dtype they were saved or passed in: they are
-    trained, and AdamW on float16 weights turns them to NaN within a step. Lower precision is only
-    ever autocast (``MEMConfig.mixed_precision``)."""
-    if isinstance(model, (str, os.PathLike)):
-        try:
-            loaded = CLIPModel.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)
-            processor = processor or CLIPProcessor.from_pretrained(str(model))
-        except OSError as error:  # transformers' own message is long and ends in a 40-line chain
-            reason = " ".join(str(error).split())[:300]
-            raise OSError(
-                f"Cannot load the CLIP model {str(model)!r} ({reason}). Pass a local folder written by "
-                "CLIPModel.save_pretrained (config.json and safetensors weights) with its processor, a CLIPModel "
-                "and its CLIPProcessor, or a CLIPConfig to train a surrogate from scratch; for a Hub id, this "
-                "machine must reach the Hub (HF_HUB_OFFLINE unset) or have the model in its cache."
-            ) from None
-        return _float32(loaded), processor
-    if isinstance(model, CLIPConfig):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built = CLIPModel(model)
-        model = built
-    elif isinstance(model, CLIPModel):
-        model = copy.deepcopy(model)  # the surrogate is trained; the caller's model stays as it was
-    else:
-        raise TypeError(
-            f"model must be a transformers CLIPModel, a CLIPConfig, or a Hub id / local path; got {type(model).__name__}."
-        )
-    if processor is None:
-        name = getattr(model, "name_or_path", "") or ""
-        if not name:
-            raise ValueError(
-                "processor is required with a CLIPModel or CLIPConfig: pass processor=CLIPProcessor(...) "
-                "whose tokenizer and image size match the model."
-            )
-        processor = CLIPProcessor.from_pretrained(name)
-    return _float32(model), processor
-
-
-def _float32(model: CLIPModel) -> CLIPModel:
-    """``model`` with every floating-point parameter and buffer in float32 (master weights)."""
-    dtypes = {tensor.dtype for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()}
-    if dtypes - {torch.float32}:
-        logger.info("converting the CLIP model's %s weights to float32 for training", sorted(map(str, dtypes)))
-        model = model.float()
-    return model
+    """Resolve a ``model`` argument of ProtectTransform: a CLIPModel (deep-copied, so the caller's
+    stays untouched), a CLIPConfig (random init from ``seed``, trained from scratch) or a Hub id /
+    local path loaded with `from_pretrained` (safetensors only); always in float32
+    (`hf_unlearnable.imagetext.load_model`)."""
+    return load_model(CLIP, model, processor, seed)
 
 
 def hash_weights(model: nn.Module, digest: Any) -> None:
@@ -208,8 +128,8 @@ def build_optimizer(
 
 def clip_training_step(
     model: nn.Module,
-    surrogate: Surrogate,
-    loss: ContrastiveLoss,
+    surrogate: ImageTextModel,
+    loss: nn.Module,
     optimizer: torch.optim.Optimizer,
     accelerator: Any,
     pixels: torch.Tensor,
@@ -217,13 +137,14 @@ def clip_training_step(
     attention_mask: torch.Tensor,
     scheduler: Any = None,
 ) -> torch.Tensor:
-    """One step of CLIP training, shared by the MEM surrogate and the victim: both towers forward
-    (``model`` is the `accelerator.prepare`-d surrogate, which applies autocast), symmetric InfoNCE
-    in float32, backward, optimizer (and scheduler) step, then the logit scale clamped at 100.
+    """One step of contrastive training, shared by the MEM surrogate and the victim: both towers
+    forward (``model`` is the `accelerator.prepare`-d wrapper ``surrogate``, which applies
+    autocast), ``loss`` (the model's `training_loss`: symmetric InfoNCE for CLIP) in float32,
+    backward, optimizer (and scheduler) step, then the logit scale clamped at 100.
     Returns the detached loss."""
     device = accelerator.device
     image_features, text_features = model(pixels.to(device), input_ids.to(device), attention_mask.to(device))
-    value = loss(image_features, text_features, surrogate.logit_scale())
+    value = loss(image_features, text_features, surrogate.logit_scale(), surrogate.logit_bias())
     optimizer.zero_grad(set_to_none=True)
     accelerator.backward(value)
     optimizer.step()

@@ -1,8 +1,9 @@
-"""The victim: train a CLIP on a (possibly protected) data set, measure retrieval on a clean split.
+"""The victim: train a CLIP (or a SigLIP) on a (possibly protected) data set, measure retrieval on a clean split.
 
 This is how the MEM paper measures protection: an unauthorised trainer fits a CLIP to the
 published copy; if the copy is unlearnable, that model retrieves no better than chance on clean
-test data, while the same model trained on the clean copy does well.
+test data, while the same model trained on the clean copy does well. Any family of
+`hf_unlearnable.families` is a victim, trained with its own loss (`ImageTextModel.training_loss`).
 
     result = train_victim(protected["train"], clean["test"], tiny_clip_config(), processor, epochs=10)
     result.final["t2i_r1"], result.history  # one entry per evaluation (epoch 0 = before training)
@@ -23,17 +24,18 @@ from typing import Any
 import datasets
 import numpy as np
 import torch
-
+from torch import nn
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor, get_cosine_schedule_with_warmup
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel, get_cosine_schedule_with_warmup
 
-from .checks import check_dataset, read_captions
+from .checks import check_dataset
 from .devices import build_accelerator
 from .errors import check_finite
+from .families import image_text_model, load_image_text_model
+from .imagetext import ImageTextModel
 from .metrics import retrieval_metrics
-from .retrieval import RetrievalSet, embed_and_rank, pad_token_id, pad_token_ids, read_images, retrieval_scores, tokenize
-from .losses import ContrastiveLoss
-from .surrogate import Surrogate, build_optimizer, clip_training_step, frozen, load_surrogate, pixels_from_uint8
+from .retrieval import RetrievalSet, embed_and_rank, pad_token_id, pad_token_ids, retrieval_scores, tokenize
+from .surrogate import build_optimizer, clip_training_step, frozen, pixels_from_uint8
 
 __all__ = ["Defense", "VictimResult", "retrieval_scores", "train_victim"]
 
@@ -56,11 +58,12 @@ class VictimResult:
             ``epoch``, ``train_loss`` (mean over the epoch's steps; NaN for epoch 0), ``seconds``
             (training wall time of that epoch; 0 for epoch 0), ``eval_seconds`` and every key
             of `hf_unlearnable.metrics.retrieval_metrics`.
-        model: the trained `CLIPModel` (unwrapped, in eval mode, on the training device).
+        model: the trained transformers model (`CLIPModel`, `SiglipModel`; unwrapped, in eval mode,
+            on the training device).
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
-    model: CLIPModel | None = None
+    model: nn.Module | None = None
 
     @property
     def final(self) -> dict[str, float]:
@@ -122,11 +125,134 @@ def _check_arguments(**values: Any) -> None:
         raise TypeError(f"defense must be a callable (pixels, captions, generator) -> (pixels, captions) or None, got {type(values['defense']).__name__}.")
 
 
+# ---------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class TrainingSet:
+    """The training split decoded and tokenised once (``split``: uint8 images at the model's
+    resolution, every caption's text and unpadded ids, flat) and the captions each image owns
+    (``offsets[i] : offsets[i] + counts[i]``)."""
+
+    split: RetrievalSet
+    counts: np.ndarray  # int64 (num_images,)
+    offsets: np.ndarray  # int64 (num_images,)
+
+    @classmethod
+    def read(
+        cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
+    ) -> "TrainingSet":
+        split = RetrievalSet.read(ds, tokenizer, image_size, context_length, image_column, caption_column)
+        counts = np.bincount(split.image_index, minlength=len(split.images)).astype(np.int64)
+        return cls(split, counts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
+
+    def pick_captions(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """One caption of each image of ``batch``, drawn from ``rng``: their flat indices."""
+        return self.offsets[batch] + rng.integers(0, self.counts[batch])
+
+
+# ---------------------------------------------------------------------------------------- one victim's training
+
+
+@dataclass
+class VictimTraining:
+    """A victim being trained: the `accelerator.prepare`-d wrapper ``model`` (``towers`` unwrapped),
+    its optimizer and schedule, and the loss it trains with (`ImageTextModel.training_loss`)."""
+
+    accelerator: Any
+    model: nn.Module
+    towers: ImageTextModel
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    loss: nn.Module
+    pad_id: int
+
+    @classmethod
+    def prepare(
+        cls, towers: ImageTextModel, accelerator: Any, learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int
+    ) -> "VictimTraining":
+        """CLIP's AdamW (betas 0.9/0.98, eps 1e-6), linear warm-up then cosine decay per step."""
+        optimizer = build_optimizer(towers, learning_rate, weight_decay, betas=_ADAM_BETAS, eps=_ADAM_EPS)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
+        loss = towers.training_loss(gather=accelerator.num_processes > 1)
+        model, optimizer, scheduler = accelerator.prepare(towers, optimizer, scheduler)
+        return cls(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler, loss, pad_token_id(towers.tokenizer))
+
+    def defense_loss(self) -> Callable[[torch.Tensor, Sequence[str]], torch.Tensor]:
+        """``loss(pixels, captions)``: the victim's own loss on one local batch (one process's
+        negatives), for defenses that attack the model (``needs_model``)."""
+        local_loss = self.towers.training_loss(gather=False)
+        device, context_length = self.accelerator.device, self.towers.context_length
+
+        def victim_loss(adv_pixels: torch.Tensor, adv_captions: Sequence[str]) -> torch.Tensor:
+            ids, mask = pad_token_ids(tokenize(self.towers.tokenizer, list(adv_captions), context_length), self.pad_id)
+            with self.accelerator.autocast():
+                features = self.towers(adv_pixels.to(device), ids.to(device), mask.to(device))
+            return local_loss(*features, self.towers.logit_scale(), self.towers.logit_bias())
+
+        return victim_loss
+
+    def batch_inputs(
+        self, data: TrainingSet, local: np.ndarray, chosen: np.ndarray, defense: Defense | None, generator: torch.Generator,
+        defense_loss: Callable | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixels, input_ids, attention_mask) of this process's images ``local`` with captions ``chosen``,
+        through ``defense`` when there is one (its captions re-tokenised)."""
+        pixels = pixels_from_uint8(torch.from_numpy(data.split.images[local]))
+        if defense is None:
+            input_ids, attention_mask = pad_token_ids([data.split.token_ids[c] for c in chosen], self.pad_id)
+            return pixels, input_ids, attention_mask
+        batch_texts = [data.split.texts[c] for c in chosen]
+        if defense_loss is not None:
+            with frozen(self.towers):
+                pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator, defense_loss)
+        else:
+            pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator)
+        input_ids, attention_mask = pad_token_ids(tokenize(self.towers.tokenizer, batch_texts, self.towers.context_length), self.pad_id)
+        return pixels, input_ids, attention_mask
+
+    def train_epoch(
+        self, data: TrainingSet, rng: np.random.Generator, batch_size: int, defense: Defense | None, generator: torch.Generator,
+        defense_loss: Callable | None,
+    ) -> float:
+        """One pass in a random order from ``rng`` (the same on every process, each training its
+        share of every global batch); returns the mean training loss over processes and steps."""
+        num_processes, rank = self.accelerator.num_processes, self.accelerator.process_index
+        self.model.train()
+        loss_sum = torch.zeros((), device=self.accelerator.device)
+        batches = _epoch_batches(rng.permutation(len(data.split.images)), batch_size, num_processes)
+        for batch in batches:
+            chosen = data.pick_captions(batch, rng)  # one caption per image
+            share = len(batch) // num_processes
+            local, chosen = batch[rank * share : (rank + 1) * share], chosen[rank * share : (rank + 1) * share]
+            pixels, input_ids, attention_mask = self.batch_inputs(data, local, chosen, defense, generator, defense_loss)
+            loss_sum += clip_training_step(
+                self.model, self.towers, self.loss, self.optimizer, self.accelerator, pixels, input_ids, attention_mask, self.scheduler
+            )
+        return float(self.accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
+
+    def evaluate(self, eval_data: RetrievalSet, batch_size: int, epoch: int, train_loss: float, seconds: float) -> dict[str, float]:
+        """One history entry: the epoch, its loss and time, and retrieval on the clean ``eval_data``."""
+        start = time.perf_counter()
+        with self.accelerator.autocast():
+            metrics = embed_and_rank(self.towers, eval_data, self.pad_id, batch_size, self.accelerator.device, retrieval_metrics)
+        entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, "eval_seconds": time.perf_counter() - start}
+        entry.update(metrics)
+        logger.info(
+            "victim epoch %d: train loss %.4f, i2t R@1 %.2f, t2i R@1 %.2f, t2i MedR %.1f (%.1f s)",
+            epoch, train_loss, metrics["i2t_r1"], metrics["t2i_r1"], metrics["t2i_medr"], seconds,
+        )
+        return entry
+
+
+# ---------------------------------------------------------------------------------------- train_victim
+
+
 def train_victim(
     train_ds: datasets.Dataset,
     eval_ds: datasets.Dataset,
-    model: CLIPModel | CLIPConfig | str | os.PathLike,
-    processor: CLIPProcessor | None = None,
+    model: CLIPModel | CLIPConfig | SiglipModel | SiglipConfig | str | os.PathLike,
+    processor: Any = None,
     *,
     image_column: str = "image",
     caption_column: str = "caption",
@@ -141,13 +267,16 @@ def train_victim(
     progress: bool = True,
     eval_batch_size: int = 256,
 ) -> VictimResult:
-    """Train a CLIP contrastively on `train_ds`; evaluate retrieval on the clean `eval_ds` per epoch.
+    """Train a CLIP (or a SigLIP) contrastively on `train_ds`; evaluate retrieval on the clean `eval_ds` per epoch.
 
     The victim of the MEM paper: trained on the protected copy, it should stay near chance on
     clean data. Training is CLIP's: symmetric InfoNCE over the batch (negatives gathered from all
     processes under ``accelerate launch``), AdamW (betas 0.9/0.98, eps 1e-6; no weight decay for
     norms, biases and the logit scale), linear warm-up then cosine decay per step, logit scale
-    clamped at 100. Train images are decoded once to uint8 at the model's resolution; each epoch
+    clamped at 100. A SigLIP victim trains the same way with SigLIP's sigmoid loss instead
+    (`hf_unlearnable.losses.SigLipLoss`, in one process; from scratch its logit scale and bias
+    start at the paper's log 10 and -10) and reads every caption padded to its full context.
+    Train images are decoded once to uint8 at the model's resolution; each epoch
     visits them in a seeded random order (a last batch of a single sample is dropped). When the
     caption column holds lists, each step uses one randomly chosen caption per image (seeded);
     evaluation uses all of them.
@@ -156,11 +285,12 @@ def train_victim(
         train_ds: the (possibly protected) training set.
         eval_ds: the clean evaluation split; evaluated before training (epoch 0) and after
             every epoch with `retrieval_scores`.
-        model: a `CLIPModel` (fine-tuned; a deep copy, the caller's model is untouched), a
-            `CLIPConfig` (trained from scratch as in the paper, weights initialised from `seed`)
-            or a Hub id / local path (`from_pretrained`, safetensors only).
-        processor: the `CLIPProcessor`; required for a CLIPModel/CLIPConfig, loaded from the path
-            otherwise.
+        model: a `CLIPModel` or `SiglipModel` (fine-tuned; a deep copy, the caller's model is
+            untouched), a `CLIPConfig` or `SiglipConfig` (trained from scratch as in the paper,
+            weights initialised from `seed`) or a Hub id / local path (`from_pretrained`,
+            safetensors only; the family from its config).
+        processor: the model's processor (`CLIPProcessor`, `SiglipProcessor`: tokenizer and image
+            normalisation); required for a model or config, loaded from the path otherwise.
         image_column, caption_column: column names (the same in both data sets).
         epochs: passes over `train_ds` (0: evaluate only).
         batch_size: the global contrastive batch (split over processes); at least 2.
@@ -211,100 +341,43 @@ def train_victim(
     )
     check_dataset(train_ds, image_column, caption_column, name="train_ds", min_rows=2)
     check_dataset(eval_ds, image_column, caption_column, name="eval_ds")
-    clip, processor = load_surrogate(model, processor, seed)
-    tokenizer = processor.tokenizer
-    pad_id = pad_token_id(tokenizer)
-    surrogate = Surrogate.from_processor(clip, processor)
-    image_size, context_length = surrogate.image_size, surrogate.context_length
-
-    # Data, once: uint8 images, unpadded token ids of every caption, caption ranges per image.
-    captions = read_captions(train_ds, caption_column)
-    eval_data = RetrievalSet.read(eval_ds, tokenizer, image_size, context_length, image_column, caption_column)
-    images = read_images(train_ds, image_column, image_size)
-    texts = [text for row_captions in captions for text in row_captions]  # flat; image i owns offsets[i]:+counts[i]
-    token_ids = tokenize(tokenizer, texts, context_length)
-    counts = np.array([len(row_captions) for row_captions in captions], dtype=np.int64)
-    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    model, processor = load_image_text_model(model, processor, seed)
+    towers = image_text_model(model, processor)
+    data = TrainingSet.read(train_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column)
+    eval_data = RetrievalSet.read(eval_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column)
 
     accelerator = build_accelerator(mixed_precision, step_scheduler_with_optimizer=False)
     num_processes, rank = accelerator.num_processes, accelerator.process_index
     if batch_size % num_processes:
         logger.warning("batch_size=%d is not a multiple of the %d processes; batches are trimmed to %d.",
                        batch_size, num_processes, batch_size - batch_size % num_processes)
-    steps_per_epoch = len(_epoch_batches(np.arange(len(images)), batch_size, num_processes))
+    steps_per_epoch = len(_epoch_batches(np.arange(len(data.split.images)), batch_size, num_processes))
     if epochs and steps_per_epoch == 0:
         raise ValueError(
-            f"train_ds has {len(images)} rows, too few for one batch of at least 2 on each of {num_processes} processes."
+            f"train_ds has {len(data.split.images)} rows, too few for one batch of at least 2 on each of {num_processes} processes."
         )
-    total_steps = epochs * steps_per_epoch
-    optimizer = build_optimizer(surrogate, learning_rate, weight_decay, betas=_ADAM_BETAS, eps=_ADAM_EPS)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
-    loss_function = ContrastiveLoss(gather=num_processes > 1)
-    surrogate, optimizer, scheduler = accelerator.prepare(surrogate, optimizer, scheduler)
-    unwrapped: Surrogate = accelerator.unwrap_model(surrogate)
-    device = accelerator.device
-
-    def evaluate(epoch: int, train_loss: float, seconds: float) -> dict[str, float]:
-        start = time.perf_counter()
-        with accelerator.autocast():
-            metrics = embed_and_rank(unwrapped, eval_data, pad_id, eval_batch_size, device, retrieval_metrics)
-        entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, "eval_seconds": time.perf_counter() - start}
-        entry.update(metrics)
-        logger.info(
-            "victim epoch %d: train loss %.4f, i2t R@1 %.2f, t2i R@1 %.2f, t2i MedR %.1f (%.1f s)",
-            epoch, train_loss, metrics["i2t_r1"], metrics["t2i_r1"], metrics["t2i_medr"], seconds,
-        )
-        return entry
-
-    needs_model = defense is not None and bool(getattr(defense, "needs_model", False))
+    training = VictimTraining.prepare(towers, accelerator, learning_rate, weight_decay, warmup_ratio, epochs * steps_per_epoch)
+    defense_loss = None
+    if defense is not None and bool(getattr(defense, "needs_model", False)):
+        defense_loss = training.defense_loss()
     if defense is not None and callable(getattr(defense, "fit", None)):
-        defense.fit(list(texts))  # corpus statistics (e.g. rare-word filtering), once
-    local_loss = ContrastiveLoss(gather=False)
-
-    def victim_loss(adv_pixels: torch.Tensor, adv_captions: Sequence[str]) -> torch.Tensor:
-        """The victim's contrastive loss on one local batch, for defenses that attack the model."""
-        ids, mask = pad_token_ids(tokenize(tokenizer, list(adv_captions), context_length), pad_id)
-        with accelerator.autocast():
-            features = unwrapped(adv_pixels.to(device), ids.to(device), mask.to(device))
-        return local_loss(*features, unwrapped.logit_scale())
+        defense.fit(list(data.split.texts))  # corpus statistics (e.g. rare-word filtering), once
 
     rng = np.random.default_rng([seed, 0x71C7])  # epoch order and caption choice: identical on every process
     generator = torch.Generator().manual_seed(seed + 1_000_003 * rank)  # the defense's randomness
-    rng_devices = [device] if device.type == "cuda" else []
+    device = accelerator.device
     history = []
-    with torch.random.fork_rng(devices=rng_devices):
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout, if the config has any
-        history.append(evaluate(0, math.nan, 0.0))
+        history.append(training.evaluate(eval_data, eval_batch_size, 0, math.nan, 0.0))
         bar = tqdm(range(1, epochs + 1), desc="victim", unit="epoch", disable=not progress or not accelerator.is_main_process)
         for epoch in bar:
             start = time.perf_counter()
-            surrogate.train()
-            loss_sum = torch.zeros((), device=device)
-            batches = _epoch_batches(rng.permutation(len(images)), batch_size, num_processes)
-            for batch in batches:
-                chosen = offsets[batch] + rng.integers(0, counts[batch])  # one caption per image
-                share = len(batch) // num_processes
-                local, chosen = batch[rank * share : (rank + 1) * share], chosen[rank * share : (rank + 1) * share]
-                pixels = pixels_from_uint8(torch.from_numpy(images[local]))
-                if defense is not None:
-                    batch_texts = [texts[c] for c in chosen]
-                    if needs_model:
-                        with frozen(unwrapped):
-                            pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator, victim_loss)
-                    else:
-                        pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator)
-                    input_ids, attention_mask = pad_token_ids(tokenize(tokenizer, batch_texts, context_length), pad_id)
-                else:
-                    input_ids, attention_mask = pad_token_ids([token_ids[c] for c in chosen], pad_id)
-                loss_sum += clip_training_step(
-                    surrogate, unwrapped, loss_function, optimizer, accelerator, pixels, input_ids, attention_mask, scheduler
-                )
-            train_loss = float(accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
+            train_loss = training.train_epoch(data, rng, batch_size, defense, generator, defense_loss)
             check_finite(train_loss, f"victim epoch {epoch} of {epochs} (mean training loss)")
-            seconds = time.perf_counter() - start
-            history.append(evaluate(epoch, train_loss, seconds))
+            history.append(training.evaluate(eval_data, eval_batch_size, epoch, train_loss, time.perf_counter() - start))
             bar.set_postfix(loss=f"{train_loss:.3f}", t2i_r1=f"{history[-1]['t2i_r1']:.1f}")
         bar.close()
-    trained = unwrapped.model.eval()
+    trained = training.towers.model.eval()
     accelerator.free_memory()
     return VictimResult(history=history, model=trained)

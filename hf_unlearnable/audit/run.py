@@ -14,11 +14,11 @@ from typing import Any
 import datasets
 import torch
 from tqdm.auto import tqdm
-from transformers import CLIPConfig, CLIPModel, CLIPProcessor
+from transformers import CLIPConfig, CLIPModel, PreTrainedConfig, PreTrainedModel, SiglipConfig, SiglipModel
 
 from ..checks import check_dataset
 from ..devices import process_state
-from ..surrogate import load_surrogate
+from ..families import FAMILIES, family_of, load_image_text_model
 from ..victim import Defense, train_victim
 from .checks import caption_list, check_copies_match, refuse_shared_rows, row_digests
 from .report import write_report
@@ -84,8 +84,8 @@ def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[t
 @dataclass
 class _Victim:
     label: str
-    model: CLIPModel | CLIPConfig
-    processor: CLIPProcessor
+    model: PreTrainedModel | PreTrainedConfig
+    processor: Any
     learning_rate: float
     source: str
 
@@ -96,36 +96,43 @@ def _source(spec: Any) -> str:
     return type(spec).__name__
 
 
-def _resolve_victims(victim: Any, pretrained: Any, processor: CLIPProcessor | None, learning_rate: float, fine_tune_learning_rate: float, seed: int) -> list[_Victim]:
+def _architecture(victim: Any, processor: Any) -> tuple[PreTrainedConfig, Any]:
+    """(config, processor) of a ``victim=``: a config of any family, a model's config (weights
+    unused) or one read from a Hub id / folder / config.json file (its processor from the same place)."""
+    if isinstance(victim, (str, os.PathLike)):
+        path, family = str(victim), family_of(victim)
+        config = family.config_class.from_json_file(path) if path.endswith(".json") else family.config_class.from_pretrained(path)
+        return config, processor or family.processor_class.from_pretrained(os.path.dirname(path) if path.endswith(".json") else path)
+    for family in FAMILIES:
+        if isinstance(victim, family.model_class):
+            return victim.config, processor
+        if isinstance(victim, family.config_class):
+            return victim, processor
+    accepted = " or ".join(f"a {f.config_class.__name__}, a {f.model_class.__name__}" for f in FAMILIES)
+    raise TypeError(f"victim must be {accepted} (its architecture) or a Hub id / path, got {type(victim).__name__}.")
+
+
+def _resolve_victims(victim: Any, pretrained: Any, processor: Any, learning_rate: float, fine_tune_learning_rate: float, seed: int) -> list[_Victim]:
     if victim is None and pretrained is None:
-        raise ValueError("Pass victim= (an architecture trained from scratch: CLIPConfig, Hub id or path) and/or "
-                         "pretrained= (a CLIP fine-tuned on each copy: Hub id, path or CLIPModel).")
+        raise ValueError("Pass victim= (an architecture trained from scratch: CLIPConfig or SiglipConfig, Hub id or path) and/or "
+                         "pretrained= (a model fine-tuned on each copy: Hub id, path, CLIPModel or SiglipModel).")
     victims = []
     if victim is not None:
-        if isinstance(victim, (str, os.PathLike)):
-            path = str(victim)
-            config = CLIPConfig.from_json_file(path) if path.endswith(".json") else CLIPConfig.from_pretrained(path)
-            victim_processor = processor or CLIPProcessor.from_pretrained(os.path.dirname(path) if path.endswith(".json") else path)
-        elif isinstance(victim, CLIPModel):
-            config, victim_processor = victim.config, processor
-        elif isinstance(victim, CLIPConfig):
-            config, victim_processor = victim, processor
-        else:
-            raise TypeError(f"victim must be a CLIPConfig, a CLIPModel (its architecture) or a Hub id / path, got {type(victim).__name__}.")
+        config, victim_processor = _architecture(victim, processor)
         if victim_processor is None:
-            raise ValueError("processor is required with a CLIPConfig or CLIPModel victim: pass processor=CLIPProcessor(...).")
+            raise ValueError(f"processor is required with a {type(config).__name__} or its model as victim: "
+                             f"pass processor={family_of(config).processor_class.__name__}(...).")
         victims.append(_Victim(FROM_SCRATCH, config, victim_processor, learning_rate, _source(victim)))
     if pretrained is not None:
-        if isinstance(pretrained, CLIPConfig):
-            raise TypeError("pretrained must hold weights (a CLIPModel, Hub id or path); a CLIPConfig belongs in victim=.")
-        model, pretrained_processor = load_surrogate(pretrained, processor, seed)
+        if isinstance(pretrained, PreTrainedConfig):
+            raise TypeError(f"pretrained must hold weights (a model, Hub id or path); a {type(pretrained).__name__} belongs in victim=.")
+        model, pretrained_processor = load_image_text_model(pretrained, processor, seed)
         victims.append(_Victim(FINE_TUNED, model, pretrained_processor, fine_tune_learning_rate, _source(pretrained)))
     return victims
 
 
-def _image_size(model: CLIPModel | CLIPConfig) -> int:
-    config = model.config if isinstance(model, CLIPModel) else model
-    return int(config.vision_config.image_size)
+def _config(model: PreTrainedModel | PreTrainedConfig) -> PreTrainedConfig:
+    return model.config if isinstance(model, PreTrainedModel) else model
 
 
 # ---------------------------------------------------------------------------------------- identity and reuse
@@ -142,13 +149,12 @@ def _rows_identity(digests: list[int]) -> str:
 def _victim_identity(spec: _Victim) -> str:
     """What a victim starts from: its architecture, its weights when pretrained, its processor."""
     digest = hashlib.sha256()
-    config = spec.model.config if isinstance(spec.model, CLIPModel) else spec.model
-    fields = config.to_dict()
+    fields = _config(spec.model).to_dict()
     for bookkeeping in ("transformers_version", "architectures"):  # save_pretrained writes them; training ignores them
         fields.pop(bookkeeping, None)
     fields["dtype"] = fields.get("dtype") or "float32"  # unset means the float32 default a model is built in
     digest.update(json.dumps(json_safe(fields), sort_keys=True, default=str).encode())
-    if isinstance(spec.model, CLIPModel):
+    if isinstance(spec.model, PreTrainedModel):
         for name, tensor in sorted(spec.model.state_dict().items()):
             digest.update(f"{name} {tensor.dtype}".encode())
             digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -226,9 +232,9 @@ def evaluate_protection(
     test: datasets.Dataset,
     *,
     defenses: Iterable[str | Defense] = ("none",),
-    victim: CLIPConfig | CLIPModel | str | os.PathLike | None = None,
-    processor: CLIPProcessor | None = None,
-    pretrained: CLIPModel | str | os.PathLike | None = None,
+    victim: CLIPConfig | CLIPModel | SiglipConfig | SiglipModel | str | os.PathLike | None = None,
+    processor: Any = None,
+    pretrained: CLIPModel | SiglipModel | str | os.PathLike | None = None,
     epochs: int = 10,
     batch_size: int = 64,
     learning_rate: float = 5e-4,
@@ -261,10 +267,13 @@ def evaluate_protection(
             and/or callables ``defense(pixels, captions, generator) -> (pixels, captions)`` (see
             `train_victim`), labelled by their ``name`` or ``__name__``.
         victim: the architecture trained from scratch, as in the MEM paper: a `CLIPConfig`, a
-            `CLIPModel` (its config; weights unused) or a Hub id / path / config.json file.
-        processor: the `CLIPProcessor`; loaded from the path when ``victim``/``pretrained`` is one.
-        pretrained: a pretrained CLIP (Hub id, path or `CLIPModel`) fine-tuned on each copy at
-            ``fine_tune_learning_rate``, as a trainer who starts from public weights would.
+            `CLIPModel` (its config; weights unused) or a Hub id / path / config.json file; or the
+            same of SigLIP (`SiglipConfig`, `SiglipModel`), trained with SigLIP's sigmoid loss.
+        processor: the model's processor (`CLIPProcessor`, `SiglipProcessor`); loaded from the path
+            when ``victim``/``pretrained`` is one.
+        pretrained: a pretrained CLIP or SigLIP (Hub id, path, `CLIPModel` or `SiglipModel`)
+            fine-tuned on each copy at ``fine_tune_learning_rate``, as a trainer who starts from
+            public weights would.
         epochs, batch_size, learning_rate, seed, mixed_precision: the victim recipe (`train_victim`);
             ``learning_rate`` for victims from scratch.
         fine_tune_learning_rate: peak learning rate when fine-tuning ``pretrained`` (1e-5 class).
@@ -291,11 +300,7 @@ def evaluate_protection(
             victims or recipe.
         TypeError: data sets or models of the wrong type.
     """
-    copies = dict(protected_train) if isinstance(protected_train, Mapping) else {"protected": protected_train}
-    if not copies:
-        raise ValueError("protected_train is an empty mapping; pass at least one protected copy.")
-    if "clean" in copies:
-        raise ValueError('"clean" names the clean victim; label the protected copies otherwise.')
+    copies = _labelled_copies(protected_train)
     check_dataset(clean_train, image_column, caption_column, name="clean_train")
     check_dataset(test, image_column, caption_column, name="test")
     defenses = _as_list(defenses)  # iterated twice: resolved, then which are registry names
@@ -304,14 +309,14 @@ def evaluate_protection(
     for label, copy in copies.items():
         name = "protected_train" if label == "protected" else f"protected_train[{label!r}]"
         check_copies_match(clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name)
-    image_size = _image_size(victims[0].model)
+    image_size = int(_config(victims[0].model).vision_config.image_size)
     train_digests = row_digests(clean_train, image_size, image_column, caption_column)
     test_digests = row_digests(test, image_size, image_column, caption_column)
     refuse_shared_rows(train_digests, test_digests)  # as check_no_overlap
 
     captions = test.select_columns([caption_column]).with_format(None)[caption_column]
     chance = chance_scores([len(caption_list(value)) for value in captions])
-    chance10 = mean_recall_at_10(chance)
+    recipe = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "mixed_precision": mixed_precision}
     settings = {
         "defenses": [label for label, _ in resolved], "victims": {v.label: v.source for v in victims},
         "copies": list(copies), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
@@ -324,31 +329,68 @@ def evaluate_protection(
     named = {label for (label, _), item in zip(resolved, defenses) if isinstance(item, str)}
     reused = {} if reuse is None else _reusable_clean(reuse, settings, named)
     settings["reused_clean"] = [f"{v.label} | {label}" for v in victims for label, _ in resolved if (v.label, label) in reused]
+    histories = _train_victims(
+        victims, resolved, {"clean": clean_train, **copies}, test, reused, recipe, progress,
+        image_column=image_column, caption_column=caption_column,
+    )
+    verdicts = _verdicts(victims, resolved, list(copies), histories, mean_recall_at_10(chance))
+    report = ProtectionReport(verdicts, chance, histories, settings)
+    if output_dir is not None and _is_main_process():
+        write_report(report, output_dir)
+    return report
+
+
+def _labelled_copies(protected_train: datasets.Dataset | Mapping[str, datasets.Dataset]) -> dict[str, datasets.Dataset]:
+    """The protected copies by label ("protected" for a single one)."""
+    copies = dict(protected_train) if isinstance(protected_train, Mapping) else {"protected": protected_train}
+    if not copies:
+        raise ValueError("protected_train is an empty mapping; pass at least one protected copy.")
+    if "clean" in copies:
+        raise ValueError('"clean" names the clean victim; label the protected copies otherwise.')
+    return copies
+
+
+def _train_victims(
+    victims: list[_Victim], resolved: list[tuple[str, Callable[[], Defense | None]]], data: dict[str, datasets.Dataset],
+    test: datasets.Dataset, reused: dict[tuple[str, str], list[dict[str, float]]], recipe: dict[str, Any], progress: bool, **columns: str,
+) -> dict[str, list[dict[str, float]]]:
+    """"victim | defense | copy" -> history, for every victim, defense and copy of ``data`` (the
+    clean one first): `train_victim` with the same recipe, seed and a fresh defense, or the history
+    ``reused`` holds for a clean victim."""
     histories: dict[str, list[dict[str, float]]] = {}
-    verdicts: list[Verdict] = []
-    total = len(victims) * len(resolved) * (1 + len(copies)) - len(reused)
-    bar = tqdm(total=total, desc="audit", unit="victim", disable=not progress, position=0)
+    bar = tqdm(total=len(victims) * len(resolved) * len(data) - len(reused), desc="audit", unit="victim", disable=not progress, position=0)
     for spec in victims:
         for defense_label, make_defense in resolved:
-            finals = {}
-            for copy_label, data in (("clean", clean_train), *copies.items()):
+            for copy_label, rows in data.items():
+                key = f"{spec.label} | {defense_label} | {copy_label}"
                 if copy_label == "clean" and (spec.label, defense_label) in reused:
-                    history = reused[(spec.label, defense_label)]
-                    histories[f"{spec.label} | {defense_label} | clean"] = finals["clean"] = history
+                    histories[key] = reused[(spec.label, defense_label)]
                     continue
-                bar.set_postfix_str(f"{spec.label} | {defense_label} | {copy_label}")
+                bar.set_postfix_str(key)
                 result = train_victim(
-                    data, test, spec.model, spec.processor, image_column=image_column, caption_column=caption_column,
-                    epochs=epochs, batch_size=batch_size, learning_rate=spec.learning_rate, seed=seed,
-                    defense=make_defense(), mixed_precision=mixed_precision, progress=progress,
+                    rows, test, spec.model, spec.processor, learning_rate=spec.learning_rate, defense=make_defense(),
+                    progress=progress, **recipe, **columns,
                 )
+                histories[key] = result.history
                 result.model = None  # free it before the next victim
-                histories[f"{spec.label} | {defense_label} | {copy_label}"] = result.history
-                finals[copy_label] = result.history
                 bar.update(1)
-            clean_history = finals.pop("clean")
+    bar.close()
+    return histories
+
+
+def _verdicts(
+    victims: list[_Victim], resolved: list[tuple[str, Callable[[], Defense | None]]], copies: list[str],
+    histories: dict[str, list[dict[str, float]]], chance10: float,
+) -> list[Verdict]:
+    """One verdict per victim, defense and protected copy: its final mean R@10 against chance and
+    against the clean victim under the same defense (`judge`); a broken one is logged."""
+    verdicts = []
+    for spec in victims:
+        for defense_label, _ in resolved:
+            clean_history = histories[f"{spec.label} | {defense_label} | clean"]
             clean10, start10 = mean_recall_at_10(clean_history[-1]), mean_recall_at_10(clean_history[0])
-            for copy_label, history in finals.items():
+            for copy_label in copies:
+                history = histories[f"{spec.label} | {defense_label} | {copy_label}"]
                 protected10 = mean_recall_at_10(history[-1])
                 verdict, reason = judge(protected10, clean10, chance10, start10)
                 verdicts.append(Verdict(
@@ -357,11 +399,7 @@ def evaluate_protection(
                 ))
                 if verdict == "broken":
                     logger.warning("defense %s breaks the protection of %s (%s victim): %s", defense_label, copy_label, spec.label, reason)
-    bar.close()
-    report = ProtectionReport(verdicts, chance, histories, settings)
-    if output_dir is not None and _is_main_process():
-        write_report(report, output_dir)
-    return report
+    return verdicts
 
 
 def _is_main_process() -> bool:

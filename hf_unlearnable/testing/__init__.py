@@ -4,7 +4,7 @@ synthetic captioned image data set.
 Nothing here touches the network. ``tokenizer`` builds a real CLIP-style byte-level BPE (CLIP's
 files, special tokens and pre-tokenisation) whose merges the ``tokenizers`` library learns from a
 small built-in word list, so every listed word and every caption word is one whole-word token.
-``models`` builds randomly initialised ``CLIPModel`` instances from a config. ``scenes`` draws
+``models`` builds randomly initialised ``CLIPModel`` and ``SiglipModel`` instances from a config. ``scenes`` draws
 compositional scenes (coloured, textured shapes on a textured background) and describes each in
 plain English, so a small CLIP trained from scratch on them learns real image-text alignment that
 protection must then break.
@@ -18,7 +18,15 @@ Example::
     outputs = model(**batch)
 """
 
-from .models import TinyClipSizes, tiny_clip, tiny_clip_config
+from .models import (
+    TinyClipSizes,
+    TinySiglipSizes,
+    tiny_clip,
+    tiny_clip_config,
+    tiny_siglip,
+    tiny_siglip_config,
+    tiny_siglip_processor,
+)
 from .scenes import (
     BACKGROUNDS,
     CAPTION_WORDS,
@@ -39,4 +47,7 @@ __all__ = [
     "synthetic_captions",
     "tiny_clip",
     "tiny_clip_config",
+    "tiny_siglip",
+    "tiny_siglip_config",
+    "tiny_siglip_processor",
 ]

@@ -1,0 +1,210 @@
+"""What the library needs of an image-text model it can attack or train: `ImageTextModel`.
+
+A model family (CLIP: `hf_unlearnable.surrogate`; SigLIP: `hf_unlearnable.siglip`) is one
+`ImageTextModel` subclass around its `transformers` model and one loss of
+`hf_unlearnable.losses`, plus a `ModelFamily` record that says which transformers classes it
+wraps; `hf_unlearnable.families` picks the family of a model, config or path.
+
+Images enter as float pixels in [0, 1] (N, 3, H, W); the processor's mean/std normalisation
+happens inside the graph, so gradients are taken in pixel space where the 8/255 budget lives.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+import logging
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["MAX_LOGIT_SCALE", "ImageTextModel", "ModelFamily", "load_model"]
+
+MAX_LOGIT_SCALE = 100.0
+
+logger = logging.getLogger(__name__)
+
+
+class ImageTextModel(nn.Module, metaclass=abc.ABCMeta):
+    """A two-tower `transformers` model with pixel-space inputs and unit-norm features.
+
+    What a subclass provides: `text_features` (how its text tower reads padded token ids),
+    `logit_bias` and `training_loss` (the loss of `hf_unlearnable.losses` it trains with), and
+    ``default_mean`` / ``default_std`` (the normalisation when the processor has none). The rest
+    (the image tower, the logit scale clamped at 100, both towers at once) is shared.
+
+    Attributes:
+        model: the wrapped `transformers` model (what is saved, returned and fine-tuned).
+        processor: its processor (tokenizer and image normalisation), or None.
+
+    Args:
+        model: the transformers model (trained from scratch or pretrained).
+        image_mean, image_std: the processor's normalisation (``default_mean``/``default_std``
+            when None).
+        processor: the processor, for `tokenizer`.
+    """
+
+    default_mean: ClassVar[Sequence[float]]
+    default_std: ClassVar[Sequence[float]]
+
+    def __init__(
+        self,
+        model: nn.Module,
+        image_mean: Sequence[float] | None = None,
+        image_std: Sequence[float] | None = None,
+        processor: Any = None,
+    ):
+        super().__init__()
+        self.model = model
+        self.processor = processor
+        mean = image_mean if image_mean is not None else self.default_mean
+        std = image_std if image_std is not None else self.default_std
+        self.register_buffer("image_mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    @classmethod
+    def from_processor(cls, model: nn.Module, processor: Any) -> "ImageTextModel":
+        """The wrapper with the processor's image normalisation (the family's default when it has none)."""
+        image_processor = getattr(processor, "image_processor", None)
+        return cls(
+            model,
+            getattr(image_processor, "image_mean", None) or cls.default_mean,
+            getattr(image_processor, "image_std", None) or cls.default_std,
+            processor=processor,
+        )
+
+    @property
+    def tokenizer(self) -> Any:
+        """The processor's tokenizer (how captions become the ids `text_features` reads)."""
+        if self.processor is None:
+            raise ValueError(f"this {type(self).__name__} was built without a processor; use {type(self).__name__}.from_processor.")
+        return self.processor.tokenizer
+
+    @property
+    def image_size(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    @property
+    def context_length(self) -> int:
+        """The longest token sequence the text tower reads."""
+        return int(self.model.config.text_config.max_position_embeddings)
+
+    def logit_scale(self) -> torch.Tensor:
+        """exp(the model's logit scale), at most 100 (a scalar)."""
+        return self.model.logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
+
+    def clamp_logit_scale(self) -> None:
+        """Keep exp(logit_scale) <= 100, as CLIP does (after every optimizer step)."""
+        with torch.no_grad():
+            self.model.logit_scale.clamp_(max=math.log(MAX_LOGIT_SCALE))
+
+    @abc.abstractmethod
+    def logit_bias(self) -> torch.Tensor | None:
+        """The bias added to every logit (a scalar), or None for a model without one."""
+
+    @abc.abstractmethod
+    def training_loss(self, gather: bool = False) -> nn.Module:
+        """A fresh instance of the loss this model trains with, called as
+        ``loss(image_features, text_features, logit_scale(), logit_bias())``; ``gather``: negatives
+        from every process (`hf_unlearnable.losses`)."""
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in [0, 1], (N, 3, H, W) -> unit-norm image features (N, D)."""
+        normalised = (pixels - self.image_mean) / self.image_std
+        features = self.model.get_image_features(pixel_values=normalised).pooler_output
+        return F.normalize(features.float(), dim=-1)
+
+    @abc.abstractmethod
+    def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (N, L), right-padded, with their attention mask -> unit-norm text features (N, D)."""
+
+    def forward(
+        self, pixels: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both towers at once (what DDP wraps during training)."""
+        return self.image_features(pixels), self.text_features(input_ids, attention_mask)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Which transformers classes one `ImageTextModel` subclass wraps.
+
+    Attributes:
+        name: "CLIP", "SigLIP" (in messages).
+        model_class, config_class, processor_class: the transformers classes.
+        wrapper: the `ImageTextModel` subclass.
+        initialise: called on a model just built from a config (weights from the seed), for a
+            from-scratch recipe the transformers initialisation lacks; None: nothing.
+    """
+
+    name: str
+    model_class: type
+    config_class: type
+    processor_class: type
+    wrapper: type[ImageTextModel]
+    initialise: Callable[[nn.Module], None] | None = None
+
+    def wrap(self, model: nn.Module, processor: Any) -> ImageTextModel:
+        """``model`` in this family's wrapper, normalised as ``processor`` says."""
+        return self.wrapper.from_processor(model, processor)
+
+
+def load_model(family: ModelFamily, model: Any, processor: Any, seed: int) -> tuple[nn.Module, Any]:
+    """Resolve a ``model`` argument of ``family``: a model (deep-copied, so the caller's stays
+    untouched), a config (random init from ``seed``, trained from scratch) or a Hub id / local path
+    loaded with `from_pretrained` (safetensors only). Returns (model, processor).
+
+    The weights always come back in float32, whatever dtype they were saved or passed in: they are
+    trained, and AdamW on float16 weights turns them to NaN within a step. Lower precision is only
+    ever autocast (``MEMConfig.mixed_precision``)."""
+    model_name, config_name, processor_name = (c.__name__ for c in (family.model_class, family.config_class, family.processor_class))
+    if isinstance(model, (str, os.PathLike)):
+        try:
+            loaded = family.model_class.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)
+            processor = processor or family.processor_class.from_pretrained(str(model))
+        except OSError as error:  # transformers' own message is long and ends in a 40-line chain
+            reason = " ".join(str(error).split())[:300]
+            raise OSError(
+                f"Cannot load the {family.name} model {str(model)!r} ({reason}). Pass a local folder written by "
+                f"{model_name}.save_pretrained (config.json and safetensors weights) with its processor, a {model_name} "
+                f"and its {processor_name}, or a {config_name} to train a model from scratch; for a Hub id, this "
+                "machine must reach the Hub (HF_HUB_OFFLINE unset) or have the model in its cache."
+            ) from None
+        return float32(loaded), processor
+    if isinstance(model, family.config_class):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            built = family.model_class(model)
+            if family.initialise is not None:
+                family.initialise(built)
+        model = built
+    elif isinstance(model, family.model_class):
+        model = copy.deepcopy(model)  # the model is trained; the caller's stays as it was
+    else:
+        raise TypeError(
+            f"model must be a transformers {model_name}, a {config_name}, or a Hub id / local path; got {type(model).__name__}."
+        )
+    if processor is None:
+        name = getattr(model, "name_or_path", "") or ""
+        if not name:
+            raise ValueError(
+                f"processor is required with a {model_name} or {config_name}: pass processor={processor_name}(...) "
+                "whose tokenizer and image size match the model."
+            )
+        processor = family.processor_class.from_pretrained(name)
+    return float32(model), processor
+
+
+def float32(model: nn.Module) -> nn.Module:
+    """``model`` with every floating-point parameter and buffer in float32 (master weights)."""
+    dtypes = {tensor.dtype for tensor in (*model.parameters(), *model.buffers()) if tensor.is_floating_point()}
+    if dtypes - {torch.float32}:
+        logger.info("converting the model's %s weights to float32 for training", sorted(map(str, dtypes)))
+        model = model.float()
+    return model
