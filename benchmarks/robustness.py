@@ -5,10 +5,11 @@ Protects the training set with each method, then runs the audit a data owner run
 three victims: the paper's (trained from scratch, the surrogate's architecture), a transfer victim
 (another width, depth and patch size) and a fine-tuned one (pretrained from scratch on a disjoint
 clean split of the same source, then fine-tuned on each copy at a 1e-5-class learning rate, as a
-user fine-tunes a public CLIP). One victim recipe for every row; each protected victim is compared
-with the clean victim trained under the same defense. Writes robustness.md (verdicts, then
-R@1/5/10 and MedR both directions with chance), robustness.csv, robustness.json and
-robustness.png (R@10 per defense, chance and clean marked).
+user fine-tunes a public CLIP). ``--victims siglip`` adds a fourth, of another family: a SigLIP of
+the surrogate's width and depth, trained from scratch with SigLIP's sigmoid loss. One victim recipe
+for every row; each protected victim is compared with the clean victim trained under the same
+defense. Writes robustness.md (verdicts, then R@1/5/10 and MedR both directions with chance),
+robustness.csv, robustness.json and robustness.png (R@10 per defense, chance and clean marked).
 
 The fine-tuned victim's recipe was chosen by measurement (tiny victim, synthetic scenes, R@10 as
 the mean of both directions on 200 test images, 6 epochs of fine-tuning on clean pairs):
@@ -23,6 +24,7 @@ barely moves (11.3 before, 12.1 after on the clean copy); use ``--finetune-lr 1e
     python benchmarks/robustness.py                                  # synthetic scenes (long: run on a quiet machine)
     python benchmarks/robustness.py --dataset icons                  # the icon set of build_icon_dataset.py
     python benchmarks/robustness.py --defenses none,jpeg-75,strip-3 --victims scratch
+    python benchmarks/robustness.py --methods layered,mem3 --defenses none --victims siglip --threads 1
     python benchmarks/robustness.py --smoke                          # tiny sizes, < 1 min
     python benchmarks/robustness.py --methods em --clean-from benchmarks/results/robustness_synthetic
 
@@ -44,14 +46,15 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine,
-                     method_name, pretrain_victim, protect, victim_config, write_outputs)
+from _common import (SURROGATE, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data,
+                     machine, method_name, pretrain_victim, protect, victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.audit import ProtectionReport, load_report, mean_recall_at_10
 from hf_unlearnable.defenses import available_defenses
+from hf_unlearnable.testing import tiny_siglip_config, tiny_siglip_processor
 
-VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned"}
+VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned", "siglip": "SigLIP"}
 SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
 # Arguments that make two runs' clean victims the same victims (--clean-from).
 SAME_VICTIMS = ("dataset", "train", "test", "image_size", "epochs", "victim_batch", "victim_lr", "seed", "threads",
@@ -63,7 +66,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--methods", default="mem3,em,trigger", help="comma list of mem3, em, trigger, random, memK")
     parser.add_argument("--defenses", help="comma list of defense names (default: every one in hf_unlearnable.defenses)")
-    parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned")
+    parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned, siglip")
     add_finetune_arguments(parser)
     parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
     parser.add_argument("--clean-from", help="comma list of earlier output folders whose clean victims to reuse (see above)")
@@ -162,6 +165,11 @@ def main(argv=None) -> int:
             pretrained = pretrain_victim(arguments, pretrain_rows, test, processor)
             pretrained_scores = pretrained.final
             report = audit_reusing(train, copies, test, defenses, victim, stored, pretrained=pretrained.model, **recipe)
+        elif victim == "siglip":  # the surrogate's width and depth, SigLIP's towers, loss and image normalisation
+            sizes = {key: value for key, value in SURROGATE.items() if key != "projection_dim"}
+            report = audit_reusing(train, copies, test, defenses, victim, stored,
+                                   victim=tiny_siglip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes),
+                                   **{**recipe, "processor": tiny_siglip_processor(arguments.image_size, processor.tokenizer)})
         else:
             report = audit_reusing(train, copies, test, defenses, victim, stored,
                                    victim=victim_config(arguments, processor, victim == "transfer"), **recipe)

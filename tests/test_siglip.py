@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +148,16 @@ def test_the_audit_runs_with_a_siglip_victim_from_scratch_and_fine_tuned(siglip,
     assert report.settings["victims"] == {"from scratch": "SiglipConfig", "fine-tuned": "SiglipModel"}
     assert all(math.isfinite(entry["train_loss"]) for key, history in report.histories.items() for entry in history[1:])
     assert (tmp_path / "report.json").exists()
+
+
+def test_the_robustness_benchmark_audits_a_siglip_victim(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run(
+        [sys.executable, "benchmarks/robustness.py", "--smoke", "--methods", "mem3", "--defenses", "none", "--victims", "siglip",
+         "--threads", "1", "--output", str(tmp_path)],
+        capture_output=True, text=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "robustness.json").read_text())["report"]
+    assert [(v["copy"], v["victim"], v["defense"]) for v in report["verdicts"]] == [("MEM-3", "SigLIP", "none")]
+    assert report["settings"]["victims"] == ["SigLIP"]
