@@ -39,8 +39,14 @@ REAL_DATASETS = {
     "objects": ("benchmarks/results/tmp/objects", "benchmarks/build_objects_dataset.py"),
 }
 
-METHOD_NAMES = {"clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only", "layered": "Layered",
-                "layered-random": "Layered, trigger at a random word"}
+METHOD_NAMES = {
+    "clean": "Clean",
+    "random": "Random noise",
+    "em": "EM",
+    "trigger": "Trigger only",
+    "layered": "Layered",
+    "layered-random": "Layered, trigger at a random word",
+}
 
 
 def method_name(method: str) -> str:
@@ -50,10 +56,13 @@ def method_name(method: str) -> str:
 
 def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
     """The data, victim and MEM options every protection benchmark takes (protection_strength's defaults)."""
-    parser.add_argument("--dataset", default="synthetic",
-                        help="synthetic, icons or objects (the folders that benchmarks/build_icon_dataset.py and "
-                        "build_objects_dataset.py write) or the "
-                        "path of any save_to_disk DatasetDict with train and test splits and image/caption columns")
+    parser.add_argument(
+        "--dataset",
+        default="synthetic",
+        help="synthetic, icons or objects (the folders that benchmarks/build_icon_dataset.py and "
+        "build_objects_dataset.py write) or the "
+        "path of any save_to_disk DatasetDict with train and test splits and image/caption columns",
+    )
     parser.add_argument("--train", type=int, default=2000, help="training pairs (the first rows of the train split)")
     parser.add_argument("--test", type=int, default=500, help="clean test images (the first rows of the test split)")
     parser.add_argument("--image-size", type=int, default=32)
@@ -71,9 +80,21 @@ def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_finetune_arguments(parser: argparse.ArgumentParser) -> None:
     """The fine-tuned victim's options (its recipe was chosen by measurement: robustness.py's docstring)."""
-    parser.add_argument("--pretrain", type=int, default=1000, help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim")
-    parser.add_argument("--pretrain-epochs", type=int, default=5, help="short on purpose: see benchmarks/robustness.py's docstring")
-    parser.add_argument("--finetune-lr", type=float, default=3e-5, help="fine-tuning learning rate (1e-5 class; see benchmarks/robustness.py's docstring)")
+    parser.add_argument(
+        "--pretrain",
+        type=int,
+        default=1000,
+        help="clean pairs, disjoint from --train, to pretrain the fine-tuned victim",
+    )
+    parser.add_argument(
+        "--pretrain-epochs", type=int, default=5, help="short on purpose: see benchmarks/robustness.py's docstring"
+    )
+    parser.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=3e-5,
+        help="fine-tuning learning rate (1e-5 class; see benchmarks/robustness.py's docstring)",
+    )
 
 
 def apply_smoke(arguments: argparse.Namespace) -> None:
@@ -96,11 +117,17 @@ def begin(arguments: argparse.Namespace) -> float:
 def default_output(arguments: argparse.Namespace, name: str) -> None:
     """``--output`` when not given: benchmarks/results/<name>_<data set> (a path's folder name)."""
     if arguments.output is None:
-        label = arguments.dataset if arguments.dataset == "synthetic" or arguments.dataset in REAL_DATASETS else Path(arguments.dataset).name
+        label = (
+            arguments.dataset
+            if arguments.dataset == "synthetic" or arguments.dataset in REAL_DATASETS
+            else Path(arguments.dataset).name
+        )
         arguments.output = f"benchmarks/results/{name}_{label}"
 
 
-def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None, transformers.CLIPProcessor]:
+def load_data(
+    arguments: argparse.Namespace, extra_train: int = 0
+) -> tuple[datasets.Dataset, datasets.Dataset, datasets.Dataset | None, transformers.CLIPProcessor]:
     """(train, test, extra, processor): ``--train`` training rows, ``--test`` test rows and
     ``extra_train`` further training rows disjoint from both (None when 0), with the processor of
     the victim recipe (the data set's own ``tokenizer/`` folder when it has one)."""
@@ -119,8 +146,10 @@ def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[data
             raise SystemExit(f"--dataset {path}: expected a DatasetDict with train and test splits.")
         needed = arguments.train + extra_train
         if len(loaded["train"]) < needed or len(loaded["test"]) < arguments.test:
-            raise SystemExit(f"--dataset {path} has {len(loaded['train'])} train and {len(loaded['test'])} test rows; "
-                             f"this run needs {needed} and {arguments.test}: lower --train/--test.")
+            raise SystemExit(
+                f"--dataset {path} has {len(loaded['train'])} train and {len(loaded['test'])} test rows; "
+                f"this run needs {needed} and {arguments.test}: lower --train/--test."
+            )
         train = loaded["train"].select(range(needed)).select_columns(["image", "caption"])
         test = loaded["test"].select(range(arguments.test)).select_columns(["image", "caption"])
         if (path / "tokenizer").is_dir():
@@ -130,18 +159,31 @@ def load_data(arguments: argparse.Namespace, extra_train: int = 0) -> tuple[data
     return train.select(range(arguments.train)), test, extra, processor
 
 
-def victim_config(arguments: argparse.Namespace, processor: transformers.CLIPProcessor, transfer: bool = False) -> transformers.CLIPConfig:
+def victim_config(
+    arguments: argparse.Namespace, processor: transformers.CLIPProcessor, transfer: bool = False
+) -> transformers.CLIPConfig:
     """The victim (and surrogate) architecture, or the transfer victim's, for the recipe's tokenizer."""
     sizes = TRANSFER if transfer else SURROGATE
     return tiny_clip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes)
 
 
-def pretrain_victim(arguments: argparse.Namespace, rows: datasets.Dataset, test: datasets.Dataset, processor) -> VictimResult:
+def pretrain_victim(
+    arguments: argparse.Namespace, rows: datasets.Dataset, test: datasets.Dataset, processor
+) -> VictimResult:
     """The fine-tuned victim's starting point: the victim architecture trained on ``rows``, clean
     pairs disjoint from the training split, for ``--pretrain-epochs`` (seed + 1)."""
-    return train_victim(rows, test, victim_config(arguments, processor), processor, epochs=arguments.pretrain_epochs,
-                        batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr, seed=arguments.seed + 1,
-                        mixed_precision="auto", progress=False)
+    return train_victim(
+        rows,
+        test,
+        victim_config(arguments, processor),
+        processor,
+        epochs=arguments.pretrain_epochs,
+        batch_size=arguments.victim_batch,
+        learning_rate=arguments.victim_lr,
+        seed=arguments.seed + 1,
+        mixed_precision="auto",
+        progress=False,
+    )
 
 
 def benchmark_method(name: str, arguments: argparse.Namespace, **changes) -> SurrogateMethod | RandomNoise:
@@ -150,8 +192,13 @@ def benchmark_method(name: str, arguments: argparse.Namespace, **changes) -> Sur
     "random", "em", "trigger" (k = 3), "memK" (MEM with a K-word trigger), "layered" or
     "layered-random" (the trigger at a random word). Triggers are the library's dictionary words
     throughout, so that methods differ only in what the row names."""
-    schedule = dict(max_rounds=arguments.rounds, surrogate_steps=arguments.surrogate_steps, batch_size=arguments.batch_size,
-                    learning_rate=5e-4, seed=arguments.seed)
+    schedule = dict(
+        max_rounds=arguments.rounds,
+        surrogate_steps=arguments.surrogate_steps,
+        batch_size=arguments.batch_size,
+        learning_rate=5e-4,
+        seed=arguments.seed,
+    )
     pixels, words = dict(pgd_steps=arguments.pgd_steps), dict(trigger_words="dictionary")
     if name == "random":
         return RandomNoise(seed=arguments.seed, **changes)
@@ -172,7 +219,9 @@ def mem_config(arguments: argparse.Namespace, trigger_length: int) -> MEMConfig:
     return benchmark_method(f"mem{trigger_length}" if trigger_length else "em", arguments).config()
 
 
-def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace, processor) -> tuple[datasets.Dataset, float]:
+def protect(
+    method: str, train: datasets.Dataset, arguments: argparse.Namespace, processor
+) -> tuple[datasets.Dataset, float]:
     """(protected copy, seconds) for one method of `benchmark_method`, against a surrogate of the
     victim's architecture trained from scratch, as in the paper."""
     started = time.perf_counter()
@@ -185,11 +234,14 @@ def protect(method: str, train: datasets.Dataset, arguments: argparse.Namespace,
 
 
 def machine() -> str:
-    return (f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}"
-            + (f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""))
+    return f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), torch {torch.__version__}" + (
+        f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    )
 
 
-def write_outputs(report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict, total_seconds: float) -> str:
+def write_outputs(
+    report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict, total_seconds: float
+) -> str:
     """``{name}.md`` (the header, then the audit's Markdown), ``{name}.csv`` (one row per verdict:
     final R@1/5/10 and MedR both directions of the protected and the clean victim, chance, verdict),
     ``{name}.json`` (the report, ``extra`` and ``total_seconds``) and ``{name}.png`` (R@10 per
@@ -201,16 +253,43 @@ def write_outputs(report: ProtectionReport, output: Path, name: str, header: lis
     (output / f"{name}.md").write_text(markdown.replace("](report.png)", f"]({name}.png)"))
     with open(output / f"{name}.csv", "w", newline="") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["copy", "victim", "defense", "verdict", *KEYS, *(f"clean_{k}" for k in KEYS),
-                         *(f"chance_{k}" for k in KEYS), "r10_mean", "clean_r10_mean", "chance_r10_mean"])
+        writer.writerow(
+            [
+                "copy",
+                "victim",
+                "defense",
+                "verdict",
+                *KEYS,
+                *(f"clean_{k}" for k in KEYS),
+                *(f"chance_{k}" for k in KEYS),
+                "r10_mean",
+                "clean_r10_mean",
+                "chance_r10_mean",
+            ]
+        )
         for v in report.verdicts:
-            writer.writerow([v.copy, v.victim, v.defense, v.verdict, *(f"{v.protected_final[k]:.4f}" for k in KEYS),
-                             *(f"{v.clean_final[k]:.4f}" for k in KEYS), *(f"{report.chance[k]:.4f}" for k in KEYS),
-                             f"{v.protected_r10:.4f}", f"{v.clean_r10:.4f}", f"{mean_recall_at_10(report.chance):.4f}"])
+            writer.writerow(
+                [
+                    v.copy,
+                    v.victim,
+                    v.defense,
+                    v.verdict,
+                    *(f"{v.protected_final[k]:.4f}" for k in KEYS),
+                    *(f"{v.clean_final[k]:.4f}" for k in KEYS),
+                    *(f"{report.chance[k]:.4f}" for k in KEYS),
+                    f"{v.protected_r10:.4f}",
+                    f"{v.clean_r10:.4f}",
+                    f"{mean_recall_at_10(report.chance):.4f}",
+                ]
+            )
     (output / f"{name}.json").write_text(json.dumps({**extra, "report": report.to_dict()}, indent=1))
     plot_report(report, output / f"{name}.png")
-    report.paths = {"markdown": str(output / f"{name}.md"), "csv": str(output / f"{name}.csv"),
-                    "json": str(output / f"{name}.json"), "figure": str(output / f"{name}.png")}
+    report.paths = {
+        "markdown": str(output / f"{name}.md"),
+        "csv": str(output / f"{name}.csv"),
+        "json": str(output / f"{name}.json"),
+        "figure": str(output / f"{name}.png"),
+    }
     print("\n" + report.summary())
     print(f"wrote {output}/{name}.md, .csv, .json, .png ({total_seconds / 60:.1f} min)")
     return markdown

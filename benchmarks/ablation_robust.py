@@ -42,9 +42,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import datasets
-
-from _common import (KEYS, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data,
-                     machine, mem_config, pretrain_victim, victim_config)
+from _common import (
+    KEYS,
+    add_finetune_arguments,
+    add_victim_and_mem_arguments,
+    apply_smoke,
+    begin,
+    default_output,
+    load_data,
+    machine,
+    mem_config,
+    pretrain_victim,
+    victim_config,
+)
 
 from hf_unlearnable import MEMConfig, ProtectTransform, evaluate_protection
 from hf_unlearnable.mem.eot import EOT_TRANSFORMS
@@ -102,11 +112,21 @@ def protect_variants(arguments, train, processor, variants: list[str]) -> dict[s
         protected = transform.protect(train)
         seconds = time.perf_counter() - started
         rounds = len(transform.history) or config.max_rounds
-        costs[variant] = {"seconds": seconds, "rounds": rounds, "seconds_per_sample_round": seconds / len(train) / rounds,
-                          "config": config.to_dict(), "final_protected_loss": transform.history[-1]["protected_loss"]}
+        costs[variant] = {
+            "seconds": seconds,
+            "rounds": rounds,
+            "seconds_per_sample_round": seconds / len(train) / rounds,
+            "config": config.to_dict(),
+            "final_protected_loss": transform.history[-1]["protected_loss"],
+        }
         protected.save_to_disk(str(Path(arguments.output) / "copies" / folder_name(variant)))
-        (Path(arguments.output) / "copies" / f"{folder_name(variant)}.json").write_text(json.dumps(costs[variant], indent=1))
-        print(f"protected {variant}: {seconds:.0f} s, {costs[variant]['seconds_per_sample_round'] * 1e3:.2f} ms/sample/round", flush=True)
+        (Path(arguments.output) / "copies" / f"{folder_name(variant)}.json").write_text(
+            json.dumps(costs[variant], indent=1)
+        )
+        print(
+            f"protected {variant}: {seconds:.0f} s, {costs[variant]['seconds_per_sample_round'] * 1e3:.2f} ms/sample/round",
+            flush=True,
+        )
     return costs
 
 
@@ -127,9 +147,16 @@ def evaluate_variants(arguments, train, test, pretrain_rows, processor, variants
         if variant_config(arguments, variant).trigger_length and not arguments.no_oracle:
             # T3: every trigger removed by an oracle: the protected images with the clean captions
             oracles[variant + IMAGES_ONLY] = protected.remove_columns("caption").add_column("caption", train["caption"])
-    recipe = dict(defenses=defenses_for(arguments, variants), processor=processor, epochs=arguments.epochs,
-                  batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
-                  fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed, progress=False)
+    recipe = dict(
+        defenses=defenses_for(arguments, variants),
+        processor=processor,
+        epochs=arguments.epochs,
+        batch_size=arguments.victim_batch,
+        learning_rate=arguments.victim_lr,
+        fine_tune_learning_rate=arguments.finetune_lr,
+        seed=arguments.seed,
+        progress=False,
+    )
     parts = []
     for victim in [v for v in arguments.victims.split(",") if v]:
         if victim == "finetuned":
@@ -162,12 +189,29 @@ def targets(rows: dict, images_only: dict, chance: dict, k: int, em: bool) -> di
 
     out = {}
     none = rows.get(("from scratch", "none"))
-    out["T1"] = "-" if none is None else ("yes" if within(none, 2) and all(
-        none["protected_final"][f"{d}_medr"] >= 0.8 * chance[f"{d}_medr"] for d in ("i2t", "t2i")) else "no")
+    out["T1"] = (
+        "-"
+        if none is None
+        else (
+            "yes"
+            if within(none, 2)
+            and all(none["protected_final"][f"{d}_medr"] >= 0.8 * chance[f"{d}_medr"] for d in ("i2t", "t2i"))
+            else "no"
+        )
+    )
     wanted = ["jpeg-75", "grayscale", "resized-crop-flip", "eda"] + ([] if em else [f"strip-{k}"])
     measured = [rows[("from scratch", d)] for d in wanted if ("from scratch", d) in rows]
-    out["T2"] = "-" if not measured else ("yes" if all(within(v, 3) for v in measured) and len(measured) == len(wanted) else
-                                          "no" if not all(within(v, 3) for v in measured) else "part")
+    out["T2"] = (
+        "-"
+        if not measured
+        else (
+            "yes"
+            if all(within(v, 3) for v in measured) and len(measured) == len(wanted)
+            else "no"
+            if not all(within(v, 3) for v in measured)
+            else "part"
+        )
+    )
     stripped = none if em else images_only.get(("from scratch", "none"))
     out["T3"] = "-" if stripped is None else ("yes" if within(stripped, 3) else "no")
     tuned = rows.get(("fine-tuned", "none"))
@@ -188,15 +232,21 @@ def write_table(arguments, started: float) -> str:
     variants = list(dict.fromkeys(v["copy"] for v in verdicts if not v["copy"].endswith(IMAGES_ONLY)))
     columns = list(dict.fromkeys((v["victim"], v["defense"]) for v in verdicts))
     chance_r10 = (chance["i2t_r10"] + chance["t2i_r10"]) / 2
-    lines = [f"# Robustness ablation: {arguments.dataset}", "",
-             f"`python benchmarks/ablation_robust.py {' '.join(sys.argv[1:])}`", "",
-             f"R@10 image->text / text->image (%) of a victim trained on each copy, {arguments.train} pairs, "
-             f"{arguments.test} clean test images, {arguments.image_size} px; chance {chance['i2t_r10']:.1f} / "
-             f"{chance['t2i_r10']:.1f}, chance MedR {chance['i2t_medr']:.0f}. MEM {arguments.rounds} rounds, "
-             f"M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. Machine: {machine()}.", "",
-             "| copy | " + " | ".join(f"{victim} / {defense}" for victim, defense in columns)
-             + " | triggers removed (oracle) | T1 | T2 | T3 | T4 | ms / sample / round |",
-             "|---" * (len(columns) + 7) + "|"]
+    lines = [
+        f"# Robustness ablation: {arguments.dataset}",
+        "",
+        f"`python benchmarks/ablation_robust.py {' '.join(sys.argv[1:])}`",
+        "",
+        f"R@10 image->text / text->image (%) of a victim trained on each copy, {arguments.train} pairs, "
+        f"{arguments.test} clean test images, {arguments.image_size} px; chance {chance['i2t_r10']:.1f} / "
+        f"{chance['t2i_r10']:.1f}, chance MedR {chance['i2t_medr']:.0f}. MEM {arguments.rounds} rounds, "
+        f"M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. Machine: {machine()}.",
+        "",
+        "| copy | "
+        + " | ".join(f"{victim} / {defense}" for victim, defense in columns)
+        + " | triggers removed (oracle) | T1 | T2 | T3 | T4 | ms / sample / round |",
+        "|---" * (len(columns) + 7) + "|",
+    ]
     clean_cells = []
     for victim, defense in columns:
         first = next(v for v in verdicts if (v["victim"], v["defense"]) == (victim, defense))
@@ -212,28 +262,67 @@ def write_table(arguments, started: float) -> str:
         cells = []
         for column in columns:
             v = rows.get(column)
-            cells.append("" if v is None else f"{v['protected_final']['i2t_r10']:.1f} / {v['protected_final']['t2i_r10']:.1f}")
+            cells.append(
+                "" if v is None else f"{v['protected_final']['i2t_r10']:.1f} / {v['protected_final']['t2i_r10']:.1f}"
+            )
             if v is not None:
-                csv_rows.append([variant, *column, *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
-                                 *(f"{v['clean_final'][key]:.4f}" for key in KEYS), v["verdict"]])
+                csv_rows.append(
+                    [
+                        variant,
+                        *column,
+                        *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
+                        *(f"{v['clean_final'][key]:.4f}" for key in KEYS),
+                        v["verdict"],
+                    ]
+                )
         for v in twin.values():
-            csv_rows.append([variant + IMAGES_ONLY, v["victim"], v["defense"], *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
-                             *(f"{v['clean_final'][key]:.4f}" for key in KEYS), v["verdict"]])
+            csv_rows.append(
+                [
+                    variant + IMAGES_ONLY,
+                    v["victim"],
+                    v["defense"],
+                    *(f"{v['protected_final'][key]:.4f}" for key in KEYS),
+                    *(f"{v['clean_final'][key]:.4f}" for key in KEYS),
+                    v["verdict"],
+                ]
+            )
         oracle = twin.get(("from scratch", "none"))
-        cells.append("" if oracle is None else f"{oracle['protected_final']['i2t_r10']:.1f} / {oracle['protected_final']['t2i_r10']:.1f}")
+        cells.append(
+            ""
+            if oracle is None
+            else f"{oracle['protected_final']['i2t_r10']:.1f} / {oracle['protected_final']['t2i_r10']:.1f}"
+        )
         cost = costs.get(folder_name(variant), {}).get("seconds_per_sample_round")
-        lines.append(f"| {variant} | " + " | ".join(cells) + " | " + " | ".join(marks[t] for t in ("T1", "T2", "T3", "T4"))
-                     + f" | {'' if cost is None else f'{cost * 1e3:.2f}'} |")
-    lines += ["", f"Mean chance R@10 {chance_r10:.2f}. Targets: see the module docstring (yes / no / part: some "
-              f"defenses of the target measured / -: not measured). Total {(time.perf_counter() - started) / 60:.1f} min."]
+        lines.append(
+            f"| {variant} | "
+            + " | ".join(cells)
+            + " | "
+            + " | ".join(marks[t] for t in ("T1", "T2", "T3", "T4"))
+            + f" | {'' if cost is None else f'{cost * 1e3:.2f}'} |"
+        )
+    lines += [
+        "",
+        f"Mean chance R@10 {chance_r10:.2f}. Targets: see the module docstring (yes / no / part: some "
+        f"defenses of the target measured / -: not measured). Total {(time.perf_counter() - started) / 60:.1f} min.",
+    ]
     markdown = "\n".join(lines) + "\n"
     (output / "ablation.md").write_text(markdown)
     with open(output / "ablation.csv", "w", newline="") as stream:
         writer = csv.writer(stream)
         writer.writerow(["copy", "victim", "defense", *KEYS, *(f"clean_{k}" for k in KEYS), "verdict"])
         writer.writerows(csv_rows)
-    (output / "ablation.json").write_text(json.dumps({"arguments": vars(arguments), "chance": chance, "costs": costs,
-                                                      "settings": settings, "verdicts": verdicts}, indent=1))
+    (output / "ablation.json").write_text(
+        json.dumps(
+            {
+                "arguments": vars(arguments),
+                "chance": chance,
+                "costs": costs,
+                "settings": settings,
+                "verdicts": verdicts,
+            },
+            indent=1,
+        )
+    )
     return markdown
 
 
@@ -252,13 +341,21 @@ def without_options(argv: list[str], names: tuple[str, ...]) -> list[str]:
 
 def run_in_parallel(arguments, argv: list[str], variants: list[str]) -> None:
     """--jobs N: each variant's protection, then each (variant, victim) audit, in its own process."""
-    base = [sys.executable, __file__, *without_options(argv, ("--jobs", "--stage", "--variants", "--victims", "--tag", "--threads")),
-            "--threads", str(max(1, (os.cpu_count() or 1) // arguments.jobs))]
+    base = [
+        sys.executable,
+        __file__,
+        *without_options(argv, ("--jobs", "--stage", "--variants", "--victims", "--tag", "--threads")),
+        "--threads",
+        str(max(1, (os.cpu_count() or 1) // arguments.jobs)),
+    ]
     victims = [v for v in arguments.victims.split(",") if v]
     waves = [
         [[*base, "--stage", "protect", "--variants", v, "--victims", arguments.victims] for v in variants],
-        [[*base, "--stage", "evaluate", "--variants", v, "--victims", victim, "--tag", f"{folder_name(v)}.{victim}"]
-         for v in variants for victim in victims],
+        [
+            [*base, "--stage", "evaluate", "--variants", v, "--victims", victim, "--tag", f"{folder_name(v)}.{victim}"]
+            for v in variants
+            for victim in victims
+        ],
     ]
     for wave in waves:
         with ThreadPoolExecutor(arguments.jobs) as pool:
@@ -270,16 +367,26 @@ def run_in_parallel(arguments, argv: list[str], variants: list[str]) -> None:
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_victim_and_mem_arguments(parser)
-    parser.add_argument("--variants", default="paper,own,eot,own+eot,em,em+eot",
-                        help="comma list of variants (levers joined by +; see the module docstring)")
-    parser.add_argument("--defenses", help="comma list (default: the targets' defenses: none, jpeg-75, grayscale, "
-                        "resized-crop-flip, eda, strip-k for each trigger length)")
+    parser.add_argument(
+        "--variants",
+        default="paper,own,eot,own+eot,em,em+eot",
+        help="comma list of variants (levers joined by +; see the module docstring)",
+    )
+    parser.add_argument(
+        "--defenses",
+        help="comma list (default: the targets' defenses: none, jpeg-75, grayscale, "
+        "resized-crop-flip, eda, strip-k for each trigger length)",
+    )
     parser.add_argument("--victims", default="scratch", help="comma list of scratch, finetuned")
     add_finetune_arguments(parser)
     parser.add_argument("--no-oracle", action="store_true", help="skip the images-only copies (T3's victims)")
     parser.add_argument("--stage", choices=("all", "protect", "evaluate", "table"), default="all")
-    parser.add_argument("--jobs", type=int, default=1, help="with --stage all: run variants and victims in this many processes")
-    parser.add_argument("--tag", default="all", help="name of this --stage evaluate share (its file under OUTPUT/parts)")
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="with --stage all: run variants and victims in this many processes"
+    )
+    parser.add_argument(
+        "--tag", default="all", help="name of this --stage evaluate share (its file under OUTPUT/parts)"
+    )
     parser.add_argument("--output", help="folder (default: benchmarks/results/ablation_<dataset>)")
     arguments = parser.parse_args(argv)
     if arguments.smoke:

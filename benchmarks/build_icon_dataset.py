@@ -91,7 +91,9 @@ def download_archive(directory: str | Path, package: str = PACKAGE, version: str
         )
     result = subprocess.run(
         ["npm", "pack", f"{package}@{version}", "--pack-destination", str(directory), "--json"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if result.returncode != 0:
         raise RuntimeError(f"npm pack {package}@{version} failed:\n{result.stderr[-2000:]}")
@@ -263,9 +265,7 @@ def icon_tokenizer(captions: Sequence[str], vocab_size: int = 8000) -> transform
     encodes without unknown tokens.
     """
     alphabet = pre_tokenizers.ByteLevel.alphabet()
-    trained = clip_tokenizer().train_new_from_iterator(
-        list(captions), vocab_size=vocab_size, initial_alphabet=alphabet
-    )
+    trained = clip_tokenizer().train_new_from_iterator(list(captions), vocab_size=vocab_size, initial_alphabet=alphabet)
     state = json.loads(trained.backend_tokenizer.to_str())
     vocab: dict[str, int] = dict(state["model"]["vocab"])
     merges = [tuple(merge.split(" ")) if isinstance(merge, str) else tuple(merge) for merge in state["model"]["merges"]]
@@ -273,7 +273,11 @@ def icon_tokenizer(captions: Sequence[str], vocab_size: int = 8000) -> transform
     ordered = [token for token, _ in sorted(vocab.items(), key=lambda item: item[1]) if token not in (bos, eos)]
     known = set(ordered)
     symbols = sorted(alphabet)
-    ordered = [*[s for s in symbols if s not in known], *[s + "</w>" for s in symbols if s + "</w>" not in known], *ordered]
+    ordered = [
+        *[s for s in symbols if s not in known],
+        *[s + "</w>" for s in symbols if s + "</w>" not in known],
+        *ordered,
+    ]
     ordered += [bos, eos]  # the last two ids, as in CLIP
     tokenizer = transformers.CLIPTokenizer(vocab={token: index for index, token in enumerate(ordered)}, merges=merges)
     tokenizer.model_max_length = 77
@@ -312,10 +316,16 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for save_to_disk (replaced)")
     parser.add_argument("--image-size", type=int, default=64, help="rendered width and height in pixels")
-    parser.add_argument("--test-size", type=int, default=1000, help="icons in the test split (at least; a family split may add a few)")
+    parser.add_argument(
+        "--test-size", type=int, default=1000, help="icons in the test split (at least; a family split may add a few)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
-    parser.add_argument("--split", choices=("family", "icon"), default="family",
-                        help="family: an icon and its outline variant share a split (default); icon: rows drawn singly")
+    parser.add_argument(
+        "--split",
+        choices=("family", "icon"),
+        default="family",
+        help="family: an icon and its outline variant share a split (default); icon: rows drawn singly",
+    )
     parser.add_argument("--archive", help="an already downloaded @mdi/svg archive (checked against the pinned SHA-256)")
     parser.add_argument("--cache", default="benchmarks/results/tmp/downloads", help="where npm pack puts the archive")
     arguments = parser.parse_args(argv)
@@ -331,9 +341,14 @@ def main(argv: Sequence[str] | None = None) -> Path:
     )
 
     output = Path(arguments.output)
-    save_with_card(dataset, dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split), output)
-    print(f"{PACKAGE}@{VERSION}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs at "
-          f"{arguments.image_size} px", file=sys.stderr)
+    save_with_card(
+        dataset, dataset_card(dataset, archive_sha256, arguments.image_size, arguments.seed, arguments.split), output
+    )
+    print(
+        f"{PACKAGE}@{VERSION}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs at "
+        f"{arguments.image_size} px",
+        file=sys.stderr,
+    )
     print(output)
     return output
 

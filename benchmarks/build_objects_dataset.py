@@ -59,9 +59,9 @@ from typing import NamedTuple
 
 import datasets
 import numpy as np
+from build_icon_dataset import save_with_card, sha256_of, split_indices
 from PIL import Image
 
-from build_icon_dataset import save_with_card, sha256_of, split_indices
 from hf_unlearnable.images import prepare_image
 
 
@@ -88,7 +88,9 @@ SWEETHOME3D = "sweethome3d"
 PACKAGES = {
     STAMPS: DebPackage(STAMPS, "2022.06.04-1", "6db6c1bfc870a47f1499d6203b083522eacb57c5f9c87d468f2e92eb6d9d5f34"),
     FURNITURE: DebPackage(FURNITURE, "1.8-1", "3ccb90c63f9525e887a767b9cd5c8b6933b8b6b2973a615a5359ee68a2118668"),
-    SWEETHOME3D: DebPackage(SWEETHOME3D, "7.0.2+dfsg-3", "54bce4394ae763da1ffccff8f025565ce7161dc6934371e07480034ef155c411"),
+    SWEETHOME3D: DebPackage(
+        SWEETHOME3D, "7.0.2+dfsg-3", "54bce4394ae763da1ffccff8f025565ce7161dc6934371e07480034ef155c411"
+    ),
 }
 STAMPS_LICENSE = "GPL-2 (Tux Paint stamps, Copyright 2002-2022 Bill Kendrick; debian/copyright: Files: *)"
 LICENSE = (
@@ -152,7 +154,10 @@ def download_archive(directory: str | Path, package: DebPackage) -> Path:
         )
     result = subprocess.run(
         ["apt-get", "download", f"{package.name}={package.version}"],
-        cwd=directory, capture_output=True, text=True, check=False,
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     path = directory / package.filename
     if result.returncode != 0 or not path.is_file():
@@ -282,8 +287,9 @@ def parse_properties(text: str) -> dict[str, str]:
     return entries
 
 
-def catalog_pieces(properties: dict[str, str], read_icon: Callable[[str], bytes | None], prefix: str,
-                   source: str) -> tuple[list[dict], collections.Counter]:
+def catalog_pieces(
+    properties: dict[str, str], read_icon: Callable[[str], bytes | None], prefix: str, source: str
+) -> tuple[list[dict], collections.Counter]:
     """The pieces of one Sweet Home 3D furniture catalog: caption, icon bytes and provenance each.
 
     `read_icon` maps an icon path of the catalog (``/scopia/bed1.png``) to its bytes, or None when
@@ -293,7 +299,7 @@ def catalog_pieces(properties: dict[str, str], read_icon: Callable[[str], bytes 
     pieces, skipped = [], collections.Counter()
     numbers = sorted(int(key.partition("#")[2]) for key in properties if re.fullmatch(r"id#\d+", key))
     for number in numbers:
-        get = lambda field: properties.get(f"{field}#{number}", "")  # noqa: E731
+        get = lambda field, number=number: properties.get(f"{field}#{number}", "")  # noqa: E731
         icon = get("icon")
         data = read_icon(icon) if icon else None
         if data is None:
@@ -304,8 +310,17 @@ def catalog_pieces(properties: dict[str, str], read_icon: Callable[[str], bytes 
         except ValueError:
             skipped["catalog piece with nothing to caption it with"] += 1
             continue
-        pieces.append({"name": prefix + "/" + icon.lstrip("/"), "caption": caption, "data": data, "kind": "raster", "source": source,
-                       "license": license_, "creator": get("creator")})
+        pieces.append(
+            {
+                "name": prefix + "/" + icon.lstrip("/"),
+                "caption": caption,
+                "data": data,
+                "kind": "raster",
+                "source": source,
+                "license": license_,
+                "creator": get("creator"),
+            }
+        )
     return pieces, skipped
 
 
@@ -314,8 +329,10 @@ def read_stamps(archive: str | Path, source: str = str(PACKAGES[STAMPS])) -> tup
 
     Returns the items sorted by name and a count of what was skipped (stamps with no description).
     """
-    files = read_deb(archive, lambda name: name.startswith(STAMPS_ROOT + "stamps/")
-                     and name.rsplit(".", 1)[-1] in ("png", "svg", "txt"))
+    files = read_deb(
+        archive,
+        lambda name: name.startswith(STAMPS_ROOT + "stamps/") and name.rsplit(".", 1)[-1] in ("png", "svg", "txt"),
+    )
     files = {name.removeprefix(STAMPS_ROOT): data for name, data in files.items()}
     by_stem: dict[str, dict[str, bytes]] = collections.defaultdict(dict)
     for name, data in files.items():
@@ -333,13 +350,23 @@ def read_stamps(archive: str | Path, source: str = str(PACKAGES[STAMPS])) -> tup
         except ValueError:
             skipped["stamp without an English description"] += 1
             continue
-        items.append({"name": f"{stem}.{kind}", "caption": caption, "data": kinds[kind],
-                      "kind": "svg" if kind == "svg" else "raster", "source": source,
-                      "license": STAMPS_LICENSE, "creator": ""})
+        items.append(
+            {
+                "name": f"{stem}.{kind}",
+                "caption": caption,
+                "data": kinds[kind],
+                "kind": "svg" if kind == "svg" else "raster",
+                "source": source,
+                "license": STAMPS_LICENSE,
+                "creator": "",
+            }
+        )
     return items, skipped
 
 
-def read_furniture(archive: str | Path, source: str = str(PACKAGES[FURNITURE])) -> tuple[list[dict], collections.Counter]:
+def read_furniture(
+    archive: str | Path, source: str = str(PACKAGES[FURNITURE])
+) -> tuple[list[dict], collections.Counter]:
     """The pieces of every ``.sh3f`` library in a ``sweethome3d-furniture`` package."""
     libraries = read_deb(archive, lambda name: name.endswith(".sh3f"))
     items, skipped = [], collections.Counter()
@@ -349,14 +376,18 @@ def read_furniture(archive: str | Path, source: str = str(PACKAGES[FURNITURE])) 
             if "PluginFurnitureCatalog.properties" not in members:
                 raise ValueError(f"{archive}: {path} has no PluginFurnitureCatalog.properties.")
             properties = parse_properties(library.read("PluginFurnitureCatalog.properties").decode("iso-8859-1"))
-            read_icon = lambda icon: library.read(icon.lstrip("/")) if icon.lstrip("/") in members else None  # noqa: E731
+            read_icon = lambda icon, library=library, members=members: (  # noqa: E731
+                library.read(icon.lstrip("/")) if icon.lstrip("/") in members else None
+            )
             found, missing = catalog_pieces(properties, read_icon, Path(path).name, source)
         items += found
         skipped += missing
     return items, skipped
 
 
-def read_default_furniture(archive: str | Path, source: str = str(PACKAGES[SWEETHOME3D])) -> tuple[list[dict], collections.Counter]:
+def read_default_furniture(
+    archive: str | Path, source: str = str(PACKAGES[SWEETHOME3D])
+) -> tuple[list[dict], collections.Counter]:
     """The pieces of the default catalog inside a ``sweethome3d`` package's ``sweethome3d.jar``."""
     jar = read_deb(archive, lambda name: name == JAR)
     if JAR not in jar:
@@ -495,17 +526,27 @@ def build_dataset(
 
 SPLIT_NOTES = {
     "family": "files of one source whose names differ only in digits, `_mirror`, case or folder (a "
-              "stamp's numbered, mirrored and cartoon variants), and identical pictures, are always in the same split",
+    "stamp's numbered, mirrored and cartoon variants), and identical pictures, are always in the same split",
     "item": "items drawn one by one, so a variant of a training item may sit in the test split",
 }
 
 
-def dataset_card(dataset: datasets.DatasetDict, digests: dict[str, str], image_size: int, seed: int, split: str,
-                 background: str, skipped: collections.Counter, share: float, exclude: Sequence[str] = ()) -> str:
+def dataset_card(
+    dataset: datasets.DatasetDict,
+    digests: dict[str, str],
+    image_size: int,
+    seed: int,
+    split: str,
+    background: str,
+    skipped: collections.Counter,
+    share: float,
+    exclude: Sequence[str] = (),
+) -> str:
     """The README.md written beside the saved data set: packages, versions, licences, SHA-256s, recipe."""
     packages = "\n".join(
         f"  - Debian `{name}` version `{PACKAGES[name].version}` (`apt-get download {name}={PACKAGES[name].version}`), "
-        f"SHA-256 `{digest}`" for name, digest in sorted(digests.items())
+        f"SHA-256 `{digest}`"
+        for name, digest in sorted(digests.items())
     )
     counts = collections.Counter(row for split_ in dataset.values() for row in split_["source"])
     per_source = ", ".join(f"{count} from `{source}`" for source, count in sorted(counts.items()))
@@ -540,23 +581,41 @@ def parse_colour(text: str) -> tuple[int, int, int]:
     """``"#808080"`` -> ``(128, 128, 128)``."""
     if not re.fullmatch(r"#[0-9a-fA-F]{6}", text):
         raise argparse.ArgumentTypeError(f"{text!r}: expected a colour as #rrggbb")
-    return tuple(int(text[i:i + 2], 16) for i in (1, 3, 5))
+    return tuple(int(text[i : i + 2], 16) for i in (1, 3, 5))
 
 
 def main(argv: Sequence[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output", default=DEFAULT_OUTPUT, help="folder for save_to_disk (replaced)")
     parser.add_argument("--image-size", type=int, default=64, help="stored width and height in pixels")
-    parser.add_argument("--test-size", type=int, default=300, help="rows in the test split (at least; a family split may add a few)")
+    parser.add_argument(
+        "--test-size", type=int, default=300, help="rows in the test split (at least; a family split may add a few)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the train/test split and of the row order")
-    parser.add_argument("--split", choices=("family", "item"), default="family",
-                        help="family: variants share a split (default); item: rows drawn singly")
+    parser.add_argument(
+        "--split",
+        choices=("family", "item"),
+        default="family",
+        help="family: variants share a split (default); item: rows drawn singly",
+    )
     parser.add_argument("--background", default="#808080", help="colour under transparent parts (#rrggbb)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="PATTERN",
-                        help="leave out items whose name matches this fnmatch pattern (repeatable), e.g. 'stamps/symbols/alphabets/*'")
-    parser.add_argument("--archive", action="append", default=[], metavar="PATH",
-                        help="an already downloaded .deb of one of the packages (repeatable; recognised by its pinned SHA-256)")
-    parser.add_argument("--cache", default="benchmarks/results/tmp/downloads", help="where apt-get download puts the packages")
+    parser.add_argument(
+        "--exclude",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="leave out items whose name matches this fnmatch pattern (repeatable), e.g. 'stamps/symbols/alphabets/*'",
+    )
+    parser.add_argument(
+        "--archive",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="an already downloaded .deb of one of the packages (repeatable; recognised by its pinned SHA-256)",
+    )
+    parser.add_argument(
+        "--cache", default="benchmarks/results/tmp/downloads", help="where apt-get download puts the packages"
+    )
     arguments = parser.parse_args(argv)
     background = parse_colour(arguments.background)
 
@@ -569,16 +628,35 @@ def main(argv: Sequence[str] | None = None) -> Path:
             cached = Path(arguments.cache) / package.filename
             archives[name] = cached if cached.is_file() else download_archive(arguments.cache, package)
     digests = {name: verify_archive(path, name) for name, path in archives.items()}
-    dataset, skipped = build_dataset(archives, arguments.image_size, arguments.test_size, arguments.seed, background,
-                                     by_family=arguments.split == "family", exclude=arguments.exclude)
+    dataset, skipped = build_dataset(
+        archives,
+        arguments.image_size,
+        arguments.test_size,
+        arguments.seed,
+        background,
+        by_family=arguments.split == "family",
+        exclude=arguments.exclude,
+    )
     share = saturated_share(dataset["train"]["image"])
 
     output = Path(arguments.output)
-    card = dataset_card(dataset, digests, arguments.image_size, arguments.seed, arguments.split, arguments.background,
-                        skipped, share, arguments.exclude)
+    card = dataset_card(
+        dataset,
+        digests,
+        arguments.image_size,
+        arguments.seed,
+        arguments.split,
+        arguments.background,
+        skipped,
+        share,
+        arguments.exclude,
+    )
     save_with_card(dataset, card, output)
-    print(f"{', '.join(map(str, PACKAGES.values()))}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs "
-          f"at {arguments.image_size} px; {share:.1%} of the train channel values at 0 or 255 at 32 px", file=sys.stderr)
+    print(
+        f"{', '.join(map(str, PACKAGES.values()))}: {len(dataset['train'])} train, {len(dataset['test'])} test pairs "
+        f"at {arguments.image_size} px; {share:.1%} of the train channel values at 0 or 255 at 32 px",
+        file=sys.stderr,
+    )
     print(output)
     return output
 

@@ -51,21 +51,34 @@ def main(argv=None) -> dict:
     )
     started = time.perf_counter()
     result = train_victim(
-        dataset["train"], dataset["test"], config, processor, epochs=arguments.epochs,
-        batch_size=arguments.batch_size, learning_rate=arguments.learning_rate, seed=arguments.seed,
+        dataset["train"],
+        dataset["test"],
+        config,
+        processor,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        seed=arguments.seed,
     )
     seconds = time.perf_counter() - started
     final = result.history[-1]
     random = chance_scores([1] * len(dataset["test"]))
-    print(f"{len(dataset['train'])} train / {len(dataset['test'])} test pairs, {arguments.image_size} px, "
-          f"hidden {arguments.hidden_size}, {arguments.layers} layers, {arguments.epochs} epochs, "
-          f"{seconds / 60:.1f} min")
+    print(
+        f"{len(dataset['train'])} train / {len(dataset['test'])} test pairs, {arguments.image_size} px, "
+        f"hidden {arguments.hidden_size}, {arguments.layers} layers, {arguments.epochs} epochs, "
+        f"{seconds / 60:.1f} min"
+    )
     print("| Victim | " + " | ".join(KEYS) + " |")
     print("|---|" + "---|" * len(KEYS))
     print("| Chance | " + " | ".join(f"{random[key]:.1f}" for key in KEYS) + " |")
     print("| Clean | " + " | ".join(f"{final[key]:.1f}" for key in KEYS) + " |")
-    summary = {"arguments": vars(arguments), "seconds": seconds, "chance": random, "final": final,
-               "history": result.history}
+    summary = {
+        "arguments": vars(arguments),
+        "seconds": seconds,
+        "chance": random,
+        "final": final,
+        "history": result.history,
+    }
     if arguments.json:
         Path(arguments.json).write_text(json.dumps(summary, indent=2))
     return summary

@@ -68,7 +68,9 @@ PROTECT = textwrap.dedent(
 def measure(rows: int, folder: str) -> dict:
     data, output, work = (os.path.join(folder, f"{name}-{rows}") for name in ("data", "out", "work"))
     subprocess.run([sys.executable, "-c", GENERATE, str(rows), data], check=True)
-    result = subprocess.run([sys.executable, "-c", PROTECT, data, output, work], check=True, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", PROTECT, data, output, work], check=True, capture_output=True, text=True
+    )
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
@@ -81,15 +83,21 @@ def main(argv=None) -> int:
         small, large = (measure(rows, folder) for rows in arguments.rows)
     growth = (large["peak_rss_mib"] - small["peak_rss_mib"]) / small["peak_rss_mib"]
     anon_growth = (large["peak_anon_mib"] - small["peak_anon_mib"]) / small["peak_anon_mib"]
-    print("| rows | peak RSS of protect (VmHWM, MiB) | of which anonymous (MiB) | file-backed (MiB) "
-          "| peak RSS incl. save_to_disk (MiB) | seconds |")
+    print(
+        "| rows | peak RSS of protect (VmHWM, MiB) | of which anonymous (MiB) | file-backed (MiB) "
+        "| peak RSS incl. save_to_disk (MiB) | seconds |"
+    )
     print("|---|---|---|---|---|---|")
     for result in (small, large):
-        print(f"| {result['rows']:,} | {result['peak_rss_mib']:.0f} | {result['peak_anon_mib']:.0f} "
-              f"| {result['peak_file_mib']:.0f} | {result['peak_with_save_mib']:.0f} | {result['seconds']:.0f} |")
-    print(f"for {large['rows'] / small['rows']:.0f}x the rows: peak RSS of protect {100 * growth:+.1f}%, anonymous "
-          f"{100 * anon_growth:+.1f}% (requirement: under 20%); save_to_disk afterwards reads the output's memory-mapped "
-          f"Arrow file (datasets' own pass); {os.cpu_count()} CPU cores, {time.perf_counter() - started:.0f} s in all")
+        print(
+            f"| {result['rows']:,} | {result['peak_rss_mib']:.0f} | {result['peak_anon_mib']:.0f} "
+            f"| {result['peak_file_mib']:.0f} | {result['peak_with_save_mib']:.0f} | {result['seconds']:.0f} |"
+        )
+    print(
+        f"for {large['rows'] / small['rows']:.0f}x the rows: peak RSS of protect {100 * growth:+.1f}%, anonymous "
+        f"{100 * anon_growth:+.1f}% (requirement: under 20%); save_to_disk afterwards reads the output's memory-mapped "
+        f"Arrow file (datasets' own pass); {os.cpu_count()} CPU cores, {time.perf_counter() - started:.0f} s in all"
+    )
     return 0 if growth < 0.20 else 1
 
 

@@ -40,10 +40,18 @@ from pathlib import Path
 import datasets
 import numpy as np
 import torch
+from _common import (
+    add_victim_and_mem_arguments,
+    apply_smoke,
+    begin,
+    benchmark_method,
+    default_output,
+    load_data,
+    machine,
+    victim_config,
+    write_outputs,
+)
 from PIL import Image
-
-from _common import (add_victim_and_mem_arguments, apply_smoke, begin, benchmark_method, default_output, load_data, machine,
-                     victim_config, write_outputs)
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.images import prepare_image
@@ -52,14 +60,18 @@ BUDGET = 8  # levels: the library's l_inf budget, 8/255
 
 
 def parse_variant(text: str) -> tuple[str, tuple[int, ...]]:
-    """"cluster-sign=50" -> ("cluster-sign", (50,)); "em-headroom=4:4" -> ("em-headroom", (4, 4))."""
+    """ "cluster-sign=50" -> ("cluster-sign", (50,)); "em-headroom=4:4" -> ("em-headroom", (4, 4))."""
     name, _, value = text.partition("=")
     shapes = {"em": 0, "em-headroom": 2, "cluster-sign": 1, "cluster-block4": 1}
     if name not in shapes:
-        raise SystemExit(f"--variants: unknown {name!r}; choose from em, em-headroom=M:E, cluster-sign=K, cluster-block4=K")
+        raise SystemExit(
+            f"--variants: unknown {name!r}; choose from em, em-headroom=M:E, cluster-sign=K, cluster-block4=K"
+        )
     numbers = tuple(int(part) for part in value.split(":")) if value else ()
     if len(numbers) != shapes[name] or any(n < 0 for n in numbers) or (name.startswith("cluster") and numbers[0] < 1):
-        raise SystemExit(f"--variants: {text!r} needs {shapes[name]} non-negative number(s), e.g. em-headroom=4:4 or cluster-sign=50")
+        raise SystemExit(
+            f"--variants: {text!r} needs {shapes[name]} non-negative number(s), e.g. em-headroom=4:4 or cluster-sign=50"
+        )
     return name, numbers
 
 
@@ -81,8 +93,11 @@ def cluster_captions(captions: list[str], k: int, seed: int, iterations: int = 3
         labels = (vectors @ centres.T).argmax(1)
         for cluster in range(len(centres)):
             members = vectors[labels == cluster]
-            centres[cluster] = (torch.nn.functional.normalize(members.mean(0), dim=0) if len(members)
-                                else vectors[int(torch.randint(len(vectors), (1,), generator=generator))])
+            centres[cluster] = (
+                torch.nn.functional.normalize(members.mean(0), dim=0)
+                if len(members)
+                else vectors[int(torch.randint(len(vectors), (1,), generator=generator))]
+            )
     return (vectors @ centres.T).argmax(1).numpy()
 
 
@@ -99,21 +114,34 @@ def cluster_pattern(kind: str, cluster: int, size: int, seed: int) -> np.ndarray
 def with_images(train: datasets.Dataset, arrays: list[np.ndarray]) -> datasets.Dataset:
     """``train`` with its image column replaced by ``arrays`` (uint8 PNG), captions untouched."""
     features = datasets.Features({"image": datasets.Image(), "caption": train.features["caption"]})
-    return datasets.Dataset.from_dict({"image": [Image.fromarray(a) for a in arrays], "caption": train["caption"][:]}, features=features)
+    return datasets.Dataset.from_dict(
+        {"image": [Image.fromarray(a) for a in arrays], "caption": train["caption"][:]}, features=features
+    )
 
 
-def build_copy(variant: str, train: datasets.Dataset, bases: list[np.ndarray], arguments, processor) -> tuple[datasets.Dataset, int]:
+def build_copy(
+    variant: str, train: datasets.Dataset, bases: list[np.ndarray], arguments, processor
+) -> tuple[datasets.Dataset, int]:
     """(copy, levels it may differ from the clean image by) for one variant."""
     name, numbers = parse_variant(variant)
     if name.startswith("cluster"):
         labels = cluster_captions(train["caption"][:], numbers[0], arguments.seed)
-        patterns = [cluster_pattern(name, cluster, arguments.image_size, arguments.seed) for cluster in range(numbers[0])]
-        arrays = [np.clip(base.astype(np.int16) + patterns[label], 0, 255).astype(np.uint8) for base, label in zip(bases, labels)]
+        patterns = [
+            cluster_pattern(name, cluster, arguments.image_size, arguments.seed) for cluster in range(numbers[0])
+        ]
+        arrays = [
+            np.clip(base.astype(np.int16) + patterns[label], 0, 255).astype(np.uint8)
+            for base, label in zip(bases, labels)
+        ]
         sizes = np.bincount(labels, minlength=numbers[0])
-        print(f"{variant}: cluster sizes min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}", flush=True)
+        print(
+            f"{variant}: cluster sizes min {sizes.min()}, median {int(np.median(sizes))}, max {sizes.max()}", flush=True
+        )
         return with_images(train, arrays), BUDGET
     margin, levels = numbers if name == "em-headroom" else (0, BUDGET)
-    squeezed = [np.round(margin + base.astype(np.float32) * (255 - 2 * margin) / 255).astype(np.uint8) for base in bases]
+    squeezed = [
+        np.round(margin + base.astype(np.float32) * (255 - 2 * margin) / 255).astype(np.uint8) for base in bases
+    ]
     em = benchmark_method("em", arguments, epsilon=levels / 255)
     copy = em.protect(with_images(train, squeezed), victim_config(arguments, processor), processor, progress=False)
     return copy, margin + levels
@@ -147,24 +175,42 @@ def main(argv=None) -> int:
         seconds[variant] = time.perf_counter() - begun
         print(f"built {variant} in {seconds[variant]:.0f} s", flush=True)
     report = evaluate_protection(
-        train, copies, test, defenses=[d for d in arguments.defenses.split(",") if d], victim=victim_config(arguments, processor),
-        processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
-        seed=arguments.seed, epsilon=max(levels.values()) / 255, progress=False,
+        train,
+        copies,
+        test,
+        defenses=[d for d in arguments.defenses.split(",") if d],
+        victim=victim_config(arguments, processor),
+        processor=processor,
+        epochs=arguments.epochs,
+        batch_size=arguments.victim_batch,
+        learning_rate=arguments.victim_lr,
+        seed=arguments.seed,
+        epsilon=max(levels.values()) / 255,
+        progress=False,
     )
     total = time.perf_counter() - started
     command = " ".join(argv if argv is not None else sys.argv[1:])
     header = [
-        f"# Pixel-only shortcuts (no trigger): {arguments.dataset}", "",
-        f"`python benchmarks/pixel_shortcuts.py {command}`", "",
+        f"# Pixel-only shortcuts (no trigger): {arguments.dataset}",
+        "",
+        f"`python benchmarks/pixel_shortcuts.py {command}`",
+        "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px, {100 * saturated:.0f}% of "
         f"the training images' channel values at 0 or 255; victim from scratch, {arguments.epochs} epochs, batch "
         f"{arguments.victim_batch}, lr {arguments.victim_lr:g}; EM {arguments.rounds} rounds, M = {arguments.surrogate_steps}, "
         f"{arguments.pgd_steps} PGD steps. Largest change from the clean image, in levels: "
-        + ", ".join(f"{k} {v}" for k, v in levels.items()) + f" (the library's budget: {BUDGET}). Total {total / 60:.1f} min "
+        + ", ".join(f"{k} {v}" for k, v in levels.items())
+        + f" (the library's budget: {BUDGET}). Total {total / 60:.1f} min "
         f"on {machine()}.",
     ]
-    write_outputs(report, Path(arguments.output), "pixel_shortcuts", header,
-                  {"arguments": vars(arguments), "levels": levels, "build_seconds": seconds, "saturated": saturated}, total_seconds=total)
+    write_outputs(
+        report,
+        Path(arguments.output),
+        "pixel_shortcuts",
+        header,
+        {"arguments": vars(arguments), "levels": levels, "build_seconds": seconds, "saturated": saturated},
+        total_seconds=total,
+    )
     return 0
 
 

@@ -28,10 +28,10 @@ from transformers import CLIPConfig, CLIPModel
 from hf_unlearnable.captions import CaptionCodec, trigger_vocabulary
 from hf_unlearnable.config import MEMConfig
 from hf_unlearnable.images import prepare_image
+from hf_unlearnable.losses import ContrastiveLoss
 from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.mem.loop import MEMStep
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.losses import ContrastiveLoss
 from hf_unlearnable.surrogate import Surrogate, parameter_groups, pixels_from_uint8
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions, tiny_clip_config
 
@@ -42,12 +42,22 @@ def vit_b32_config(tokenizer) -> CLIPConfig:
     """openai/clip-vit-base-patch32's architecture (vocabulary of 49,408 rows like the original)."""
     return CLIPConfig(
         text_config=dict(
-            vocab_size=49408, hidden_size=512, intermediate_size=2048, num_hidden_layers=12, num_attention_heads=8,
-            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            vocab_size=49408,
+            hidden_size=512,
+            intermediate_size=2048,
+            num_hidden_layers=12,
+            num_attention_heads=8,
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, image_size=224,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            image_size=224,
             patch_size=32,
         ),
         projection_dim=512,
@@ -68,7 +78,14 @@ def measure(name: str, config: CLIPConfig, image_size: int, arguments, device) -
     tokenizer = clip_tokenizer()
     torch.manual_seed(0)
     surrogate = Surrogate(CLIPModel(config)).to(device)
-    mem = MEMConfig(method="mem", eot_transforms=(), batch_size=arguments.batch, trigger_length=3, hotflip_candidates=16, pgd_steps=8)
+    mem = MEMConfig(
+        method="mem",
+        eot_transforms=(),
+        batch_size=arguments.batch,
+        trigger_length=3,
+        hotflip_candidates=16,
+        pgd_steps=8,
+    )
     rows = synthetic_captions(arguments.batch, image_size=image_size, seed=0)
     images = torch.from_numpy(np.stack([prepare_image(r["image"], image_size) for r in rows])).to(device)
     codec = CaptionCodec(tokenizer, mem.trigger_length, 77)
@@ -155,8 +172,10 @@ def main(argv=None) -> int:
     device = torch.device(arguments.device)
     tokenizer = clip_tokenizer()
     models = {"tiny": (tiny_clip_config(32), 32), "vit-b32": (vit_b32_config(tokenizer), 224)}
-    print("| model | px | batch | caption tokens | surrogate step s | HotFlip s/batch | 8 PGD steps s/batch "
-          "| of which text features s | s/sample/round (HotFlip round) | s/sample/round (full schedule) |")
+    print(
+        "| model | px | batch | caption tokens | surrogate step s | HotFlip s/batch | 8 PGD steps s/batch "
+        "| of which text features s | s/sample/round (HotFlip round) | s/sample/round (full schedule) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     results = []
     for name in arguments.sizes.split(","):

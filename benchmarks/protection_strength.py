@@ -23,8 +23,16 @@ from pathlib import Path
 
 import datasets
 import torch
-from _common import (KEYS, add_victim_and_mem_arguments, apply_smoke, begin, benchmark_method,  # one victim recipe for every
-                     default_output, load_data, victim_config)  # protection benchmark
+from _common import (  # one victim recipe for every
+    KEYS,
+    add_victim_and_mem_arguments,
+    apply_smoke,
+    begin,
+    benchmark_method,
+    default_output,  # protection benchmark
+    load_data,
+    victim_config,
+)
 
 from hf_unlearnable import ProtectTransform, RandomNoise
 from hf_unlearnable.audit import chance_scores
@@ -58,8 +66,14 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
 def write_outputs(results: dict, arguments, seconds: dict, output: Path) -> str:
     output.mkdir(parents=True, exist_ok=True)
     names = {
-        "chance": "Chance", "clean": "Clean", "random": "Random noise", "em": "EM", "trigger": "Trigger only",
-        "mem3": "MEM-3", "mem5": "MEM-5", "transfer": "MEM-3, transfer victim",
+        "chance": "Chance",
+        "clean": "Clean",
+        "random": "Random noise",
+        "em": "EM",
+        "trigger": "Trigger only",
+        "mem3": "MEM-3",
+        "mem5": "MEM-5",
+        "transfer": "MEM-3, transfer victim",
     }
     header = "| Method | " + " | ".join(KEYS) + " | protect s | victim s |"
     lines = [header, "|" + "---|" * (len(KEYS) + 3)]
@@ -95,7 +109,9 @@ def plot(results: dict, names: dict, path: Path) -> None:
     if "chance" in results:
         medr_axis.axhline(results["chance"]["final"]["t2i_medr"], color="gray", linestyle="--", label="Chance")
     loss_axis.set(xlabel="epoch", ylabel="victim training loss", title="Training loss")
-    medr_axis.set(xlabel="epoch", ylabel="text-to-image MedR (clean test)", title="MedR on clean data (higher = protected)")
+    medr_axis.set(
+        xlabel="epoch", ylabel="text-to-image MedR (clean test)", title="MedR on clean data (higher = protected)"
+    )
     medr_axis.legend(fontsize=8)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -121,9 +137,15 @@ def main(argv=None) -> int:
         victim = victim_config(arguments, processor, transfer=method == "transfer")
         victim_started = time.perf_counter()
         victim = train_victim(
-            protected, test, victim, processor,
-            epochs=arguments.epochs, batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
-            seed=arguments.seed, progress=False,
+            protected,
+            test,
+            victim,
+            processor,
+            epochs=arguments.epochs,
+            batch_size=arguments.victim_batch,
+            learning_rate=arguments.victim_lr,
+            seed=arguments.seed,
+            progress=False,
         )
         victim_seconds = time.perf_counter() - victim_started
         seconds[method] = (protect_seconds, victim_seconds)

@@ -123,7 +123,12 @@ def main() -> None:
     import torch
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs")
-    passthrough = [f"--repeats={args.repeats}", f"--captions={args.captions}", f"--images={args.images}", f"--dim={args.dim}"]
+    passthrough = [
+        f"--repeats={args.repeats}",
+        f"--captions={args.captions}",
+        f"--images={args.images}",
+        f"--dim={args.dim}",
+    ]
     for part in ("ranking", "module"):
         proc = subprocess.run(
             [sys.executable, __file__, f"--part={part}", *passthrough], capture_output=True, text=True, check=False

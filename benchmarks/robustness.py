@@ -46,8 +46,21 @@ import sys
 import time
 from pathlib import Path
 
-from _common import (SURROGATE, add_finetune_arguments, add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data,
-                     machine, method_name, pretrain_victim, protect, victim_config, write_outputs)
+from _common import (
+    SURROGATE,
+    add_finetune_arguments,
+    add_victim_and_mem_arguments,
+    apply_smoke,
+    begin,
+    default_output,
+    load_data,
+    machine,
+    method_name,
+    pretrain_victim,
+    protect,
+    victim_config,
+    write_outputs,
+)
 
 from hf_unlearnable import evaluate_protection
 from hf_unlearnable.audit import ProtectionReport, load_report, mean_recall_at_10
@@ -57,19 +70,37 @@ from hf_unlearnable.testing import tiny_siglip_config, tiny_siglip_processor
 VICTIMS = {"scratch": "from scratch", "transfer": "transfer", "finetuned": "fine-tuned", "siglip": "SigLIP"}
 SMOKE_DEFENSES = ("none", "jpeg-75+strip-3")
 # Arguments that make two runs' clean victims the same victims (--clean-from).
-SAME_VICTIMS = ("dataset", "train", "test", "image_size", "epochs", "victim_batch", "victim_lr", "seed", "threads",
-                "pretrain", "pretrain_epochs", "finetune_lr")
+SAME_VICTIMS = (
+    "dataset",
+    "train",
+    "test",
+    "image_size",
+    "epochs",
+    "victim_batch",
+    "victim_lr",
+    "seed",
+    "threads",
+    "pretrain",
+    "pretrain_epochs",
+    "finetune_lr",
+)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--methods", default="mem3,em,trigger", help="comma list of mem3, em, trigger, random, memK")
-    parser.add_argument("--defenses", help="comma list of defense names (default: every one in hf_unlearnable.defenses)")
-    parser.add_argument("--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned, siglip")
+    parser.add_argument(
+        "--defenses", help="comma list of defense names (default: every one in hf_unlearnable.defenses)"
+    )
+    parser.add_argument(
+        "--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned, siglip"
+    )
     add_finetune_arguments(parser)
     parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
-    parser.add_argument("--clean-from", help="comma list of earlier output folders whose clean victims to reuse (see above)")
+    parser.add_argument(
+        "--clean-from", help="comma list of earlier output folders whose clean victims to reuse (see above)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
@@ -100,8 +131,10 @@ def stored_clean(arguments: argparse.Namespace, victims: list[str]) -> dict[tupl
         saved = json.loads(path.read_text())
         for key in SAME_VICTIMS:
             if saved["arguments"].get(key) != getattr(arguments, key):
-                raise SystemExit(f"--clean-from {folder}: it ran with {key}={saved['arguments'].get(key)!r}, this run with "
-                                 f"{key}={getattr(arguments, key)!r}; its clean victims are other victims.")
+                raise SystemExit(
+                    f"--clean-from {folder}: it ran with {key}={saved['arguments'].get(key)!r}, this run with "
+                    f"{key}={getattr(arguments, key)!r}; its clean victims are other victims."
+                )
         for key, history in load_report(saved["report"]).histories.items():
             victim, defense, copy = key.split(" | ")
             if copy == "clean" and victim in {VICTIMS[v] for v in victims}:
@@ -111,11 +144,14 @@ def stored_clean(arguments: argparse.Namespace, victims: list[str]) -> dict[tupl
 
 def same_history(a: list[dict], b: list[dict]) -> bool:
     """Two victims' histories agree in every score of every epoch (timings aside)."""
+
     def unset(value) -> bool:  # the loss before training: NaN, or null once saved as JSON
         return value is None or (isinstance(value, float) and math.isnan(value))
 
     scores = [k for k in a[0] if "seconds" not in k]
-    return len(a) == len(b) and all(x.get(k) == y.get(k) or unset(x.get(k)) and unset(y.get(k)) for x, y in zip(a, b) for k in scores)
+    return len(a) == len(b) and all(
+        x.get(k) == y.get(k) or unset(x.get(k)) and unset(y.get(k)) for x, y in zip(a, b) for k in scores
+    )
 
 
 def audit_reusing(train, copies, test, defenses: list[str], kind: str, stored: dict, **recipe) -> ProtectionReport:
@@ -128,16 +164,21 @@ def audit_reusing(train, copies, test, defenses: list[str], kind: str, stored: d
     first = evaluate_protection(train, copies, test, defenses=[known[0]], **recipe)
     (internal,) = first.settings["victims"]
     if not same_history(first.histories[f"{internal} | {known[0]} | clean"], stored[(label, known[0])]):
-        raise SystemExit(f"--clean-from: the {label} clean victim under {known[0]} retrained here differs from the stored one; "
-                         "the stored clean victims are not this run's (another library version, machine or data). Run without --clean-from.")
+        raise SystemExit(
+            f"--clean-from: the {label} clean victim under {known[0]} retrained here differs from the stored one; "
+            "the stored clean victims are not this run's (another library version, machine or data). Run without --clean-from."
+        )
     rest = [d for d in defenses if d != known[0]]
     if not rest:
         return first
-    earlier = ProtectionReport([], first.chance, {f"{internal} | {d} | clean": stored[(label, d)] for d in known}, first.settings)
+    earlier = ProtectionReport(
+        [], first.chance, {f"{internal} | {d} | clean": stored[(label, d)] for d in known}, first.settings
+    )
     later = evaluate_protection(train, copies, test, defenses=rest, reuse=earlier, **recipe)
     order = {d: i for i, d in enumerate(defenses)}
     return ProtectionReport(
-        verdicts=sorted(first.verdicts + later.verdicts, key=lambda v: order[v.defense]), chance=first.chance,
+        verdicts=sorted(first.verdicts + later.verdicts, key=lambda v: order[v.defense]),
+        chance=first.chance,
         histories={**first.histories, **later.histories},
         settings={**later.settings, "defenses": defenses},
     )
@@ -147,7 +188,9 @@ def main(argv=None) -> int:
     arguments = parse_arguments(argv)
     started = begin(arguments)
     victims = [v for v in arguments.victims.split(",") if v]
-    train, test, pretrain_rows, processor = load_data(arguments, extra_train=arguments.pretrain if "finetuned" in victims else 0)
+    train, test, pretrain_rows, processor = load_data(
+        arguments, extra_train=arguments.pretrain if "finetuned" in victims else 0
+    )
     methods = [m for m in arguments.methods.split(",") if m]
     defenses = [d for d in arguments.defenses.split(",") if d]
     stored = stored_clean(arguments, victims)  # before any work: a mismatched --clean-from stops the run here
@@ -155,9 +198,15 @@ def main(argv=None) -> int:
     for method in methods:
         copies[method_name(method)], protect_seconds[method_name(method)] = protect(method, train, arguments, processor)
         print(f"protected with {method_name(method)} in {protect_seconds[method_name(method)]:.0f} s", flush=True)
-    recipe = dict(processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch,
-                  learning_rate=arguments.victim_lr, fine_tune_learning_rate=arguments.finetune_lr, seed=arguments.seed,
-                  progress=False)
+    recipe = dict(
+        processor=processor,
+        epochs=arguments.epochs,
+        batch_size=arguments.victim_batch,
+        learning_rate=arguments.victim_lr,
+        fine_tune_learning_rate=arguments.finetune_lr,
+        seed=arguments.seed,
+        progress=False,
+    )
     reports, pretrained_scores = [], None
     for victim in victims:
         victim_started = time.perf_counter()
@@ -167,40 +216,76 @@ def main(argv=None) -> int:
             report = audit_reusing(train, copies, test, defenses, victim, stored, pretrained=pretrained.model, **recipe)
         elif victim == "siglip":  # the surrogate's width and depth, SigLIP's towers, loss and image normalisation
             sizes = {key: value for key, value in SURROGATE.items() if key != "projection_dim"}
-            report = audit_reusing(train, copies, test, defenses, victim, stored,
-                                   victim=tiny_siglip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes),
-                                   **{**recipe, "processor": tiny_siglip_processor(arguments.image_size, processor.tokenizer)})
+            report = audit_reusing(
+                train,
+                copies,
+                test,
+                defenses,
+                victim,
+                stored,
+                victim=tiny_siglip_config(arguments.image_size, tokenizer=processor.tokenizer, **sizes),
+                **{**recipe, "processor": tiny_siglip_processor(arguments.image_size, processor.tokenizer)},
+            )
         else:
-            report = audit_reusing(train, copies, test, defenses, victim, stored,
-                                   victim=victim_config(arguments, processor, victim == "transfer"), **recipe)
+            report = audit_reusing(
+                train,
+                copies,
+                test,
+                defenses,
+                victim,
+                stored,
+                victim=victim_config(arguments, processor, victim == "transfer"),
+                **recipe,
+            )
         reports.append(relabel(report, VICTIMS[victim]))
         print(f"{VICTIMS[victim]} victims: {time.perf_counter() - victim_started:.0f} s", flush=True)
         for verdict in report.verdicts:
             print(f"  {verdict}", flush=True)
     merged = ProtectionReport(
-        verdicts=[v for r in reports for v in r.verdicts], chance=reports[0].chance,
+        verdicts=[v for r in reports for v in r.verdicts],
+        chance=reports[0].chance,
         histories={k: h for r in reports for k, h in r.histories.items()},
-        settings={**reports[0].settings, "victims": [VICTIMS[v] for v in victims],
-                  "identity": {**reports[0].settings["identity"],
-                               "victims": {VICTIMS[v]: next(iter(r.settings["identity"]["victims"].values())) for v, r in zip(victims, reports)}},
-                  "reused_clean": [f"{VICTIMS[v]} | {entry.split(' | ', 1)[1]}" for v, r in zip(victims, reports)
-                                   for entry in r.settings.get("reused_clean", [])]},
+        settings={
+            **reports[0].settings,
+            "victims": [VICTIMS[v] for v in victims],
+            "identity": {
+                **reports[0].settings["identity"],
+                "victims": {
+                    VICTIMS[v]: next(iter(r.settings["identity"]["victims"].values())) for v, r in zip(victims, reports)
+                },
+            },
+            "reused_clean": [
+                f"{VICTIMS[v]} | {entry.split(' | ', 1)[1]}"
+                for v, r in zip(victims, reports)
+                for entry in r.settings.get("reused_clean", [])
+            ],
+        },
     )
     total = time.perf_counter() - started
-    before = "" if pretrained_scores is None else f", R@10 before fine-tuning {mean_recall_at_10(pretrained_scores):.1f}"
+    before = (
+        "" if pretrained_scores is None else f", R@10 before fine-tuning {mean_recall_at_10(pretrained_scores):.1f}"
+    )
     command = " ".join(argv if argv is not None else sys.argv[1:])
     seconds = ", ".join(f"{k} {v:.0f}" for k, v in protect_seconds.items())
     header = [
-        f"# Robustness of the protection: {arguments.dataset}", "",
-        f"`python benchmarks/robustness.py {command}`", "",
+        f"# Robustness of the protection: {arguments.dataset}",
+        "",
+        f"`python benchmarks/robustness.py {command}`",
+        "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px; victims "
         f"{arguments.epochs} epochs, batch {arguments.victim_batch}, lr {arguments.victim_lr:g} (fine-tuned: lr "
         f"{arguments.finetune_lr:g}, pretrained {arguments.pretrain_epochs} epochs on {arguments.pretrain} disjoint clean "
         f"pairs{before}); MEM {arguments.rounds} rounds, M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. "
         f"Protect seconds: {seconds}. Total {total / 60:.1f} min on {machine()}.",
     ]
-    write_outputs(merged, Path(arguments.output), "robustness", header,
-                  {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores}, total_seconds=total)
+    write_outputs(
+        merged,
+        Path(arguments.output),
+        "robustness",
+        header,
+        {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores},
+        total_seconds=total,
+    )
     return 0
 
 

@@ -44,7 +44,9 @@ def _lr_map(text: str) -> dict[str, float]:
         pairs = [item.split("=", 1) for item in text.split(",") if item]
         return {name: float(value) for name, value in pairs}
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected DATASET=LR pairs, e.g. icons=3e-4,synthetic=3e-5") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected DATASET=LR pairs, e.g. icons=3e-4,synthetic=3e-5"
+        ) from None
 
 
 def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict]:
@@ -55,8 +57,10 @@ def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict
 
     def put(table: dict, key: tuple, value: float, rest: tuple, folder: str) -> None:
         if key in table and not math.isclose(table[key][0], value, abs_tol=1e-9):
-            raise SystemExit(f"{key}: {table[key][0]} in {table[key][-1]} but {value} in {folder}; "
-                             "the runs differ (another split, recipe or algorithm version), so the table would mix them")
+            raise SystemExit(
+                f"{key}: {table[key][0]} in {table[key][-1]} but {value} in {folder}; "
+                "the runs differ (another split, recipe or algorithm version), so the table would mix them"
+            )
         table.setdefault(key, (value, *rest, folder))
 
     for summary in sorted(results.glob("robustness*/robustness.json")):
@@ -64,8 +68,11 @@ def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict
         arguments, folder = saved["arguments"], summary.parent.name
         data = arguments["dataset"]
         for v in load_report(saved["report"]).verdicts:
-            if v.victim == "fine-tuned" and data in finetune_lr and not math.isclose(
-                    arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9):
+            if (
+                v.victim == "fine-tuned"
+                and data in finetune_lr
+                and not math.isclose(arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9)
+            ):
                 continue
             put(cells, (data, v.copy, v.victim, v.defense), v.protected_r10, (v.verdict,), folder)
             put(clean, (data, v.victim, v.defense), v.clean_r10, (), folder)
@@ -77,16 +84,20 @@ def _verdict(verdict: str) -> str:
 
 
 def glance_table(cells: dict, clean: dict) -> str:
-    head = ["Defense"] + [f"{data}: {victim}" if index == 0 else victim
-                          for data in DATASETS for index, victim in enumerate(VICTIMS)]
+    head = ["Defense"] + [
+        f"{data}: {victim}" if index == 0 else victim for data in DATASETS for index, victim in enumerate(VICTIMS)
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for defense in available_defenses():
         row = []
         for data in DATASETS:
             for victim in VICTIMS:
                 cell = cells.get((data, "MEM-3", victim, defense))
-                row.append("" if cell is None else
-                           f"{cell[0]:.1f} of {clean[(data, victim, defense)][0]:.1f} {_verdict(cell[1])}")
+                row.append(
+                    ""
+                    if cell is None
+                    else f"{cell[0]:.1f} of {clean[(data, victim, defense)][0]:.1f} {_verdict(cell[1])}"
+                )
         if any(row):
             lines.append(f"| {defense} | " + " | ".join(row) + " |")
     return "\n".join(lines)
@@ -118,17 +129,25 @@ def victims_table(cells: dict, clean: dict, data: str, victims: tuple[str, ...] 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of the robustness.py outputs")
-    parser.add_argument("--finetune-lr", type=_lr_map, default=_lr_map("icons=3e-4,synthetic=3e-5"),
-                        help="DATASET=LR pairs: the fine-tuning rate whose fine-tuned rows count (default: %(default)s)")
+    parser.add_argument(
+        "--finetune-lr",
+        type=_lr_map,
+        default=_lr_map("icons=3e-4,synthetic=3e-5"),
+        help="DATASET=LR pairs: the fine-tuning rate whose fine-tuned rows count (default: %(default)s)",
+    )
     parser.add_argument("--table", choices=("all", "glance", "scratch", "victims"), default="all")
     arguments = parser.parse_args(argv)
     cells, clean = load_cells(arguments.results, arguments.finetune_lr)
     if not cells:
-        raise SystemExit(f"no robustness*/robustness.json under {arguments.results}: run benchmarks/robustness.py first")
+        raise SystemExit(
+            f"no robustness*/robustness.json under {arguments.results}: run benchmarks/robustness.py first"
+        )
     parts = []
     if arguments.table in ("all", "glance"):
-        parts.append("MEM-3, R@10 of the clean victim's R@10 under the same defense, and the verdict:\n\n"
-                     + glance_table(cells, clean))
+        parts.append(
+            "MEM-3, R@10 of the clean victim's R@10 under the same defense, and the verdict:\n\n"
+            + glance_table(cells, clean)
+        )
     if arguments.table in ("all", "scratch"):
         for data in DATASETS:
             if any(key[0] == data and key[2] == "from scratch" for key in cells):

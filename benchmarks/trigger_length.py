@@ -20,7 +20,17 @@ import sys
 import time
 from pathlib import Path
 
-from _common import add_victim_and_mem_arguments, apply_smoke, begin, default_output, load_data, machine, protect, victim_config, write_outputs
+from _common import (
+    add_victim_and_mem_arguments,
+    apply_smoke,
+    begin,
+    default_output,
+    load_data,
+    machine,
+    protect,
+    victim_config,
+    write_outputs,
+)
 
 from hf_unlearnable import evaluate_protection
 
@@ -49,26 +59,44 @@ def main(argv=None) -> int:
     lengths = [int(k) for k in arguments.lengths.split(",") if k.strip()]
     copies, protect_seconds = {}, {}
     for k in lengths:
-        copies[label(k)], protect_seconds[label(k)] = protect("em" if k == 0 else f"mem{k}", train, arguments, processor)
+        copies[label(k)], protect_seconds[label(k)] = protect(
+            "em" if k == 0 else f"mem{k}", train, arguments, processor
+        )
         print(f"protected with {label(k)} in {protect_seconds[label(k)]:.0f} s", flush=True)
     report = evaluate_protection(
-        train, copies, test, defenses=[d for d in arguments.defenses.split(",") if d], victim=victim_config(arguments, processor),
-        processor=processor, epochs=arguments.epochs, batch_size=arguments.victim_batch, learning_rate=arguments.victim_lr,
-        seed=arguments.seed, progress=False,
+        train,
+        copies,
+        test,
+        defenses=[d for d in arguments.defenses.split(",") if d],
+        victim=victim_config(arguments, processor),
+        processor=processor,
+        epochs=arguments.epochs,
+        batch_size=arguments.victim_batch,
+        learning_rate=arguments.victim_lr,
+        seed=arguments.seed,
+        progress=False,
     )
     total = time.perf_counter() - started
     command = " ".join(argv if argv is not None else sys.argv[1:])
     seconds = ", ".join(f"{k} {v:.0f}" for k, v in protect_seconds.items())
     header = [
-        f"# Trigger length (Table 1 of the MEM paper): {arguments.dataset}", "",
-        f"`python benchmarks/trigger_length.py {command}`", "",
+        f"# Trigger length (Table 1 of the MEM paper): {arguments.dataset}",
+        "",
+        f"`python benchmarks/trigger_length.py {command}`",
+        "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px; victim from scratch, "
         f"{arguments.epochs} epochs, batch {arguments.victim_batch}, lr {arguments.victim_lr:g}; MEM {arguments.rounds} "
         f"rounds, M = {arguments.surrogate_steps}, {arguments.pgd_steps} PGD steps. Protect seconds: {seconds}. "
         f"Total {total / 60:.1f} min on {machine()}.",
     ]
-    write_outputs(report, Path(arguments.output), "trigger_length", header,
-                  {"arguments": vars(arguments), "protect_seconds": protect_seconds}, total_seconds=total)
+    write_outputs(
+        report,
+        Path(arguments.output),
+        "trigger_length",
+        header,
+        {"arguments": vars(arguments), "protect_seconds": protect_seconds},
+        total_seconds=total,
+    )
     return 0
 
 

@@ -45,7 +45,9 @@ def error_minimizing_noise(
     (`EM.from_config`: its trigger settings do not apply, and EM sets method, trigger length, image
     noise and caption shuffling itself)."""
     method = EM() if config is None else EM.from_config(config)
-    return method.protect(ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress)
+    return method.protect(
+        ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress
+    )
 
 
 def trigger_only(
@@ -61,4 +63,6 @@ def trigger_only(
     """`TriggerOnly`: text triggers optimised by HotFlip, no image noise: ``TriggerOnly()``, or with
     ``config``'s settings (`TriggerOnly.from_config`: its pixel settings do not apply)."""
     method = TriggerOnly() if config is None else TriggerOnly.from_config(config)
-    return method.protect(ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress)
+    return method.protect(
+        ds, model, processor, image_column=image_column, caption_column=caption_column, progress=progress
+    )

@@ -10,7 +10,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .workdir import CHECKPOINT_DIR, STATE_DIR, WorkDir, cache_root, folder_size, human_size, marker_of, remove_tree, unless_in_use
+from .workdir import (
+    CHECKPOINT_DIR,
+    STATE_DIR,
+    WorkDir,
+    cache_root,
+    folder_size,
+    human_size,
+    marker_of,
+    remove_tree,
+    unless_in_use,
+)
 
 
 def _read_json(path: Path) -> dict:

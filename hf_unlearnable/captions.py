@@ -43,9 +43,30 @@ MIN_WORD_LETTERS = 3
 #: came from: WordNet's morphological rules for nouns, verbs and adjectives ("wolves" needs its
 #: exception list, the rest do not), plus "-er"/"-ers" ("wanker", "wankers" -> "wank").
 _INFLECTIONS = (
-    ("s", ""), ("es", ""), ("es", "e"), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
-    ("ies", "y"), ("men", "man"), ("ed", ""), ("ed", "e"), ("ied", "y"), ("ing", ""), ("ing", "e"), ("er", ""),
-    ("er", "e"), ("ier", "y"), ("ers", ""), ("ers", "e"), ("iers", "y"), ("est", ""), ("est", "e"), ("iest", "y"),
+    ("s", ""),
+    ("es", ""),
+    ("es", "e"),
+    ("ses", "s"),
+    ("xes", "x"),
+    ("zes", "z"),
+    ("ches", "ch"),
+    ("shes", "sh"),
+    ("ies", "y"),
+    ("men", "man"),
+    ("ed", ""),
+    ("ed", "e"),
+    ("ied", "y"),
+    ("ing", ""),
+    ("ing", "e"),
+    ("er", ""),
+    ("er", "e"),
+    ("ier", "y"),
+    ("ers", ""),
+    ("ers", "e"),
+    ("iers", "y"),
+    ("est", ""),
+    ("est", "e"),
+    ("iest", "y"),
 )
 
 
@@ -305,9 +326,17 @@ class CaptionCodec:
         width = 2 + k + longest
         column = torch.arange(width, device=device).unsqueeze(0)  # (1, L)
         length = lengths.long().to(device).unsqueeze(1)
-        start = torch.zeros_like(length) if positions is None else torch.minimum(positions.long().to(device).unsqueeze(1), length)
-        body = torch.cat([bodies[:, :longest].long(), torch.full((batch, 1), self.pad, dtype=torch.long, device=device)], 1)
-        trigger = torch.cat([triggers.long().to(device).reshape(batch, k), torch.zeros((batch, 1), dtype=torch.long, device=device)], 1)
+        start = (
+            torch.zeros_like(length)
+            if positions is None
+            else torch.minimum(positions.long().to(device).unsqueeze(1), length)
+        )
+        body = torch.cat(
+            [bodies[:, :longest].long(), torch.full((batch, 1), self.pad, dtype=torch.long, device=device)], 1
+        )
+        trigger = torch.cat(
+            [triggers.long().to(device).reshape(batch, k), torch.zeros((batch, 1), dtype=torch.long, device=device)], 1
+        )
         # column c holds: 0 start | 1..p body[c-1] | p+1..p+k trigger[c-1-p] | p+k+1..n+k body[c-1-k] | n+k+1 end | pad
         before = (column >= 1) & (column <= start)
         in_trigger = (column > start) & (column <= start + k)
@@ -349,7 +378,9 @@ class CaptionCodec:
         position = 0
         if self.position != "start":
             if caption is None:
-                raise ValueError("read_trigger with trigger_position='random' needs the clean caption to find the slots.")
+                raise ValueError(
+                    "read_trigger with trigger_position='random' needs the clean caption to find the slots."
+                )
             position = int(self.encode_positions([caption])[0])
         ids = self.tokenizer(text, truncation=True, max_length=self.max_tokens)["input_ids"]
         return [int(t) for t in ids[1 + position : 1 + position + self.trigger_length]]

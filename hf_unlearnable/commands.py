@@ -36,10 +36,14 @@ TRACEBACK_HINT = "hf-unlearnable -v COMMAND ... prints the traceback"
 
 def exit_codes(check_failed: str | None = None, done: str = "done", traceback_hint: str = TRACEBACK_HINT) -> str:
     """The exit codes, for a command's ``--help`` epilog (``check_failed``: what exit 1 means, if it can happen)."""
-    codes = [f"0 {done}", *([f"1 {check_failed}"] if check_failed else []),
-             "2 bad input (one line naming the argument and the fix)", f"3 crashed (one line; {traceback_hint})",
-             "4 training could not go on or protected nothing (a loss turned NaN, or no pixel or trigger changed; "
-             "one line naming where and the likely cause)"]
+    codes = [
+        f"0 {done}",
+        *([f"1 {check_failed}"] if check_failed else []),
+        "2 bad input (one line naming the argument and the fix)",
+        f"3 crashed (one line; {traceback_hint})",
+        "4 training could not go on or protected nothing (a loss turned NaN, or no pixel or trigger changed; "
+        "one line naming where and the likely cause)",
+    ]
     return "exit codes: " + "; ".join(codes)
 
 
@@ -108,7 +112,10 @@ def config_field_descriptions() -> dict[str, str]:
             entries[name] += " " + line.strip()
         elif line.strip():
             name = None  # the end of Args:
-    return {name: re.split(r"(?<=[a-z0-9)])\. (?=[A-Z\"(])", text, maxsplit=1)[0].rstrip(".") for name, text in entries.items()}
+    return {
+        name: re.split(r"(?<=[a-z0-9)])\. (?=[A-Z\"(])", text, maxsplit=1)[0].rstrip(".")
+        for name, text in entries.items()
+    }
 
 
 def _shown_default(name: str, value: typing.Any) -> str:
@@ -139,7 +146,11 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         if "default" not in description:
             description += f" (default: {_shown_default(field.name, field.default)})"
         group.add_argument(
-            _flag(field.name), dest=field.name, type=parse, default=None, metavar=field.name.upper(),
+            _flag(field.name),
+            dest=field.name,
+            type=parse,
+            default=None,
+            metavar=field.name.upper(),
             help=description.strip().replace("%", "%%"),
         )
 
@@ -160,17 +171,32 @@ def add_surrogate_arguments(parser: argparse.ArgumentParser, *, required: bool, 
     """``--model`` | ``--from-scratch CONFIG_JSON``, and ``--processor`` (shared by the CLI and the recipes)."""
     group = parser.add_argument_group("surrogate")
     which = group.add_mutually_exclusive_group(required=required)
-    which.add_argument("--model", help="pretrained CLIP surrogate: Hub id or local folder (e.g. "
-                       f"{DEFAULT_MODEL}), further trained during protection" + (f" (default: {model_default})" if model_default else ""))
-    which.add_argument("--from-scratch", metavar="CONFIG_JSON", help="train the surrogate from scratch (the paper's "
-                       "setting) from this transformers CLIPConfig JSON file (CLIPConfig(...).to_json_file(path))")
-    group.add_argument("--processor", help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
-                       f"(default: the --model's own; with --from-scratch {DEFAULT_MODEL})")
+    which.add_argument(
+        "--model",
+        help="pretrained CLIP surrogate: Hub id or local folder (e.g. "
+        f"{DEFAULT_MODEL}), further trained during protection"
+        + (f" (default: {model_default})" if model_default else ""),
+    )
+    which.add_argument(
+        "--from-scratch",
+        metavar="CONFIG_JSON",
+        help="train the surrogate from scratch (the paper's "
+        "setting) from this transformers CLIPConfig JSON file (CLIPConfig(...).to_json_file(path))",
+    )
+    group.add_argument(
+        "--processor",
+        help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
+        f"(default: the --model's own; with --from-scratch {DEFAULT_MODEL})",
+    )
 
 
-_MODEL_FIX = ("pass --model LOCAL_FOLDER (a CLIPModel saved with its processor), or --from-scratch CLIPConfig.json "
-              "--processor LOCAL_FOLDER (the paper's setting)")
-_PROCESSOR_FIX = f"pass --processor LOCAL_FOLDER (a saved CLIPProcessor; with --from-scratch it defaults to {DEFAULT_MODEL}'s)"
+_MODEL_FIX = (
+    "pass --model LOCAL_FOLDER (a CLIPModel saved with its processor), or --from-scratch CLIPConfig.json "
+    "--processor LOCAL_FOLDER (the paper's setting)"
+)
+_PROCESSOR_FIX = (
+    f"pass --processor LOCAL_FOLDER (a saved CLIPProcessor; with --from-scratch it defaults to {DEFAULT_MODEL}'s)"
+)
 
 
 def _load_error(flag: str, name: str, error: Exception, what: str, fix: str) -> ValueError:
@@ -179,10 +205,14 @@ def _load_error(flag: str, name: str, error: Exception, what: str, fix: str) -> 
 
     if os.path.isdir(os.path.expanduser(name)):
         cause = " ".join(str(error).split())[:300]
-        return ValueError(f"{flag} {name!r}: the folder does not hold a loadable CLIP {what} ({type(error).__name__}: {cause}).")
+        return ValueError(
+            f"{flag} {name!r}: the folder does not hold a loadable CLIP {what} ({type(error).__name__}: {cause})."
+        )
     why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached or has no such repo"
-    return ValueError(f"{flag} {name!r} is not a local folder nor in the Hugging Face cache, and {why}. "
-                      f"Fix: {fix}, or go online (HF_HUB_OFFLINE=0).")
+    return ValueError(
+        f"{flag} {name!r} is not a local folder nor in the Hugging Face cache, and {why}. "
+        f"Fix: {fix}, or go online (HF_HUB_OFFLINE=0)."
+    )
 
 
 def _load_failures() -> tuple[type[Exception], ...]:
@@ -227,10 +257,14 @@ def read_clip_config(flag: str, path: str) -> CLIPConfig:
     except (OSError, ValueError) as error:
         fields = f"{type(error).__name__}: {error}"
     # CLIPConfig takes any JSON (unknown keys become attributes); a wrong file would build a default-size CLIP.
-    if not isinstance(fields, dict) or not (fields.get("model_type") == "clip" or {"text_config", "vision_config"} <= set(fields)):
+    if not isinstance(fields, dict) or not (
+        fields.get("model_type") == "clip" or {"text_config", "vision_config"} <= set(fields)
+    ):
         why = fields if isinstance(fields, str) else "no model_type 'clip', no text_config and vision_config"
-        raise ValueError(f"{flag} {path!r} is not a CLIPConfig JSON file ({why}); write one with "
-                         "CLIPConfig(...).to_json_file(path), or pass a CLIP checkpoint's config.json.")
+        raise ValueError(
+            f"{flag} {path!r} is not a CLIPConfig JSON file ({why}); write one with "
+            "CLIPConfig(...).to_json_file(path), or pass a CLIP checkpoint's config.json."
+        )
     return CLIPConfig.from_dict(fields)
 
 
@@ -254,10 +288,17 @@ def check_model(flag: str, name: str, fix: str = _MODEL_FIX, *, weights: bool = 
         CLIPConfig.from_pretrained(name)
     except _load_failures() as error:
         raise _load_error(flag, name, error, "model", fix) from None
-    if weights and os.path.isdir(name) and not any(file.endswith(".safetensors") or file.endswith(".safetensors.index.json")
-                                                   for file in os.listdir(name)):
-        raise ValueError(f"{flag} {name!r} holds no safetensors weights; only safetensors are loaded. Convert once: "
-                         "CLIPModel.from_pretrained(FOLDER).save_pretrained(FOLDER) (writes model.safetensors).")
+    if (
+        weights
+        and os.path.isdir(name)
+        and not any(
+            file.endswith(".safetensors") or file.endswith(".safetensors.index.json") for file in os.listdir(name)
+        )
+    ):
+        raise ValueError(
+            f"{flag} {name!r} holds no safetensors weights; only safetensors are loaded. Convert once: "
+            "CLIPModel.from_pretrained(FOLDER).save_pretrained(FOLDER) (writes model.safetensors)."
+        )
     return name
 
 
@@ -274,10 +315,15 @@ def surrogate_from_arguments(
     """
     if (model is None) == (from_scratch is None):
         raise ValueError("Name the surrogate with exactly one of --model (pretrained) or --from-scratch CONFIG_JSON.")
-    config = read_clip_config("--from-scratch", from_scratch) if from_scratch is not None else None  # the cheap checks first
+    config = (
+        read_clip_config("--from-scratch", from_scratch) if from_scratch is not None else None
+    )  # the cheap checks first
     processor_flag = "--model" if processor is None and from_scratch is None else "--processor"
-    loaded = load_processor(processor_flag, processor or model or DEFAULT_MODEL,
-                            _MODEL_FIX if processor_flag == "--model" else _PROCESSOR_FIX)
+    loaded = load_processor(
+        processor_flag,
+        processor or model or DEFAULT_MODEL,
+        _MODEL_FIX if processor_flag == "--model" else _PROCESSOR_FIX,
+    )
     if config is not None:
         check_vocabulary("--from-scratch", from_scratch, config, loaded)
         return config, loaded
@@ -289,7 +335,8 @@ def load_dataset_argument(name: str, split: str):
     import datasets
 
     if os.path.isdir(name) and (
-        os.path.exists(os.path.join(name, "dataset_info.json")) or os.path.exists(os.path.join(name, "dataset_dict.json"))
+        os.path.exists(os.path.join(name, "dataset_info.json"))
+        or os.path.exists(os.path.join(name, "dataset_dict.json"))
     ):
         loaded = datasets.load_from_disk(name)
     else:
@@ -314,8 +361,10 @@ def load_dataset_checked(name: str, split: str, flag: str):
     except SystemExit as error:  # a bad split: load_dataset_argument's own message
         raise ValueError(f"{flag} {name!r}: {str(error).removeprefix('error: ')}") from None
     except (OSError, datasets.exceptions.DatasetsError) as error:
-        raise ValueError(f"{flag} {name!r} cannot be loaded ({type(error).__name__}: {error}). "
-                         "Pass a save_to_disk folder (or a load_dataset path).") from None
+        raise ValueError(
+            f"{flag} {name!r} cannot be loaded ({type(error).__name__}: {error}). "
+            "Pass a save_to_disk folder (or a load_dataset path)."
+        ) from None
 
 
 def check_work_dir_is_shared(work_dir: str | None, state: typing.Any) -> None:
@@ -329,8 +378,13 @@ def check_work_dir_is_shared(work_dir: str | None, state: typing.Any) -> None:
     check_shared_folder(work_dir or cache_root(), state, "--work-dir" if work_dir else "the default work dirs' folder")
 
 
-def run_command(command: Callable[[argparse.Namespace], int], arguments: argparse.Namespace, *,
-                verbose: bool = False, traceback_hint: str = TRACEBACK_HINT) -> int:
+def run_command(
+    command: Callable[[argparse.Namespace], int],
+    arguments: argparse.Namespace,
+    *,
+    verbose: bool = False,
+    traceback_hint: str = TRACEBACK_HINT,
+) -> int:
     """``command(arguments)``, with the exit codes of `exit_codes`: an error a user can fix (`USER_ERRORS`)
     is one line and 2; a run that could not go on or protected nothing, one line and 4; any other
     exception is a crash, one line and 3 (the traceback too with ``verbose``). Shared by the CLI and

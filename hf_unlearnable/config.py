@@ -144,21 +144,31 @@ class MEMConfig:
             self.trigger_blocklist = tuple(word.strip().lower() for word in blocklist)
         self.validate()
 
-    def __new__(cls, *args: Any, **fields: Any) -> "MEMConfig":
+    def __new__(cls, *args: Any, **fields: Any) -> MEMConfig:
         refuse_removed_fields(fields, TypeError)  # before the dataclass's "unexpected keyword argument"
         return super().__new__(cls)
 
     @classmethod
-    def paper(cls, **changes: Any) -> "MEMConfig":
+    def paper(cls, **changes: Any) -> MEMConfig:
         """MEM as published (Liu et al., ACM MM 2024, and its reference code): Algorithm 1
         (``method="mem"``), eps 8/255, 8 PGD steps of 1/255, k = 3 trigger tokens right after the
         start token, any whole-word token as a trigger word (``trigger_words="any"``), 16 HotFlip
         candidates, triggers updated in rounds 1-5, M = 200, 20 rounds, caption bodies shuffled in
         PGD, no EOT. For comparing with the paper; ``hf_unlearnable.methods.MEM()`` runs it."""
         values = dict(
-            method="mem", epsilon=8 / 255, pgd_steps=8, pgd_step_size=1 / 255, trigger_length=3, trigger_position="start",
-            trigger_words="any", hotflip_candidates=16, trigger_rounds=5, surrogate_steps=200, max_rounds=20,
-            shuffle_captions=True, eot_transforms=(),
+            method="mem",
+            epsilon=8 / 255,
+            pgd_steps=8,
+            pgd_step_size=1 / 255,
+            trigger_length=3,
+            trigger_position="start",
+            trigger_words="any",
+            hotflip_candidates=16,
+            trigger_rounds=5,
+            surrogate_steps=200,
+            max_rounds=20,
+            shuffle_captions=True,
+            eot_transforms=(),
         )
         return cls(**{**values, **changes})
 
@@ -203,11 +213,16 @@ class MEMConfig:
             raise bad("epsilon", ">= 1/255: a smaller budget cannot change an 8-bit pixel")
         if self.epsilon_levels > MAX_EPSILON_LEVELS:
             # the noise is stored as int8 levels; a larger budget would wrap (153 -> -103)
-            raise bad("epsilon", f"<= {MAX_EPSILON_LEVELS}/255 = {MAX_EPSILON_LEVELS / 255:.4f} (noise is stored as int8 levels)")
+            raise bad(
+                "epsilon",
+                f"<= {MAX_EPSILON_LEVELS}/255 = {MAX_EPSILON_LEVELS / 255:.4f} (noise is stored as int8 levels)",
+            )
         if not isinstance(self.pgd_step_size, (int, float)) or not (0 < self.pgd_step_size <= 1):
             raise bad("pgd_step_size", "in (0, 1]")
         if self.step_levels < 1 or abs(self.pgd_step_size * 255 - self.step_levels) > 1e-4:
-            raise bad("pgd_step_size", "a whole multiple of 1/255 (e.g. 1/255 or 2/255) so noise stays on the 8-bit grid")
+            raise bad(
+                "pgd_step_size", "a whole multiple of 1/255 (e.g. 1/255 or 2/255) so noise stays on the 8-bit grid"
+            )
         check_int("pgd_steps", 0)
         check_int("trigger_length", 0, 64)
         check_int("hotflip_candidates", 1)
@@ -226,7 +241,10 @@ class MEMConfig:
         if not isinstance(self.weight_decay, (int, float)) or self.weight_decay < 0:
             raise bad("weight_decay", ">= 0")
         if self.trigger_words not in TRIGGER_WORDS:
-            raise bad("trigger_words", 'one of "dictionary" (the shipped list of neutral everyday words) or "any" (every whole-word token)')
+            raise bad(
+                "trigger_words",
+                'one of "dictionary" (the shipped list of neutral everyday words) or "any" (every whole-word token)',
+            )
         blocklist = self.trigger_blocklist
         if (
             not isinstance(blocklist, (list, tuple))
@@ -251,10 +269,16 @@ class MEMConfig:
         if self.method not in METHODS:
             raise bad("method", '"mem" (the paper\'s Algorithm 1) or "layered" (EM pixels, then a trigger on top)')
         if self.method == "layered":
-            needs = {"image_noise": (self.image_noise, 'True (the pixel layer; method="mem" with image_noise=False is '
-                                                       "the trigger-only baseline)"),
-                     "trigger_rounds": (self.trigger_rounds >= 1 or self.trigger_length == 0,
-                                        ">= 1 (rounds of the trigger layer) unless trigger_length=0")}
+            needs = {
+                "image_noise": (
+                    self.image_noise,
+                    'True (the pixel layer; method="mem" with image_noise=False is the trigger-only baseline)',
+                ),
+                "trigger_rounds": (
+                    self.trigger_rounds >= 1 or self.trigger_length == 0,
+                    ">= 1 (rounds of the trigger layer) unless trigger_length=0",
+                ),
+            }
             for name, (holds, allowed) in needs.items():
                 if not holds:
                     raise bad(name, f'{allowed} with method="{self.method}"')
@@ -281,7 +305,7 @@ class MEMConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "MEMConfig":
+    def from_dict(cls, values: dict[str, Any]) -> MEMConfig:
         """Build from ``to_dict`` output; unknown keys are an error (a typo must not be ignored), and
         so are removed ones (`REMOVED_FIELDS`; `from_saved` reads a saved protector's config)."""
         refuse_removed_fields(values, ValueError)
@@ -292,7 +316,7 @@ class MEMConfig:
         return cls(**values)
 
     @classmethod
-    def from_saved(cls, values: dict[str, Any]) -> "MEMConfig":
+    def from_saved(cls, values: dict[str, Any]) -> MEMConfig:
         """The config of a protector saved by any release (``protect_config.json``), computing what
         it computed where this release still can. The rules, oldest first: no ``trigger_words``
         (algorithm <= 3) is "any", the only vocabulary then; no ``method`` (algorithm <= 6) is
@@ -317,9 +341,9 @@ class MEMConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "MEMConfig":
+    def from_json(cls, text: str) -> MEMConfig:
         return cls.from_dict(json.loads(text))
 
-    def replace(self, **changes: Any) -> "MEMConfig":
+    def replace(self, **changes: Any) -> MEMConfig:
         """A validated copy with some fields changed."""
         return dataclasses.replace(self, **changes)

@@ -21,7 +21,7 @@ _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_
 
 
 def resolve_mixed_precision(mixed_precision: str) -> str:
-    """"auto" becomes bf16 on a bf16-capable GPU and "no" elsewhere; other values pass through."""
+    """ "auto" becomes bf16 on a bf16-capable GPU and "no" elsewhere; other values pass through."""
     if mixed_precision != "auto":
         return mixed_precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
@@ -49,9 +49,11 @@ def check_world_size(launcher: int | None, accelerate: int, torch_distributed: i
     size (None: no process group). A disagreement means the processes would not share the work:
     each would run alone and they would overwrite each other's work dir and output.
     """
-    counts = [(f"WORLD_SIZE={launcher} from the launcher", launcher),
-              (f"{accelerate} in Accelerate's process state", accelerate),
-              (f"{torch_distributed} in torch.distributed's process group", torch_distributed)]
+    counts = [
+        (f"WORLD_SIZE={launcher} from the launcher", launcher),
+        (f"{accelerate} in Accelerate's process state", accelerate),
+        (f"{torch_distributed} in torch.distributed's process group", torch_distributed),
+    ]
     known = [(text, count) for text, count in counts if count is not None]
     if len({count for _, count in known}) <= 1:
         return
@@ -73,7 +75,11 @@ def process_state() -> PartialState:
     checking that it counts as many processes as the launcher started (`check_world_size`).
     """
     state = PartialState(cpu=_launched_on_cpu_only())
-    group = torch.distributed.get_world_size() if torch.distributed.is_available() and torch.distributed.is_initialized() else None
+    group = (
+        torch.distributed.get_world_size()
+        if torch.distributed.is_available() and torch.distributed.is_initialized()
+        else None
+    )
     check_world_size(launcher_world_size(), state.num_processes, group)
     return state
 

@@ -69,7 +69,7 @@ class ImageTextModel(nn.Module, metaclass=abc.ABCMeta):
         self.register_buffer("image_std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
     @classmethod
-    def from_processor(cls, model: nn.Module, processor: Any) -> "ImageTextModel":
+    def from_processor(cls, model: nn.Module, processor: Any) -> ImageTextModel:
         """The wrapper with the processor's image normalisation (the family's default when it has none)."""
         image_processor = getattr(processor, "image_processor", None)
         return cls(
@@ -83,7 +83,9 @@ class ImageTextModel(nn.Module, metaclass=abc.ABCMeta):
     def tokenizer(self) -> Any:
         """The processor's tokenizer (how captions become the ids `text_features` reads)."""
         if self.processor is None:
-            raise ValueError(f"this {type(self).__name__} was built without a processor; use {type(self).__name__}.from_processor.")
+            raise ValueError(
+                f"this {type(self).__name__} was built without a processor; use {type(self).__name__}.from_processor."
+            )
         return self.processor.tokenizer
 
     @property
@@ -163,7 +165,9 @@ def load_model(family: ModelFamily, model: Any, processor: Any, seed: int) -> tu
     The weights always come back in float32, whatever dtype they were saved or passed in: they are
     trained, and AdamW on float16 weights turns them to NaN within a step. Lower precision is only
     ever autocast (``MEMConfig.mixed_precision``)."""
-    model_name, config_name, processor_name = (c.__name__ for c in (family.model_class, family.config_class, family.processor_class))
+    model_name, config_name, processor_name = (
+        c.__name__ for c in (family.model_class, family.config_class, family.processor_class)
+    )
     if isinstance(model, (str, os.PathLike)):
         try:
             loaded = family.model_class.from_pretrained(str(model), use_safetensors=True, dtype=torch.float32)

@@ -65,7 +65,9 @@ class ContrastiveLoss(nn.Module):
         logits_per_image = logit_scale * image_features @ all_texts.T
         logits_per_text = logit_scale * text_features @ all_images.T
         labels = torch.arange(image_features.shape[0], device=image_features.device) + offset
-        return (F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)) / 2
+        return (
+            F.cross_entropy(logits_per_image.float(), labels) + F.cross_entropy(logits_per_text.float(), labels)
+        ) / 2
 
 
 class SigLipLoss(nn.Module):
@@ -90,7 +92,11 @@ class SigLipLoss(nn.Module):
         self.gather = False
 
     def forward(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor, logit_bias: torch.Tensor
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor,
+        logit_bias: torch.Tensor,
     ) -> torch.Tensor:
         logits = (logit_scale * image_features @ text_features.T + logit_bias).float()
         labels = 2 * torch.eye(logits.shape[0], dtype=logits.dtype, device=logits.device) - 1

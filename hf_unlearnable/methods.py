@@ -35,7 +35,15 @@ from .transform import ProtectTransform
 __all__ = ["EM", "MEM", "Layered", "RandomNoise", "SurrogateMethod", "TriggerOnly"]
 
 #: The settings every surrogate method takes besides its own arguments.
-SHARED_SETTINGS = ("batch_size", "learning_rate", "weight_decay", "max_caption_tokens", "online_rounds", "mixed_precision", "seed")
+SHARED_SETTINGS = (
+    "batch_size",
+    "learning_rate",
+    "weight_decay",
+    "max_caption_tokens",
+    "online_rounds",
+    "mixed_precision",
+    "seed",
+)
 
 
 def _call(name: str, settings: dict[str, Any]) -> str:
@@ -83,7 +91,7 @@ class SurrogateMethod:
         return self._config.method_name
 
     @classmethod
-    def from_config(cls, config: MEMConfig) -> "SurrogateMethod":
+    def from_config(cls, config: MEMConfig) -> SurrogateMethod:
         """This method with ``config``'s value for every field it takes (those it sets or does not use are left out)."""
         skipped = set(cls.sets) | set(cls.unused)
         return cls(**{field: value for field, value in config.to_dict().items() if field not in skipped})
@@ -192,8 +200,19 @@ class EM(SurrogateMethod):
         >>> protected = EM(max_rounds=10).protect(ds, model, processor)
     """
 
-    sets: ClassVar[dict[str, Any]] = {"method": "mem", "trigger_length": 0, "image_noise": True, "shuffle_captions": False}
-    unused: ClassVar[tuple[str, ...]] = ("hotflip_candidates", "trigger_rounds", "trigger_words", "trigger_blocklist", "trigger_position")
+    sets: ClassVar[dict[str, Any]] = {
+        "method": "mem",
+        "trigger_length": 0,
+        "image_noise": True,
+        "shuffle_captions": False,
+    }
+    unused: ClassVar[tuple[str, ...]] = (
+        "hotflip_candidates",
+        "trigger_rounds",
+        "trigger_words",
+        "trigger_blocklist",
+        "trigger_position",
+    )
     unused_reason: ClassVar[str] = "EM puts no trigger in the captions (MEM, TriggerOnly and Layered do)."
     defaults: ClassVar[dict[str, Any]] = {"eot_transforms": ()}
 
@@ -282,12 +301,16 @@ class Layered(SurrogateMethod):
 
     sets: ClassVar[dict[str, Any]] = {"method": "layered", "image_noise": True}
     unused: ClassVar[tuple[str, ...]] = ("shuffle_captions",)
-    unused_reason: ClassVar[str] = "the layered method makes each image's noise on its own caption, never a shuffled one."
+    unused_reason: ClassVar[str] = (
+        "the layered method makes each image's noise on its own caption, never a shuffled one."
+    )
 
     def build(self, values: dict[str, Any]) -> MEMConfig:
         if values.get("trigger_length") == 0:
-            raise ValueError('Layered needs trigger_length >= 1; without a trigger it is its pixel layer, EM: '
-                             'use EM(eot_transforms=("jpeg",)).')
+            raise ValueError(
+                "Layered needs trigger_length >= 1; without a trigger it is its pixel layer, EM: "
+                'use EM(eot_transforms=("jpeg",)).'
+            )
         return MEMConfig(**values)
 
 
@@ -345,7 +368,9 @@ class RandomNoise:
 
         features = ds.features.copy()
         features[image_column] = datasets.Image()
-        return undecoded(ds, image_column).map(perturb, batched=True, with_indices=True, features=features, desc="Random noise")
+        return undecoded(ds, image_column).map(
+            perturb, batched=True, with_indices=True, features=features, desc="Random noise"
+        )
 
     def __repr__(self) -> str:
         return _call("RandomNoise", {"epsilon": self.epsilon, "seed": self.seed})

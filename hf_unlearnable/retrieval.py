@@ -80,12 +80,20 @@ class RetrievalSet:
 
     @classmethod
     def read(
-        cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
-    ) -> "RetrievalSet":
+        cls,
+        ds: datasets.Dataset,
+        tokenizer: Any,
+        image_size: int,
+        context_length: int,
+        image_column: str,
+        caption_column: str,
+    ) -> RetrievalSet:
         captions = read_captions(ds, caption_column)  # cheap checks before the costly decode
         images = read_images(ds, image_column, image_size)
         texts = [text for row_captions in captions for text in row_captions]
-        image_index = np.repeat(np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions])
+        image_index = np.repeat(
+            np.arange(len(captions), dtype=np.int64), [len(row_captions) for row_captions in captions]
+        )
         return cls(images, tokenize(tokenizer, texts, context_length), image_index, texts)
 
 
@@ -105,7 +113,9 @@ def embed_and_rank(
         with torch.no_grad():
             image_features = torch.cat(
                 [
-                    surrogate.image_features(pixels_from_uint8(torch.from_numpy(data.images[start : start + batch_size])).to(device))
+                    surrogate.image_features(
+                        pixels_from_uint8(torch.from_numpy(data.images[start : start + batch_size])).to(device)
+                    )
                     for start in range(0, len(data.images), batch_size)
                 ]
             )
@@ -157,5 +167,7 @@ def retrieval_scores(
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     surrogate = image_text_model(model, processor).to(device)
-    data = RetrievalSet.read(ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column)
+    data = RetrievalSet.read(
+        ds, processor.tokenizer, surrogate.image_size, surrogate.context_length, image_column, caption_column
+    )
     return embed_and_rank(surrogate, data, pad_token_id(processor.tokenizer), batch_size, device)

@@ -73,7 +73,7 @@ class FittedRows:
                 self._by_digest.setdefault(int(value), index)
         return self._by_digest.get(digest)
 
-    def hash_into(self, digest: "hashlib._Hash") -> None:
+    def hash_into(self, digest: hashlib._Hash) -> None:
         """Feed the fitted state (digests, noise if kept, triggers) to ``digest``, in chunks: RAM stays bounded."""
         for name in ("digests", "noise", "triggers") if self.store.has_noise else ("digests", "triggers"):
             array = getattr(self.store, name)
@@ -95,12 +95,18 @@ class FittedRows:
 class OnlineProtector:
     """Error-minimises noise and triggers of rows that were not fitted, against the frozen surrogate."""
 
-    def __init__(self, surrogate: Surrogate, codec: CaptionCodec, vocabulary: TriggerVocabulary | None, config: MEMConfig):
+    def __init__(
+        self, surrogate: Surrogate, codec: CaptionCodec, vocabulary: TriggerVocabulary | None, config: MEMConfig
+    ):
         self.surrogate, self.codec, self.vocabulary, self.config = surrogate, codec, vocabulary, config
         self._token_pool: np.ndarray | None = None
 
     def __call__(
-        self, images: np.ndarray, captions: list[list[str]], fitted: bool, autocast: Callable[[], AbstractContextManager]
+        self,
+        images: np.ndarray,
+        captions: list[list[str]],
+        fitted: bool,
+        autocast: Callable[[], AbstractContextManager],
     ) -> tuple[np.ndarray, np.ndarray]:
         """(noise int8 (n, H, W, 3), triggers int32 (n, k)) for n new rows, deterministic in their content.
 
@@ -137,7 +143,9 @@ class OnlineProtector:
                 "noise": noise,
                 "triggers": triggers,
                 "bodies": torch.from_numpy(np.stack([ids[c] for (ids, _, _), c in zip(bodies, choice)])).long(),
-                "lengths": torch.from_numpy(np.array([lengths[c] for (_, lengths, _), c in zip(bodies, choice)])).long(),
+                "lengths": torch.from_numpy(
+                    np.array([lengths[c] for (_, lengths, _), c in zip(bodies, choice)])
+                ).long(),
                 "positions": torch.from_numpy(np.array([where[c] for (_, _, where), c in zip(bodies, choice)])).long(),
             }
             with autocast():

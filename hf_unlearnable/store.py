@@ -49,7 +49,9 @@ class RowArray:
         self.unlinked = False  # the file is gone from the file system; this open file still reads it
         with open(self.path, "rb") as handle:
             version = np.lib.format.read_magic(handle)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, fortran_order, dtype = read_header(handle)
             self.offset = handle.tell()
         if fortran_order:
@@ -60,7 +62,7 @@ class RowArray:
         self._fd = os.open(self.path, os.O_RDWR if writable else os.O_RDONLY)
 
     @classmethod
-    def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype) -> "RowArray":
+    def create(cls, path: str | os.PathLike, shape: tuple[int, ...], dtype: np.dtype) -> RowArray:
         header = {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": tuple(shape)}
         with open(path, "wb") as handle:
             np.lib.format.write_array_header_1_0(handle, header)
@@ -111,7 +113,7 @@ class RowArray:
         values = np.broadcast_to(np.asarray(value, dtype=self.dtype), (len(rows), *self.row_shape))
         if not self.row_bytes:
             return
-        for positions, first, count in self._runs(rows):
+        for positions, first, _count in self._runs(rows):
             os.pwrite(self._fd, np.ascontiguousarray(values[positions]).tobytes(), self.offset + first * self.row_bytes)
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
@@ -174,14 +176,18 @@ class SampleStore:
     published image give back the clean image, so it is as private as the originals).
     """
 
-    def __init__(self, directory: str | os.PathLike, layout: StoreLayout, mode: str, clean: bool = True, noise: bool = True):
+    def __init__(
+        self, directory: str | os.PathLike, layout: StoreLayout, mode: str, clean: bool = True, noise: bool = True
+    ):
         self.directory = Path(directory)
         self.layout = layout
         self.has_clean = clean
         self.has_noise = noise
-        names = (_ARRAYS if clean else PROTECTION_ARRAYS)
+        names = _ARRAYS if clean else PROTECTION_ARRAYS
         self._names = tuple(
-            name for name in names if (noise or name != "noise")
+            name
+            for name in names
+            if (noise or name != "noise")
             and (mode == "w+" or name not in _OPTIONAL or (self.directory / f"{name}.npy").exists())
         )
         n, s, k = layout.num_rows, layout.image_size, layout.trigger_length
@@ -208,7 +214,7 @@ class SampleStore:
             setattr(self, name, array)
 
     @classmethod
-    def create(cls, directory: str | os.PathLike, layout: StoreLayout) -> "SampleStore":
+    def create(cls, directory: str | os.PathLike, layout: StoreLayout) -> SampleStore:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         store = cls(directory, layout, "w+")
@@ -216,7 +222,9 @@ class SampleStore:
         return store
 
     @classmethod
-    def open(cls, directory: str | os.PathLike, mode: str = "r+", clean: bool = True, noise: bool = True) -> "SampleStore":
+    def open(
+        cls, directory: str | os.PathLike, mode: str = "r+", clean: bool = True, noise: bool = True
+    ) -> SampleStore:
         """Open a store; ``clean=False`` opens only the protection arrays (the clean ones may be gone),
         ``noise=False`` not the noise either."""
         directory = Path(directory)
@@ -274,7 +282,12 @@ class SampleStore:
             "positions": torch.from_numpy(self.caption_positions[captions]).long(),
         }
 
-    def write(self, indices: np.ndarray, noise: torch.Tensor | np.ndarray | None = None, triggers: torch.Tensor | np.ndarray | None = None) -> None:
+    def write(
+        self,
+        indices: np.ndarray,
+        noise: torch.Tensor | np.ndarray | None = None,
+        triggers: torch.Tensor | np.ndarray | None = None,
+    ) -> None:
         """Store a batch's new noise and/or triggers (no journal: use `commit` inside a sweep)."""
         indices = np.asarray(indices, dtype=np.int64)
         if noise is not None and len(noise):
@@ -301,7 +314,10 @@ class SampleStore:
         self, rank: int, indices: np.ndarray, noise: torch.Tensor | None, triggers: torch.Tensor | None, record: dict
     ) -> None:
         """Journal, apply and record one batch's update so that a crash at any point is recoverable."""
-        payload = {"indices": np.asarray(indices, dtype=np.int64), "record": np.frombuffer(json.dumps(record).encode(), np.uint8)}
+        payload = {
+            "indices": np.asarray(indices, dtype=np.int64),
+            "record": np.frombuffer(json.dumps(record).encode(), np.uint8),
+        }
         if noise is not None:
             payload["noise"] = _numpy(noise).astype(np.int8)
         if triggers is not None:
@@ -315,7 +331,11 @@ class SampleStore:
     def _apply_journal(self, rank: int) -> None:
         journal = self._journal(rank)
         with np.load(journal) as saved:
-            self.write(saved["indices"], saved["noise"] if "noise" in saved else None, saved["triggers"] if "triggers" in saved else None)
+            self.write(
+                saved["indices"],
+                saved["noise"] if "noise" in saved else None,
+                saved["triggers"] if "triggers" in saved else None,
+            )
             record = json.loads(saved["record"].tobytes().decode())
         self.write_progress(rank, record)
         journal.unlink()

@@ -94,15 +94,22 @@ class ProtectTransform:
     ):
         if method is not None:
             if config is not None:
-                raise TypeError("Give ProtectTransform a config or a method, not both: the method builds its own config.")
+                raise TypeError(
+                    "Give ProtectTransform a config or a method, not both: the method builds its own config."
+                )
             if not callable(getattr(method, "config", None)):
-                raise TypeError(f"method={method!r} trains no surrogate, so ProtectTransform cannot run it; "
-                                "call its protect(ds, ...) instead.")
+                raise TypeError(
+                    f"method={method!r} trains no surrogate, so ProtectTransform cannot run it; "
+                    "call its protect(ds, ...) instead."
+                )
             config = method.config()
         self.config = config if config is not None else MEMConfig()
         if not isinstance(self.config, MEMConfig):
-            hint = (f" A method object goes to method=: ProtectTransform(model, processor, method={config!r})."
-                    if callable(getattr(config, "config", None)) else "")
+            hint = (
+                f" A method object goes to method=: ProtectTransform(model, processor, method={config!r})."
+                if callable(getattr(config, "config", None))
+                else ""
+            )
             raise TypeError(f"config must be a MEMConfig, got {type(self.config).__name__}.{hint}")
         clip, self.processor = load_surrogate(model, processor, self.config.seed)
         self.surrogate = Surrogate.from_processor(clip, self.processor)
@@ -150,7 +157,9 @@ class ProtectTransform:
     def is_fitted(self) -> bool:
         return self._store is not None
 
-    def fit(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> "ProtectTransform":
+    def fit(
+        self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption"
+    ) -> ProtectTransform:
         """Run Algorithm 1 on the whole data set; keep the per-sample noise and triggers.
 
         The state lives in ``work_dir`` (default: a folder in the `datasets` cache named after the
@@ -174,10 +183,21 @@ class ProtectTransform:
         identity = work_dir_identity(ds, self.fingerprint)
         work = WorkDir.choose(self.work_dir, identity, accelerator)
         with work.lock(accelerator):  # one run at a time per work dir
-            store = work.open_or_ingest(identity, accelerator, lambda directory: ingest(
-                ds, image_column, caption_column, directory, codec=self.codec, image_size=self.image_size,
-                vocabulary=self.vocabulary, seed=self.config.seed, progress=self.progress,
-            ))
+            store = work.open_or_ingest(
+                identity,
+                accelerator,
+                lambda directory: ingest(
+                    ds,
+                    image_column,
+                    caption_column,
+                    directory,
+                    codec=self.codec,
+                    image_size=self.image_size,
+                    vocabulary=self.vocabulary,
+                    seed=self.config.seed,
+                    progress=self.progress,
+                ),
+            )
             checkpointer = DiskCheckpointer(work.checkpoint, accelerator)
             self._reused = work.finished
             if self._reused:  # computed before: the surrogate's final weights and the history suffice
@@ -188,7 +208,13 @@ class ProtectTransform:
             else:
                 torch.manual_seed(self.config.seed)
                 loop = MEMLoop(
-                    self.surrogate, store, self.codec, self.vocabulary, self.config, accelerator, self.progress,
+                    self.surrogate,
+                    store,
+                    self.codec,
+                    self.vocabulary,
+                    self.config,
+                    accelerator,
+                    self.progress,
                     checkpointer=checkpointer,
                 )
                 self.history = loop.run()
@@ -202,7 +228,9 @@ class ProtectTransform:
             work.release(self.keep_work_dir, self._store, accelerator)  # a default work dir goes, noise included
         return self
 
-    def protect(self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption") -> datasets.Dataset:
+    def protect(
+        self, ds: datasets.Dataset, image_column: str = "image", caption_column: str = "caption"
+    ) -> datasets.Dataset:
         """Fit on ``ds`` and return its protected copy: same rows, order and other columns;
         images replaced by lossless PNGs of x + d, captions prefixed with their trigger.
 
@@ -216,8 +244,11 @@ class ProtectTransform:
                     f"{self.caption_column!r}; protect() got {image_column!r}, {caption_column!r}. Rename the columns "
                     "or create a new ProtectTransform."
                 )
-            logger.warning("This transform is already fitted (on %d rows): protect() maps the data set with that fit "
-                           "and does not fit again.", len(self._store))
+            logger.warning(
+                "This transform is already fitted (on %d rows): protect() maps the data set with that fit "
+                "and does not fit again.",
+                len(self._store),
+            )
             return self.apply(ds)
         self.fit(ds, image_column, caption_column)
         return self.apply(ds)
@@ -256,8 +287,14 @@ class ProtectTransform:
         if self._store is not None and self._fitted_rows is None:
             self._fitted_rows = FittedRows(self._store)
         protected = protect_batch(
-            batch, indices, image_column=self.image_column, caption_column=self.caption_column,
-            image_size=self.image_size, codec=self.codec, fitted=self._fitted_rows, online=self._protect_unseen,
+            batch,
+            indices,
+            image_column=self.image_column,
+            caption_column=self.caption_column,
+            image_size=self.image_size,
+            codec=self.codec,
+            fitted=self._fitted_rows,
+            online=self._protect_unseen,
             written=self._written,
         )
         self._batches_mapped += 1
@@ -366,7 +403,7 @@ class ProtectTransform:
         (directory / _CONFIG_FILE).write_text(json.dumps(meta, indent=2))
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, progress: bool = True) -> "ProtectTransform":
+    def from_pretrained(cls, directory: str | os.PathLike, *, progress: bool = True) -> ProtectTransform:
         """Load what `save_pretrained` wrote; a fitted transform maps its rows without refitting."""
         directory = Path(directory)
         config_file = directory / _CONFIG_FILE
@@ -387,8 +424,11 @@ class ProtectTransform:
     def summary(self) -> dict[str, Any]:
         """Method, rows, budget used and the last round's losses; ``reused`` and ``work_dir`` after a fit
         (``reused``: the work dir held a finished run, so ``seconds`` is what its rounds took then)."""
-        info: dict[str, Any] = {"method": self.config.method_name, "fitted": self.is_fitted,
-                                "epsilon_levels": self.config.epsilon_levels}
+        info: dict[str, Any] = {
+            "method": self.config.method_name,
+            "fitted": self.is_fitted,
+            "epsilon_levels": self.config.epsilon_levels,
+        }
         if self._store is not None:
             info.update(rows=len(self._store), **FittedRows(self._store).noise_statistics())
         if self.history:
@@ -409,7 +449,9 @@ def refuse_no_protection(store: SampleStore, config: MEMConfig, vocabulary: Any)
             "image_noise=True: the output would protect nothing. This happens when every PGD gradient is zero or "
             "not finite (a surrogate whose weights are not finite, or an epsilon below one 8-bit level)."
         )
-    searches_triggers = vocabulary is not None and config.trigger_length and config.trigger_rounds and config.hotflip_candidates
+    searches_triggers = (
+        vocabulary is not None and config.trigger_length and config.trigger_rounds and config.hotflip_candidates
+    )
     if searches_triggers:
         start = initial_triggers(vocabulary, len(store), config.trigger_length, config.seed)
         if np.array_equal(store.triggers[:], start):

@@ -87,7 +87,11 @@ def _epoch_batches(order: np.ndarray, batch_size: int, num_processes: int) -> li
 
 
 def _apply_defense(
-    defense: Defense, pixels: torch.Tensor, captions: list[str], generator: torch.Generator, loss: Callable | None = None
+    defense: Defense,
+    pixels: torch.Tensor,
+    captions: list[str],
+    generator: torch.Generator,
+    loss: Callable | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
     shape = tuple(pixels.shape)
     result = defense(pixels, captions, generator) if loss is None else defense(pixels, captions, generator, loss=loss)
@@ -120,9 +124,13 @@ def _check_arguments(**values: Any) -> None:
     if not (isinstance(values["warmup_ratio"], (int, float)) and 0 <= values["warmup_ratio"] <= 1):
         raise ValueError(f"warmup_ratio must be in [0, 1], got {values['warmup_ratio']!r}.")
     if values["mixed_precision"] not in ("auto", "no", "fp16", "bf16", "fp8"):
-        raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16', 'fp16' or 'fp8', got {values['mixed_precision']!r}.")
+        raise ValueError(
+            f"mixed_precision must be 'auto', 'no', 'bf16', 'fp16' or 'fp8', got {values['mixed_precision']!r}."
+        )
     if values["defense"] is not None and not callable(values["defense"]):
-        raise TypeError(f"defense must be a callable (pixels, captions, generator) -> (pixels, captions) or None, got {type(values['defense']).__name__}.")
+        raise TypeError(
+            f"defense must be a callable (pixels, captions, generator) -> (pixels, captions) or None, got {type(values['defense']).__name__}."
+        )
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -140,8 +148,14 @@ class TrainingSet:
 
     @classmethod
     def read(
-        cls, ds: datasets.Dataset, tokenizer: Any, image_size: int, context_length: int, image_column: str, caption_column: str
-    ) -> "TrainingSet":
+        cls,
+        ds: datasets.Dataset,
+        tokenizer: Any,
+        image_size: int,
+        context_length: int,
+        image_column: str,
+        caption_column: str,
+    ) -> TrainingSet:
         split = RetrievalSet.read(ds, tokenizer, image_size, context_length, image_column, caption_column)
         counts = np.bincount(split.image_index, minlength=len(split.images)).astype(np.int64)
         return cls(split, counts, np.concatenate([[0], np.cumsum(counts)[:-1]]))
@@ -169,14 +183,28 @@ class VictimTraining:
 
     @classmethod
     def prepare(
-        cls, towers: ImageTextModel, accelerator: Any, learning_rate: float, weight_decay: float, warmup_ratio: float, total_steps: int
-    ) -> "VictimTraining":
+        cls,
+        towers: ImageTextModel,
+        accelerator: Any,
+        learning_rate: float,
+        weight_decay: float,
+        warmup_ratio: float,
+        total_steps: int,
+    ) -> VictimTraining:
         """CLIP's AdamW (betas 0.9/0.98, eps 1e-6), linear warm-up then cosine decay per step."""
         optimizer = build_optimizer(towers, learning_rate, weight_decay, betas=_ADAM_BETAS, eps=_ADAM_EPS)
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(warmup_ratio * total_steps), total_steps)
         loss = towers.training_loss(gather=accelerator.num_processes > 1)
         model, optimizer, scheduler = accelerator.prepare(towers, optimizer, scheduler)
-        return cls(accelerator, model, accelerator.unwrap_model(model), optimizer, scheduler, loss, pad_token_id(towers.tokenizer))
+        return cls(
+            accelerator,
+            model,
+            accelerator.unwrap_model(model),
+            optimizer,
+            scheduler,
+            loss,
+            pad_token_id(towers.tokenizer),
+        )
 
     def defense_loss(self) -> Callable[[torch.Tensor, Sequence[str]], torch.Tensor]:
         """``loss(pixels, captions)``: the victim's own loss on one local batch (one process's
@@ -193,7 +221,12 @@ class VictimTraining:
         return victim_loss
 
     def batch_inputs(
-        self, data: TrainingSet, local: np.ndarray, chosen: np.ndarray, defense: Defense | None, generator: torch.Generator,
+        self,
+        data: TrainingSet,
+        local: np.ndarray,
+        chosen: np.ndarray,
+        defense: Defense | None,
+        generator: torch.Generator,
         defense_loss: Callable | None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(pixels, input_ids, attention_mask) of this process's images ``local`` with captions ``chosen``,
@@ -208,11 +241,18 @@ class VictimTraining:
                 pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator, defense_loss)
         else:
             pixels, batch_texts = _apply_defense(defense, pixels, batch_texts, generator)
-        input_ids, attention_mask = pad_token_ids(tokenize(self.towers.tokenizer, batch_texts, self.towers.context_length), self.pad_id)
+        input_ids, attention_mask = pad_token_ids(
+            tokenize(self.towers.tokenizer, batch_texts, self.towers.context_length), self.pad_id
+        )
         return pixels, input_ids, attention_mask
 
     def train_epoch(
-        self, data: TrainingSet, rng: np.random.Generator, batch_size: int, defense: Defense | None, generator: torch.Generator,
+        self,
+        data: TrainingSet,
+        rng: np.random.Generator,
+        batch_size: int,
+        defense: Defense | None,
+        generator: torch.Generator,
         defense_loss: Callable | None,
     ) -> float:
         """One pass in a random order from ``rng`` (the same on every process, each training its
@@ -227,20 +267,42 @@ class VictimTraining:
             local, chosen = batch[rank * share : (rank + 1) * share], chosen[rank * share : (rank + 1) * share]
             pixels, input_ids, attention_mask = self.batch_inputs(data, local, chosen, defense, generator, defense_loss)
             loss_sum += clip_training_step(
-                self.model, self.towers, self.loss, self.optimizer, self.accelerator, pixels, input_ids, attention_mask, self.scheduler
+                self.model,
+                self.towers,
+                self.loss,
+                self.optimizer,
+                self.accelerator,
+                pixels,
+                input_ids,
+                attention_mask,
+                self.scheduler,
             )
         return float(self.accelerator.reduce(loss_sum, reduction="mean")) / len(batches)
 
-    def evaluate(self, eval_data: RetrievalSet, batch_size: int, epoch: int, train_loss: float, seconds: float) -> dict[str, float]:
+    def evaluate(
+        self, eval_data: RetrievalSet, batch_size: int, epoch: int, train_loss: float, seconds: float
+    ) -> dict[str, float]:
         """One history entry: the epoch, its loss and time, and retrieval on the clean ``eval_data``."""
         start = time.perf_counter()
         with self.accelerator.autocast():
-            metrics = embed_and_rank(self.towers, eval_data, self.pad_id, batch_size, self.accelerator.device, retrieval_metrics)
-        entry = {"epoch": epoch, "train_loss": train_loss, "seconds": seconds, "eval_seconds": time.perf_counter() - start}
+            metrics = embed_and_rank(
+                self.towers, eval_data, self.pad_id, batch_size, self.accelerator.device, retrieval_metrics
+            )
+        entry = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            "seconds": seconds,
+            "eval_seconds": time.perf_counter() - start,
+        }
         entry.update(metrics)
         logger.info(
             "victim epoch %d: train loss %.4f, i2t R@1 %.2f, t2i R@1 %.2f, t2i MedR %.1f (%.1f s)",
-            epoch, train_loss, metrics["i2t_r1"], metrics["t2i_r1"], metrics["t2i_medr"], seconds,
+            epoch,
+            train_loss,
+            metrics["i2t_r1"],
+            metrics["t2i_r1"],
+            metrics["t2i_medr"],
+            seconds,
         )
         return entry
 
@@ -336,27 +398,44 @@ def train_victim(
         >>> [entry["t2i_r1"] for entry in result.history]
     """
     _check_arguments(
-        epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size, seed=seed, learning_rate=learning_rate,
-        weight_decay=weight_decay, warmup_ratio=warmup_ratio, mixed_precision=mixed_precision, defense=defense,
+        epochs=epochs,
+        batch_size=batch_size,
+        eval_batch_size=eval_batch_size,
+        seed=seed,
+        learning_rate=learning_rate,
+        weight_decay=weight_decay,
+        warmup_ratio=warmup_ratio,
+        mixed_precision=mixed_precision,
+        defense=defense,
     )
     check_dataset(train_ds, image_column, caption_column, name="train_ds", min_rows=2)
     check_dataset(eval_ds, image_column, caption_column, name="eval_ds")
     model, processor = load_image_text_model(model, processor, seed)
     towers = image_text_model(model, processor)
-    data = TrainingSet.read(train_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column)
-    eval_data = RetrievalSet.read(eval_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column)
+    data = TrainingSet.read(
+        train_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column
+    )
+    eval_data = RetrievalSet.read(
+        eval_ds, towers.tokenizer, towers.image_size, towers.context_length, image_column, caption_column
+    )
 
     accelerator = build_accelerator(mixed_precision, step_scheduler_with_optimizer=False)
     num_processes, rank = accelerator.num_processes, accelerator.process_index
     if batch_size % num_processes:
-        logger.warning("batch_size=%d is not a multiple of the %d processes; batches are trimmed to %d.",
-                       batch_size, num_processes, batch_size - batch_size % num_processes)
+        logger.warning(
+            "batch_size=%d is not a multiple of the %d processes; batches are trimmed to %d.",
+            batch_size,
+            num_processes,
+            batch_size - batch_size % num_processes,
+        )
     steps_per_epoch = len(_epoch_batches(np.arange(len(data.split.images)), batch_size, num_processes))
     if epochs and steps_per_epoch == 0:
         raise ValueError(
             f"train_ds has {len(data.split.images)} rows, too few for one batch of at least 2 on each of {num_processes} processes."
         )
-    training = VictimTraining.prepare(towers, accelerator, learning_rate, weight_decay, warmup_ratio, epochs * steps_per_epoch)
+    training = VictimTraining.prepare(
+        towers, accelerator, learning_rate, weight_decay, warmup_ratio, epochs * steps_per_epoch
+    )
     defense_loss = None
     if defense is not None and bool(getattr(defense, "needs_model", False)):
         defense_loss = training.defense_loss()
@@ -370,12 +449,16 @@ def train_victim(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)  # dropout, if the config has any
         history.append(training.evaluate(eval_data, eval_batch_size, 0, math.nan, 0.0))
-        bar = tqdm(range(1, epochs + 1), desc="victim", unit="epoch", disable=not progress or not accelerator.is_main_process)
+        bar = tqdm(
+            range(1, epochs + 1), desc="victim", unit="epoch", disable=not progress or not accelerator.is_main_process
+        )
         for epoch in bar:
             start = time.perf_counter()
             train_loss = training.train_epoch(data, rng, batch_size, defense, generator, defense_loss)
             check_finite(train_loss, f"victim epoch {epoch} of {epochs} (mean training loss)")
-            history.append(training.evaluate(eval_data, eval_batch_size, epoch, train_loss, time.perf_counter() - start))
+            history.append(
+                training.evaluate(eval_data, eval_batch_size, epoch, train_loss, time.perf_counter() - start)
+            )
             bar.set_postfix(loss=f"{train_loss:.3f}", t2i_r1=f"{history[-1]['t2i_r1']:.1f}")
         bar.close()
     trained = training.towers.model.eval()

@@ -122,7 +122,9 @@ def copy_protection_state(store: SampleStore, target: Path, include_noise: bool 
     remove_tree(target, "the fitted state of an earlier save_pretrained")
     mark(target, "protector_state")
     (target / "layout.json").write_text(json.dumps(dataclasses.asdict(store.layout), indent=2))
-    names = ["triggers", "digests"] + (["published"] if store.has_published else []) + (["noise"] if include_noise else [])
+    names = (
+        ["triggers", "digests"] + (["published"] if store.has_published else []) + (["noise"] if include_noise else [])
+    )
     for name in names:
         source = getattr(store, name)
         copy = RowArray.create(target / f"{name}.npy", source.shape, source.dtype)
@@ -189,7 +191,7 @@ class WorkDir:
         self.identity_file = self.root / IDENTITY_FILE
 
     @classmethod
-    def choose(cls, work_dir: str | os.PathLike | None, identity: dict, accelerator: Accelerator) -> "WorkDir":
+    def choose(cls, work_dir: str | os.PathLike | None, identity: dict, accelerator: Accelerator) -> WorkDir:
         """The user's work dir, or one in the cache named after the identity (main process decides)."""
         if work_dir is not None:
             return cls(work_dir, default=False)
@@ -223,9 +225,11 @@ class WorkDir:
             except OSError:
                 handle.close()
                 handle = None
-                error = (f"work_dir {self.root} is in use by another run right now (the same data and settings, or "
-                         "the same work_dir): wait for it to finish, then rerun to reuse its result, or pass another "
-                         "work_dir.")
+                error = (
+                    f"work_dir {self.root} is in use by another run right now (the same data and settings, or "
+                    "the same work_dir): wait for it to finish, then rerun to reuse its result, or pass another "
+                    "work_dir."
+                )
         if accelerator.num_processes > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -266,7 +270,11 @@ class WorkDir:
                     f"{saved.get('algorithm_version')}; now hf_unlearnable {__version__} algorithm {ALGORITHM_VERSION}). "
                     "Use a new work_dir for this run, or delete that folder to start over."
                 )
-            if saved.get("processes") != processes and (self.checkpoint / "state.json").exists() and not saved.get("finished"):
+            if (
+                saved.get("processes") != processes
+                and (self.checkpoint / "state.json").exists()
+                and not saved.get("finished")
+            ):
                 raise ValueError(
                     f"work_dir {self.root} was started with {saved.get('processes')} processes; resume it with "
                     f"the same number (now {processes}) or use a new work_dir."
@@ -316,7 +324,11 @@ class WorkDir:
                 logger.warning(
                     "The work dir %s keeps a clean copy of the protected data set and its noise (%s in all; %s): keep "
                     "it as private as the originals (%s) and delete it when done (`hf-unlearnable cache clean` for "
-                    "work dirs in the datasets cache).", self.root, human_size(size), why, PRIVATE_NOTICE,
+                    "work dirs in the datasets cache).",
+                    self.root,
+                    human_size(size),
+                    why,
+                    PRIVATE_NOTICE,
                 )
             return
         store.unlink()
@@ -327,7 +339,9 @@ class WorkDir:
                 "Deleted the work dir %s (%s): its clean copy of the data and the noise are gone from disk. This "
                 "transform still maps the rows it was fitted on until it is garbage-collected or the process ends; "
                 "save_pretrained() keeps the surrogate, triggers and row digests, not the noise. A rerun computes "
-                "again; keep_work_dir=True keeps the work dir (and its clean copy) for reuse.", self.root, human_size(size),
+                "again; keep_work_dir=True keeps the work dir (and its clean copy) for reuse.",
+                self.root,
+                human_size(size),
             )
         accelerator.wait_for_everyone()
 
@@ -378,8 +392,12 @@ def ingest(
     captions_column = source.select_columns([caption_column]).to_dict()[caption_column]
     num_captions = sum(len(value or []) for value in captions_column) if caption_lists else len(source)
     layout = StoreLayout(
-        num_rows=len(source), num_captions=num_captions, image_size=image_size, trigger_length=codec.trigger_length,
-        body_budget=codec.body_budget, caption_lists=caption_lists,
+        num_rows=len(source),
+        num_captions=num_captions,
+        image_size=image_size,
+        trigger_length=codec.trigger_length,
+        body_budget=codec.body_budget,
+        caption_lists=caption_lists,
     )
     store = SampleStore.create(directory, layout)
     caption_row = 0

@@ -28,6 +28,7 @@ from hf_unlearnable.testing import synthetic_captions, tiny_clip
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 datasets.disable_progress_bars()
 
+
 def trained_surrogate(trigger_length: int, rows: int = 16) -> dict:
     """A tiny CLIP (seed 1) trained 30 AdamW steps on ``rows`` synthetic pairs (seed 2) whose captions
     carry random triggers of ``trigger_length`` words (seed 99), so its gradients carry information.
@@ -53,8 +54,16 @@ def trained_surrogate(trigger_length: int, rows: int = 16) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     surrogate.eval()
-    return dict(surrogate=surrogate, images=images, codec=codec, bodies=bodies, lengths=lengths,
-                vocabulary=vocabulary, ids=ids, mask=mask)
+    return dict(
+        surrogate=surrogate,
+        images=images,
+        codec=codec,
+        bodies=bodies,
+        lengths=lengths,
+        vocabulary=vocabulary,
+        ids=ids,
+        mask=mask,
+    )
 
 
 # Small but real: every part of Algorithm 1 runs (surrogate steps, HotFlip, PGD, several rounds).

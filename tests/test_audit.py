@@ -97,13 +97,32 @@ def test_the_report_names_the_weakest_defense_of_each_copy():
     keys = [f"{d}_{m}" for d in ("i2t", "t2i") for m in ("r1", "r5", "r10", "medr")]
 
     def verdict(copy, defense, protected, clean):
-        return Verdict(copy, "from scratch", defense, judge(protected, clean, 2.0, 2.0)[0], protected, clean, 2.0, 2.0, "",
-                       dict.fromkeys(keys, protected), dict.fromkeys(keys, clean))
+        return Verdict(
+            copy,
+            "from scratch",
+            defense,
+            judge(protected, clean, 2.0, 2.0)[0],
+            protected,
+            clean,
+            2.0,
+            2.0,
+            "",
+            dict.fromkeys(keys, protected),
+            dict.fromkeys(keys, clean),
+        )
 
     report = ProtectionReport(
-        [verdict("MEM-3", "none", 10.0, 60.0), verdict("MEM-3", "strip-3", 50.0, 55.0), verdict("MEM-3", "jpeg-75", 12.0, 58.0),
-         verdict("layered", "none", 8.0, 60.0), verdict("layered", "strip-3", 14.0, 55.0), verdict("layered", "jpeg-75", 16.0, 58.0)],
-        chance=dict.fromkeys(keys, 2.0), histories={}, settings={},
+        [
+            verdict("MEM-3", "none", 10.0, 60.0),
+            verdict("MEM-3", "strip-3", 50.0, 55.0),
+            verdict("MEM-3", "jpeg-75", 12.0, 58.0),
+            verdict("layered", "none", 8.0, 60.0),
+            verdict("layered", "strip-3", 14.0, 55.0),
+            verdict("layered", "jpeg-75", 16.0, 58.0),
+        ],
+        chance=dict.fromkeys(keys, 2.0),
+        histories={},
+        settings={},
     )
     summary, markdown = report.summary(), report.to_markdown()
     for text in (summary, markdown):
@@ -125,7 +144,9 @@ def test_a_fine_tuned_victim_is_judged_against_its_pretrained_score():
     # The pretrained model already scores 30 (15x chance): fine-tuning on the copy that stays there learned nothing.
     verdict, reason = judge(29.0, 60.0, 2.0, 30.0)
     assert verdict == "protected" and "the pretrained model's 30.0 before fine-tuning" in reason
-    assert judge(31.0, 60.0, 2.0, 30.0)[0] == "broken"  # above it and >= half of clean fine-tuning (the fine-tuning target)
+    assert (
+        judge(31.0, 60.0, 2.0, 30.0)[0] == "broken"
+    )  # above it and >= half of clean fine-tuning (the fine-tuning target)
     assert judge(25.0, 28.0, 2.0, 30.0)[0] == "inconclusive"  # clean fine-tuning did not rise above it either
 
 
@@ -159,7 +180,9 @@ def test_defenses_of_the_wrong_kind_or_duplicated_are_refused():
 
 def test_a_test_split_that_overlaps_the_training_split_is_refused(train, test_split):
     leaky = datasets.concatenate_datasets([test_split.select(range(10)), train.select([7, 3]).remove_columns("row_id")])
-    with pytest.raises(ValueError, match=r"test shares 2 of its 12 rows.*test row 10 = train row 7, test row 11 = train row 3"):
+    with pytest.raises(
+        ValueError, match=r"test shares 2 of its 12 rows.*test row 10 = train row 7, test row 11 = train row 3"
+    ):
         check_no_overlap(train, leaky, image_size=32)
     check_no_overlap(train, test_split, image_size=32)  # disjoint: accepted
     # Same image, other caption: a different row (the digest covers pixels and captions).
@@ -171,8 +194,16 @@ def test_evaluate_protection_refuses_an_overlapping_test_split_before_training(c
     model, processor = clip
     recorder = Recorder("recorder")
     with pytest.raises(ValueError, match="test shares 4 of its 4 rows"):
-        evaluate_protection(train, protected, train.select(range(4)), defenses=[recorder], victim=model.config,
-                            processor=processor, epochs=1, progress=False)
+        evaluate_protection(
+            train,
+            protected,
+            train.select(range(4)),
+            defenses=[recorder],
+            victim=model.config,
+            processor=processor,
+            epochs=1,
+            progress=False,
+        )
     assert recorder.batches == []
 
 
@@ -195,8 +226,9 @@ def test_copies_that_do_not_match_row_for_row_are_refused(train, protected):
         check_copies_match(train, protected.remove_columns("row_id"))
     # Row 31's image replaced by row 0's (captions and columns intact): the image check catches it.
     swapped_image = {"bytes": encode_png(prepare_image(train[0]["image"], 32)), "path": None}
-    wrong = protected.map(lambda row, i: {"image": swapped_image} if i == 31 else {}, with_indices=True,
-                          features=protected.features)
+    wrong = protected.map(
+        lambda row, i: {"image": swapped_image} if i == 31 else {}, with_indices=True, features=protected.features
+    )
     with pytest.raises(ValueError, match=r"row 31 does not match.*image differs from the clean one by \d+/255 levels"):
         check_copies_match(train, wrong)
 
@@ -210,15 +242,25 @@ def audited(clip, train, protected, test_split, tmp_path_factory):
     recorders = [Recorder("first")]
     output = tmp_path_factory.mktemp("audit")
     report = evaluate_protection(
-        train, protected, test_split, defenses=["none", *recorders, "strip-1"], victim=model.config, processor=processor,
-        epochs=2, batch_size=16, progress=False, output_dir=output,
+        train,
+        protected,
+        test_split,
+        defenses=["none", *recorders, "strip-1"],
+        victim=model.config,
+        processor=processor,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        output_dir=output,
     )
     return report, recorders, output
 
 
 def test_audit_trains_a_clean_and_a_protected_victim_per_defense(audited, train, protected):
     report, recorders, _ = audited
-    assert [(v.victim, v.defense) for v in report.verdicts] == [("from scratch", d) for d in ("none", "first", "strip-1")]
+    assert [(v.victim, v.defense) for v in report.verdicts] == [
+        ("from scratch", d) for d in ("none", "first", "strip-1")
+    ]
     assert sorted(report.histories) == sorted(
         f"from scratch | {d} | {c}" for d in ("none", "first", "strip-1") for c in ("clean", "protected")
     )
@@ -241,7 +283,9 @@ def test_audit_verdicts_follow_the_rule(audited):
         clean = report.histories[f"{v.victim} | {v.defense} | clean"]
         assert v.protected_r10 == mean_recall_at_10(protected[-1]) and v.clean_r10 == mean_recall_at_10(clean[-1])
         assert v.start_r10 == mean_recall_at_10(clean[0])
-        assert (v.verdict, v.reason) == judge(v.protected_r10, v.clean_r10, mean_recall_at_10(report.chance), v.start_r10)
+        assert (v.verdict, v.reason) == judge(
+            v.protected_r10, v.clean_r10, mean_recall_at_10(report.chance), v.start_r10
+        )
     assert report.broken == [v for v in report.verdicts if v.verdict == "broken"]
 
 
@@ -249,13 +293,19 @@ def test_audit_writes_markdown_json_and_figure(audited):
     report, _, output = audited
     assert set(report.paths) == {"markdown", "json", "figure"}
     markdown = (output / "report.md").read_text()
-    assert "| from scratch | first |" in markdown and "Chance R@10: 41.67" in markdown and "![R@10 per defense](report.png)" in markdown
+    assert (
+        "| from scratch | first |" in markdown
+        and "Chance R@10: 41.67" in markdown
+        and "![R@10 per defense](report.png)" in markdown
+    )
     assert "test split is small" in markdown  # 24 test images: the report says the verdict is coarse
     saved = json.loads((output / "report.json").read_text())
     assert [v["defense"] for v in saved["verdicts"]] == ["none", "first", "strip-1"]
     assert saved["histories"]["from scratch | none | clean"][0]["train_loss"] is None  # NaN -> null: valid JSON
     assert saved["settings"]["thresholds"] == {"protected_times_chance": 3.0, "broken_share_of_clean": 0.5}
-    assert (output / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (output / "report.png").stat().st_size > 20_000
+    assert (output / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (
+        output / "report.png"
+    ).stat().st_size > 20_000
 
 
 def scripted_victims(monkeypatch, r10_of):
@@ -282,41 +332,95 @@ def test_a_defense_that_breaks_the_protection_is_named_plainly(clip, train, prot
     test = synthetic_captions(100, image_size=32, seed=1)  # chance R@10 = 10, protected at <= 30
     clean_fingerprint = train._fingerprint
     # Clean victims reach 80; the protected copy gives 12 without a defense, 60 under "blur".
-    scripted_victims(monkeypatch, lambda ds, defense: 80 if ds._fingerprint == clean_fingerprint else (60 if defense is blur else 12))
-    report = evaluate_protection(train, protected, test, defenses=["none", blur], victim=model.config, processor=processor,
-                                 progress=False, output_dir=tmp_path)
+    scripted_victims(
+        monkeypatch, lambda ds, defense: 80 if ds._fingerprint == clean_fingerprint else (60 if defense is blur else 12)
+    )
+    report = evaluate_protection(
+        train,
+        protected,
+        test,
+        defenses=["none", blur],
+        victim=model.config,
+        processor=processor,
+        progress=False,
+        output_dir=tmp_path,
+    )
     assert [(v.defense, v.verdict) for v in report.verdicts] == [("none", "protected"), ("blur", "broken")]
     assert report.broken == [report.verdicts[1]]
     assert "BROKEN: these defenses break the protection: blur (from scratch)" in report.summary()
     assert "**BROKEN: these defenses break the protection: blur (from scratch)." in (tmp_path / "report.md").read_text()
-    assert "| from scratch | blur | **BROKEN** | 60.0 | 80.0 | 5.0 | 6.0 | 75% |" in (tmp_path / "report.md").read_text()
+    assert (
+        "| from scratch | blur | **BROKEN** | 60.0 | 80.0 | 5.0 | 6.0 | 75% |" in (tmp_path / "report.md").read_text()
+    )
 
 
 def test_evaluate_command_exits_1_when_a_defense_breaks_the_protection(folders, monkeypatch, capsys):
     scripted_victims(monkeypatch, lambda ds, defense: 90)  # the protected copy teaches as much as the clean one
-    code = cli_main([
-        "evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
-        "--test", str(folders / "test"), "--victim", str(folders / "victim"), "--output", str(folders / "broken"),
-        "--no-progress",
-    ])
+    code = cli_main(
+        [
+            "evaluate",
+            "--clean-train",
+            str(folders / "clean"),
+            "--protected-train",
+            str(folders / "protected"),
+            "--test",
+            str(folders / "test"),
+            "--victim",
+            str(folders / "victim"),
+            "--output",
+            str(folders / "broken"),
+            "--no-progress",
+        ]
+    )
     assert code == 1 and "BROKEN" in capsys.readouterr().out
 
 
 def test_evaluate_command_reuses_the_clean_victims_of_an_earlier_report(folders, monkeypatch):
     scripted_victims(monkeypatch, lambda ds, defense: 20)
-    common = ["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
-              "--test", str(folders / "test"), "--victim", str(folders / "victim"), "--no-progress"]
+    common = [
+        "evaluate",
+        "--clean-train",
+        str(folders / "clean"),
+        "--protected-train",
+        str(folders / "protected"),
+        "--test",
+        str(folders / "test"),
+        "--victim",
+        str(folders / "victim"),
+        "--no-progress",
+    ]
     assert cli_main([*common, "--output", str(folders / "first")]) == 0
-    assert cli_main([*common, "--defenses", "none,strip-1", "--reuse", str(folders / "first" / "report.json"),
-                     "--output", str(folders / "second")]) == 0
+    assert (
+        cli_main(
+            [
+                *common,
+                "--defenses",
+                "none,strip-1",
+                "--reuse",
+                str(folders / "first" / "report.json"),
+                "--output",
+                str(folders / "second"),
+            ]
+        )
+        == 0
+    )
     saved = json.loads((folders / "second" / "report.json").read_text())
     assert saved["settings"]["reused_clean"] == ["from scratch | none"]
 
 
 def test_pretrained_victim_is_fine_tuned_from_its_weights(clip, train, protected, test_split):
     model, processor = clip
-    report = evaluate_protection(train, protected, test_split, victim=model.config, pretrained=model, processor=processor,
-                                 epochs=1, batch_size=16, progress=False)
+    report = evaluate_protection(
+        train,
+        protected,
+        test_split,
+        victim=model.config,
+        pretrained=model,
+        processor=processor,
+        epochs=1,
+        batch_size=16,
+        progress=False,
+    )
     assert [v.victim for v in report.verdicts] == ["from scratch", "fine-tuned"]
     start = report.histories["fine-tuned | none | clean"][0]
     expected = retrieval_scores(model, processor, test_split)
@@ -337,8 +441,18 @@ def test_reuse_gives_the_verdicts_a_full_retrain_gives(audited, clip, train, pro
     and every verdict equals the earlier audit's (victims are deterministic for a seed)."""
     model, processor = clip
     first, _, output = audited
-    again = evaluate_protection(train, protected, test_split, defenses=["strip-1", "none"], victim=model.config,
-                                processor=processor, epochs=2, batch_size=16, progress=False, reuse=output / "report.json")
+    again = evaluate_protection(
+        train,
+        protected,
+        test_split,
+        defenses=["strip-1", "none"],
+        victim=model.config,
+        processor=processor,
+        epochs=2,
+        batch_size=16,
+        progress=False,
+        reuse=output / "report.json",
+    )
     assert again.settings["reused_clean"] == ["from scratch | strip-1", "from scratch | none"]
     assert again.settings["identity"] == first.settings["identity"]
     earlier = {v.defense: v for v in first.verdicts}
@@ -374,16 +488,30 @@ def test_reuse_skips_only_the_clean_victims_it_can_vouch_for(clip, train, protec
     assert len(calls) == 6
     other_copy = protected.map(lambda row: {"caption": "qx " + row["caption"]})
     calls.clear()
-    report = evaluate_protection(train, {"other": other_copy}, test, defenses=["none", blur, "jpeg-75", "strip-1"],
-                                 reuse=tmp_path / "report.json", **common)
+    report = evaluate_protection(
+        train,
+        {"other": other_copy},
+        test,
+        defenses=["none", blur, "jpeg-75", "strip-1"],
+        reuse=tmp_path / "report.json",
+        **common,
+    )
     # "none" and "strip-1" come from the report; "jpeg-75" was not in it, and a callable may differ
     # from one run to the next under the same name: both are trained clean again.
     assert [(fp == clean, getattr(defense, "name", defense)) for fp, defense in calls] == [
-        (False, None), (True, blur), (False, blur), (True, "jpeg-75"), (False, "jpeg-75"), (False, "strip-1"),
+        (False, None),
+        (True, blur),
+        (False, blur),
+        (True, "jpeg-75"),
+        (False, "jpeg-75"),
+        (False, "strip-1"),
     ]
     assert report.settings["reused_clean"] == ["from scratch | none", "from scratch | strip-1"]
     assert [(v.defense, v.clean_r10, v.verdict) for v in report.verdicts] == [
-        ("none", 80.0, "protected"), ("blur", 80.0, "protected"), ("jpeg-75", 80.0, "protected"), ("strip-1", 80.0, "protected"),
+        ("none", 80.0, "protected"),
+        ("blur", 80.0, "protected"),
+        ("jpeg-75", 80.0, "protected"),
+        ("strip-1", 80.0, "protected"),
     ]
 
 
@@ -397,12 +525,22 @@ def test_reuse_refuses_a_report_of_other_rows_victims_or_recipe(clip, train, pro
         evaluate_protection(train, protected, synthetic_captions(100, image_size=32, seed=2), reuse=earlier, **common)
     reordered = train.select(list(reversed(range(len(train)))))
     with pytest.raises(ValueError, match="other clean_train rows \\(or the same in another order\\)"):
-        evaluate_protection(reordered, protected.select(list(reversed(range(len(train))))), test, reuse=earlier, **common)
+        evaluate_protection(
+            reordered, protected.select(list(reversed(range(len(train))))), test, reuse=earlier, **common
+        )
     with pytest.raises(ValueError, match="with epochs=10, this audit with epochs=3"):
         evaluate_protection(train, protected, test, epochs=3, reuse=earlier, **common)
     with pytest.raises(ValueError, match="none of this audit's victims"):
-        evaluate_protection(train, protected, test, victim=model.config, processor=processor, learning_rate=1e-3,
-                            progress=False, reuse=earlier)
+        evaluate_protection(
+            train,
+            protected,
+            test,
+            victim=model.config,
+            processor=processor,
+            learning_rate=1e-3,
+            progress=False,
+            reuse=earlier,
+        )
     wider = type(model.config).from_dict({**model.config.to_dict(), "projection_dim": model.config.projection_dim * 2})
     with pytest.raises(ValueError, match="none of this audit's victims"):
         evaluate_protection(train, protected, test, victim=wider, processor=processor, progress=False, reuse=earlier)
@@ -419,14 +557,17 @@ def test_a_pretrained_victim_is_reused_only_with_the_same_weights(clip, train, p
     test = synthetic_captions(100, image_size=32, seed=1)
     scripted_victims(monkeypatch, lambda ds, defense: 50)
     earlier = evaluate_protection(train, protected, test, pretrained=model, processor=processor, progress=False)
-    assert evaluate_protection(train, protected, test, pretrained=model, processor=processor, progress=False,
-                               reuse=earlier).settings["reused_clean"] == ["fine-tuned | none"]
+    assert evaluate_protection(
+        train, protected, test, pretrained=model, processor=processor, progress=False, reuse=earlier
+    ).settings["reused_clean"] == ["fine-tuned | none"]
     nudged = type(model)(model.config)
     nudged.load_state_dict(model.state_dict())
     with torch.no_grad():
         nudged.logit_scale += 1e-3
     with pytest.raises(ValueError, match="none of this audit's victims"):
-        evaluate_protection(train, protected, test, pretrained=nudged, processor=processor, progress=False, reuse=earlier)
+        evaluate_protection(
+            train, protected, test, pretrained=nudged, processor=processor, progress=False, reuse=earlier
+        )
 
 
 # --------------------------------------------------------------------------------------- command line
@@ -445,11 +586,26 @@ def folders(clip, train, protected, tmp_path_factory):
 
 
 def test_evaluate_command_prints_verdicts_and_writes_the_report(folders, capsys):
-    code = cli_main([
-        "evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
-        "--test", str(folders / "test"), "--victim", str(folders / "victim"), "--epochs", "1", "--batch-size", "16",
-        "--output", str(folders / "report"), "--no-progress",
-    ])
+    code = cli_main(
+        [
+            "evaluate",
+            "--clean-train",
+            str(folders / "clean"),
+            "--protected-train",
+            str(folders / "protected"),
+            "--test",
+            str(folders / "test"),
+            "--victim",
+            str(folders / "victim"),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--output",
+            str(folders / "report"),
+            "--no-progress",
+        ]
+    )
     out = capsys.readouterr().out
     saved = json.loads((folders / "report" / "report.json").read_text())
     (verdict,) = saved["verdicts"]
@@ -459,14 +615,54 @@ def test_evaluate_command_prints_verdicts_and_writes_the_report(folders, capsys)
 
 
 def test_evaluate_command_refuses_bad_input_with_exit_2(folders, capsys):
-    common = ["--test", str(folders / "test"), "--victim", str(folders / "victim"), "--epochs", "1", "--no-progress",
-              "--output", str(folders / "unused")]
-    assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "test"), *common]) == 2
+    common = [
+        "--test",
+        str(folders / "test"),
+        "--victim",
+        str(folders / "victim"),
+        "--epochs",
+        "1",
+        "--no-progress",
+        "--output",
+        str(folders / "unused"),
+    ]
+    assert (
+        cli_main(
+            ["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "test"), *common]
+        )
+        == 2
+    )
     assert "has 100 rows and clean_train 32" in capsys.readouterr().err
-    assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
-                     "--defenses", "none,no-such-defense", *common]) == 2
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "--clean-train",
+                str(folders / "clean"),
+                "--protected-train",
+                str(folders / "protected"),
+                "--defenses",
+                "none,no-such-defense",
+                *common,
+            ]
+        )
+        == 2
+    )
     assert "Unknown defense 'no-such-defense'. Valid names: none, jpeg-10" in capsys.readouterr().err
-    assert cli_main(["evaluate", "--clean-train", str(folders / "clean"), "--protected-train", str(folders / "protected"),
-                     "--reuse", str(folders / "no-such" / "report.json"), *common]) == 2
+    assert (
+        cli_main(
+            [
+                "evaluate",
+                "--clean-train",
+                str(folders / "clean"),
+                "--protected-train",
+                str(folders / "protected"),
+                "--reuse",
+                str(folders / "no-such" / "report.json"),
+                *common,
+            ]
+        )
+        == 2
+    )
     assert "reuse: cannot read" in capsys.readouterr().err
     assert not (folders / "unused").exists()

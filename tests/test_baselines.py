@@ -18,7 +18,14 @@ CONFIG = FAST_CONFIG.replace(max_rounds=2)
 
 def pixels(ds):
     raw = ds.cast_column("image", datasets.Image(decode=False))
-    return np.stack([decode_png(row["image"]["bytes"]) if row["image"]["bytes"][:4] == b"\x89PNG" else prepare_image(row["image"], 32) for row in raw]).astype(np.int16)
+    return np.stack(
+        [
+            decode_png(row["image"]["bytes"])
+            if row["image"]["bytes"][:4] == b"\x89PNG"
+            else prepare_image(row["image"], 32)
+            for row in raw
+        ]
+    ).astype(np.int16)
 
 
 def check_shape(out, ds):

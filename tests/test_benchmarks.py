@@ -43,8 +43,12 @@ def test_robustness_smoke_run_writes_every_verdict(tmp_path):
     result = run("benchmarks/robustness.py", "--smoke", "--output", str(tmp_path), timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "robustness.md").read_text()
-    rows = [(copy, victim, defense) for victim in ("from scratch", "transfer", "fine-tuned")
-            for defense in ("none", "jpeg-75+strip-3") for copy in ("MEM-3", "EM", "Trigger only")]
+    rows = [
+        (copy, victim, defense)
+        for victim in ("from scratch", "transfer", "fine-tuned")
+        for defense in ("none", "jpeg-75+strip-3")
+        for copy in ("MEM-3", "EM", "Trigger only")
+    ]
     for copy, victim, defense in rows:
         assert f"| {copy} | {victim} | {defense} |" in table
     assert "| - | - | chance |" in table and "`python benchmarks/robustness.py --smoke" in table
@@ -59,10 +63,31 @@ def test_robustness_smoke_run_writes_every_verdict(tmp_path):
 
 
 def test_robustness_reuses_clean_victims_only_once_one_of_them_reproduces(tmp_path):
-    first = run("benchmarks/robustness.py", "--smoke", "--methods", "mem3", "--victims", "transfer", "--output", str(tmp_path / "a"))
+    first = run(
+        "benchmarks/robustness.py",
+        "--smoke",
+        "--methods",
+        "mem3",
+        "--victims",
+        "transfer",
+        "--output",
+        str(tmp_path / "a"),
+    )
     assert first.returncode == 0, first.stderr[-3000:]
-    again = ["benchmarks/robustness.py", "--smoke", "--methods", "em", "--victims", "transfer", "--defenses",
-             "jpeg-75+strip-3,none,strip-1", "--clean-from", str(tmp_path / "a"), "--output", str(tmp_path / "b")]
+    again = [
+        "benchmarks/robustness.py",
+        "--smoke",
+        "--methods",
+        "em",
+        "--victims",
+        "transfer",
+        "--defenses",
+        "jpeg-75+strip-3,none,strip-1",
+        "--clean-from",
+        str(tmp_path / "a"),
+        "--output",
+        str(tmp_path / "b"),
+    ]
     second = run(*again)
     assert second.returncode == 0, second.stderr[-3000:]
     before = json.loads((tmp_path / "a" / "robustness.json").read_text())["report"]
@@ -94,13 +119,21 @@ def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_pa
     from hf_unlearnable.testing import clip_tokenizer, synthetic_captions
 
     train = synthetic_captions(60, seed=0)
-    data = datasets.DatasetDict({"train": train.add_column("name", [f"n{i}" for i in range(60)]),
-                                 "test": synthetic_captions(30, seed=7)})
+    data = datasets.DatasetDict(
+        {"train": train.add_column("name", [f"n{i}" for i in range(60)]), "test": synthetic_captions(30, seed=7)}
+    )
     data.save_to_disk(str(tmp_path / "data"))
     clip_tokenizer().save_pretrained(str(tmp_path / "data" / "tokenizer"))
     output = tmp_path / "out"
-    result = run("benchmarks/trigger_length.py", "--smoke", "--dataset", str(tmp_path / "data"), "--output", str(output),
-                 timeout=900)
+    result = run(
+        "benchmarks/trigger_length.py",
+        "--smoke",
+        "--dataset",
+        str(tmp_path / "data"),
+        "--output",
+        str(output),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (output / "trigger_length.md").read_text()
     for copy in ("k=0 (EM)", "k=1", "k=3", "k=5", "k=7"):
@@ -114,21 +147,42 @@ def test_trigger_length_smoke_run_on_a_saved_dataset_has_a_row_per_length(tmp_pa
 
 def test_ablation_smoke_run_in_parallel_stages_marks_every_target(tmp_path):
     """--jobs 2 runs protect and audit stages as separate processes and merges their parts."""
-    result = run("benchmarks/ablation_robust.py", "--smoke", "--jobs", "2", "--variants", "paper,pos=random+own",
-                 "--defenses", "none,strip-3", "--output", str(tmp_path), timeout=900)
+    result = run(
+        "benchmarks/ablation_robust.py",
+        "--smoke",
+        "--jobs",
+        "2",
+        "--variants",
+        "paper,pos=random+own",
+        "--defenses",
+        "none,strip-3",
+        "--output",
+        str(tmp_path),
+        timeout=900,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "ablation.md").read_text()
-    assert "| copy | from scratch / none | from scratch / strip-3 | triggers removed (oracle) | T1 | T2 | T3 | T4 |" in table
+    assert (
+        "| copy | from scratch / none | from scratch / strip-3 | triggers removed (oracle) | T1 | T2 | T3 | T4 |"
+        in table
+    )
     for variant in ("clean", "paper", "pos=random+own"):
         assert f"| {variant} |" in table
-    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["paper.scratch.json", "pos_random_own.scratch.json"]
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == [
+        "paper.scratch.json",
+        "pos_random_own.scratch.json",
+    ]
     saved = json.loads((tmp_path / "ablation.json").read_text())
     assert saved["costs"]["pos_random_own"]["config"]["trigger_position"] == "random"
     assert saved["costs"]["pos_random_own"]["config"]["shuffle_captions"] is False
     copies = {v["copy"] for v in saved["verdicts"]}
     assert copies == {"paper", "paper | images only", "pos=random+own", "pos=random+own | images only"}
-    assert len((tmp_path / "ablation.csv").read_text().splitlines()) == 1 + 2 * 2 + 2  # 2 defenses per copy + 2 oracles (none only)
-    bad = run("benchmarks/ablation_robust.py", "--smoke", "--variants", "paper+sparkle", "--output", str(tmp_path / "x"))
+    assert (
+        len((tmp_path / "ablation.csv").read_text().splitlines()) == 1 + 2 * 2 + 2
+    )  # 2 defenses per copy + 2 oracles (none only)
+    bad = run(
+        "benchmarks/ablation_robust.py", "--smoke", "--variants", "paper+sparkle", "--output", str(tmp_path / "x")
+    )
     assert bad.returncode != 0 and "unknown lever 'sparkle'" in bad.stderr
 
 
@@ -144,8 +198,11 @@ def test_pixel_shortcuts_cluster_copy_gives_every_caption_cluster_one_pattern(tm
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
     import pixel_shortcuts
 
-    captions = [f"{animal} {verb} near the {place}" for animal, place in (("fox", "river"), ("whale", "harbor"))
-                for verb in ("running", "sleeping", "eating", "waiting")]
+    captions = [
+        f"{animal} {verb} near the {place}"
+        for animal, place in (("fox", "river"), ("whale", "harbor"))
+        for verb in ("running", "sleeping", "eating", "waiting")
+    ]
     labels = pixel_shortcuts.cluster_captions(captions, 2, seed=0)
     assert len(set(labels[:4])) == len(set(labels[4:])) == 1 and labels[0] != labels[4]  # the two subjects
 
@@ -165,15 +222,26 @@ def test_pixel_shortcuts_cluster_copy_gives_every_caption_cluster_one_pattern(tm
         if kind == "cluster-block4":  # one sign per 4x4 block, the same on every channel
             assert (expected == expected[:, :, :1]).all() and (expected[:4, :4] == expected[0, 0, 0]).all()
 
-    result = run("benchmarks/pixel_shortcuts.py", "--smoke", "--variants", "em-headroom=4:4,cluster-sign=3",
-                 "--output", str(tmp_path / "out"))
+    result = run(
+        "benchmarks/pixel_shortcuts.py",
+        "--smoke",
+        "--variants",
+        "em-headroom=4:4,cluster-sign=3",
+        "--output",
+        str(tmp_path / "out"),
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     table = (tmp_path / "out" / "pixel_shortcuts.md").read_text()
     assert "| em-headroom=4:4 | from scratch | none |" in table and "| cluster-sign=3 | from scratch | none |" in table
-    assert json.loads((tmp_path / "out" / "pixel_shortcuts.json").read_text())["levels"] == {"em-headroom=4:4": 8, "cluster-sign=3": 8}
+    assert json.loads((tmp_path / "out" / "pixel_shortcuts.json").read_text())["levels"] == {
+        "em-headroom=4:4": 8,
+        "cluster-sign=3": 8,
+    }
 
 
-@pytest.mark.parametrize("script", ["protection_strength", "robustness", "trigger_length", "pixel_shortcuts", "ablation_robust"])
+@pytest.mark.parametrize(
+    "script", ["protection_strength", "robustness", "trigger_length", "pixel_shortcuts", "ablation_robust"]
+)
 def test_each_data_set_gets_its_own_default_output_folder(script, monkeypatch):
     # A run on the icons must not overwrite the recorded synthetic results (and the reverse).
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
@@ -190,23 +258,40 @@ def _robustness_run(results, name, finetune_lr, rows):
 
     folder = results / name
     folder.mkdir(parents=True)
-    verdicts = [Verdict(copy, victim, defense, verdict, protected, clean, 2.0, 1.0, "")
-                for copy, victim, defense, verdict, protected, clean in rows]
+    verdicts = [
+        Verdict(copy, victim, defense, verdict, protected, clean, 2.0, 1.0, "")
+        for copy, victim, defense, verdict, protected, clean in rows
+    ]
     report = ProtectionReport(verdicts, {}, {}, {})
-    (folder / "robustness.json").write_text(json.dumps(
-        {"arguments": {"dataset": "icons", "finetune_lr": finetune_lr}, "report": report.to_dict()}))
+    (folder / "robustness.json").write_text(
+        json.dumps({"arguments": {"dataset": "icons", "finetune_lr": finetune_lr}, "report": report.to_dict()})
+    )
 
 
 def test_robustness_tables_gather_cells_across_runs_at_one_finetune_rate(tmp_path, capsys):
     tables = importlib.import_module("benchmarks.robustness_tables")
     results = tmp_path / "results"
-    _robustness_run(results, "robustness_icons_a", 3e-4, [
-        ("MEM-3", "transfer", "none", "broken", 22.6, 41.8), ("MEM-3", "fine-tuned", "none", "broken", 20.6, 34.8),
-        ("MEM-3", "transfer", "grayscale", "broken", 21.3, 41.8),
-        ("MEM-3", "transfer", "iss-grayscale", "broken", 21.3, 41.8)])
-    _robustness_run(results, "robustness_icons_b", 3e-5, [  # another fine-tuning rate: its fine-tuned rows are left out
-        ("MEM-3", "fine-tuned", "none", "broken", 11.7, 12.1), ("EM", "transfer", "grayscale", "broken", 42.0, 41.8),
-        ("MEM-3", "from scratch", "none", "weakened", 15.6, 38.2)])
+    _robustness_run(
+        results,
+        "robustness_icons_a",
+        3e-4,
+        [
+            ("MEM-3", "transfer", "none", "broken", 22.6, 41.8),
+            ("MEM-3", "fine-tuned", "none", "broken", 20.6, 34.8),
+            ("MEM-3", "transfer", "grayscale", "broken", 21.3, 41.8),
+            ("MEM-3", "transfer", "iss-grayscale", "broken", 21.3, 41.8),
+        ],
+    )
+    _robustness_run(
+        results,
+        "robustness_icons_b",
+        3e-5,
+        [  # another fine-tuning rate: its fine-tuned rows are left out
+            ("MEM-3", "fine-tuned", "none", "broken", 11.7, 12.1),
+            ("EM", "transfer", "grayscale", "broken", 42.0, 41.8),
+            ("MEM-3", "from scratch", "none", "weakened", 15.6, 38.2),
+        ],
+    )
     assert tables.main(["--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "| none |  |  |  | 15.6 of 38.2 weakened | 22.6 of 41.8 **broken** | 20.6 of 34.8 **broken** |" in out

@@ -59,7 +59,9 @@ def test_em_has_no_trigger_text(tokenizer):
     assert codec.apply([], "a cat") == "a cat"
 
 
-@pytest.mark.parametrize("value, error", [(None, ValueError), ("", ValueError), ("  \n", ValueError), (3, TypeError), (["a"], TypeError)])
+@pytest.mark.parametrize(
+    "value, error", [(None, ValueError), ("", ValueError), ("  \n", ValueError), (3, TypeError), (["a"], TypeError)]
+)
 def test_bad_captions_name_row_and_column(value, error):
     with pytest.raises(error, match="'text'.*row 5"):
         check_caption(value, 5, "text")

@@ -20,12 +20,29 @@ def run_loop(clip, ds, directory, checkpointer_of):
     model, processor = clip
     config = FAST_CONFIG.replace(max_rounds=2, surrogate_steps=4, pgd_steps=2)
     helper = ProtectTransform(model, processor, config, progress=False)  # codec, vocabulary, accelerator
-    store = ingest(ds, "image", "caption", directory / "state", codec=helper.codec, image_size=32,
-                   vocabulary=helper.vocabulary, seed=config.seed, progress=False)
+    store = ingest(
+        ds,
+        "image",
+        "caption",
+        directory / "state",
+        codec=helper.codec,
+        image_size=32,
+        vocabulary=helper.vocabulary,
+        seed=config.seed,
+        progress=False,
+    )
     surrogate = Surrogate.from_processor(copy.deepcopy(model), processor)
     torch.manual_seed(config.seed)
-    loop = MEMLoop(surrogate, store, helper.codec, helper.vocabulary, config, helper.accelerator, progress=False,
-                   checkpointer=checkpointer_of(directory, helper.accelerator))
+    loop = MEMLoop(
+        surrogate,
+        store,
+        helper.codec,
+        helper.vocabulary,
+        config,
+        helper.accelerator,
+        progress=False,
+        checkpointer=checkpointer_of(directory, helper.accelerator),
+    )
     history = loop.run()
     return [{k: v for k, v in record.items() if k != "seconds"} for record in history], store
 
@@ -55,8 +72,10 @@ def test_disk_checkpointer_loads_on_the_cpu_device_of_a_process_group(clip, tmp_
     group = SimpleNamespace(device=torch.device("cpu", 0), is_main_process=True, wait_for_everyone=lambda: None)
     saved = Surrogate.from_processor(copy.deepcopy(model), processor)
     optimizer = build_optimizer(saved, 1e-3, 0.0)
-    saved.model(**processor(text=["a red square"], images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="pt"),
-                return_loss=True).loss.backward()
+    saved.model(
+        **processor(text=["a red square"], images=[np.zeros((32, 32, 3), np.uint8)], return_tensors="pt"),
+        return_loss=True,
+    ).loss.backward()
     optimizer.step()  # an optimizer with state to save
     checkpointer = DiskCheckpointer(tmp_path / "checkpoint", group)
     checkpointer.save({"round": 1, "phase": "sweep", "history": []}, saved, optimizer)

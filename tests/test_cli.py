@@ -26,7 +26,12 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 
 def run(*args, cwd):
     return subprocess.run(
-        [sys.executable, "-m", "hf_unlearnable.cli", *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+        [sys.executable, "-m", "hf_unlearnable.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=ENV,
+        timeout=600,
     )
 
 
@@ -39,8 +44,11 @@ def test_every_config_field_is_a_flag():
     em = config_from_arguments(build_parser().parse_args(["protect", "--trigger-length", "0"]))
     assert (em.trigger_length, em.shuffle_captions) == (0, False)  # EM: own captions unless told otherwise
     with pytest.raises(ValueError, match="shuffle_captions=True and trigger_length=0"):
-        config_from_arguments(build_parser().parse_args(["protect", "--method", "mem", "--trigger-length", "0",
-                                                         "--shuffle-captions", "true"]))
+        config_from_arguments(
+            build_parser().parse_args(
+                ["protect", "--method", "mem", "--trigger-length", "0", "--shuffle-captions", "true"]
+            )
+        )
     paper = config_from_arguments(build_parser().parse_args(["protect", "--method", "mem", "--eot-transforms", ""]))
     assert (paper.method, paper.eot_transforms, paper.method_name) == ("mem", (), "MEM-3")
     help_text = build_parser()._subparsers._group_actions[0].choices["protect"].format_help()
@@ -49,8 +57,21 @@ def test_every_config_field_is_a_flag():
 
 
 def test_protect_built_in_default_writes_a_dataset(tmp_path):
-    result = run("protect", "--rows", "24", "--max-rounds", "2", "--surrogate-steps", "5", "--pgd-steps", "2",
-                 "--batch-size", "12", "--no-progress", cwd=tmp_path)
+    result = run(
+        "protect",
+        "--rows",
+        "24",
+        "--max-rounds",
+        "2",
+        "--surrogate-steps",
+        "5",
+        "--pgd-steps",
+        "2",
+        "--batch-size",
+        "12",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     assert "protected 24 rows" in result.stdout
     assert re.search(r"max \|noise\| [1-4]/255 \(allowed 8/255\)", result.stdout)  # 2 rounds x 2 steps of 1/255
@@ -66,8 +87,21 @@ def test_protect_rerun_says_its_rounds_were_reused_not_run(tmp_path, monkeypatch
     # (A default work dir is deleted after its run unless kept, so the first run keeps it.)
     cache = tmp_path / "cache"
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(cache))
-    flags = ["protect", "--rows", "12", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
-             "--batch-size", "6", "--no-progress", "--keep-work-dir"]
+    flags = [
+        "protect",
+        "--rows",
+        "12",
+        "--max-rounds",
+        "1",
+        "--surrogate-steps",
+        "2",
+        "--pgd-steps",
+        "1",
+        "--batch-size",
+        "6",
+        "--no-progress",
+        "--keep-work-dir",
+    ]
     outputs = []
     for name in ("first", "second"):
         capsys.readouterr()
@@ -89,15 +123,38 @@ def test_protect_a_local_dataset_with_a_local_model(tmp_path):
     processor.save_pretrained(tmp_path / "model")
     ds = synthetic_captions(16, seed=4).rename_column("caption", "text").rename_column("image", "picture")
     ds.save_to_disk(str(tmp_path / "data"))
-    result = run("protect", "--dataset", str(tmp_path / "data"), "--model", str(tmp_path / "model"),
-                 "--image-column", "picture", "--caption-column", "text", "--output", str(tmp_path / "out"),
-                 "--max-rounds", "1", "--surrogate-steps", "3", "--pgd-steps", "2", "--trigger-length", "0",
-                 "--save-transform", str(tmp_path / "transform"), "--no-progress", cwd=tmp_path)
+    result = run(
+        "protect",
+        "--dataset",
+        str(tmp_path / "data"),
+        "--model",
+        str(tmp_path / "model"),
+        "--image-column",
+        "picture",
+        "--caption-column",
+        "text",
+        "--output",
+        str(tmp_path / "out"),
+        "--max-rounds",
+        "1",
+        "--surrogate-steps",
+        "3",
+        "--pgd-steps",
+        "2",
+        "--trigger-length",
+        "0",
+        "--save-transform",
+        str(tmp_path / "transform"),
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     out = datasets.load_from_disk(str(tmp_path / "out"))
     assert out["text"][:] == ds["text"][:]  # EM: no trigger, captions unchanged
     raw = out.cast_column("picture", datasets.Image(decode=False))
-    assert np.abs(decode_png(raw[0]["picture"]["bytes"]).astype(int) - np.asarray(ds[0]["picture"], dtype=int)).max() <= 8
+    assert (
+        np.abs(decode_png(raw[0]["picture"]["bytes"]).astype(int) - np.asarray(ds[0]["picture"], dtype=int)).max() <= 8
+    )
     assert (tmp_path / "transform" / "protect_config.json").exists()
 
 
@@ -129,13 +186,25 @@ def surrogate_files(tmp_path_factory):
 def test_offline_hub_surrogate_fails_in_one_line_with_the_fix(surrogate_files, tmp_path):
     """No network, the default Hub surrogate (or the default --from-scratch processor) not cached: one line, exit 2."""
     env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}  # nothing cached, whatever this machine holds
-    common = ["-m", "hf_unlearnable.cli", "protect", "--dataset", str(surrogate_files / "data"),
-              "--output", str(tmp_path / "out"), "--max-rounds", "1"]
-    cases = [([], "--model 'openai/clip-vit-base-patch32'"),
-             (["--from-scratch", str(surrogate_files / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'")]
+    common = [
+        "-m",
+        "hf_unlearnable.cli",
+        "protect",
+        "--dataset",
+        str(surrogate_files / "data"),
+        "--output",
+        str(tmp_path / "out"),
+        "--max-rounds",
+        "1",
+    ]
+    cases = [
+        ([], "--model 'openai/clip-vit-base-patch32'"),
+        (["--from-scratch", str(surrogate_files / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'"),
+    ]
     for extra, names in cases:
-        result = subprocess.run([sys.executable, *common, *extra], capture_output=True, text=True, cwd=tmp_path,
-                                env=env, timeout=300)
+        result = subprocess.run(
+            [sys.executable, *common, *extra], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300
+        )
         assert result.returncode == 2, result.stderr
         assert "Traceback" not in result.stderr
         [line] = [text for text in result.stderr.splitlines() if text.startswith("error:")]
@@ -147,9 +216,16 @@ def test_offline_hub_surrogate_fails_in_one_line_with_the_fix(surrogate_files, t
 def test_a_wrong_column_is_reported_before_the_surrogate_loads(surrogate_files, tmp_path, capsys):
     data = str(surrogate_files / "data")
     missing_model = str(tmp_path / "no-such-model")
-    for flag, message in (("--caption-column", "caption_column (--caption-column)='nope' is not a column"),
-                          ("--image-column", "image_column (--image-column)='nope' is not a column")):
-        assert main(["protect", "--dataset", data, "--model", missing_model, flag, "nope", "--output", str(tmp_path / "o")]) == 2
+    for flag, message in (
+        ("--caption-column", "caption_column (--caption-column)='nope' is not a column"),
+        ("--image-column", "image_column (--image-column)='nope' is not a column"),
+    ):
+        assert (
+            main(
+                ["protect", "--dataset", data, "--model", missing_model, flag, "nope", "--output", str(tmp_path / "o")]
+            )
+            == 2
+        )
         err = capsys.readouterr().err
         assert message in err and "no-such-model" not in err
     # the default (offline, uncached) Hub surrogate is never reached either
@@ -165,11 +241,33 @@ def test_a_wrong_column_is_reported_before_the_surrogate_loads(surrogate_files, 
 
 def test_protect_from_scratch_end_to_end(surrogate_files, tmp_path):
     """--from-scratch CONFIG_JSON --processor FOLDER: a CLIP built from the JSON and trained during protection."""
-    result = run("protect", "--dataset", str(surrogate_files / "data"), "--from-scratch",
-                 str(surrogate_files / "narrow_config.json"), "--processor", str(surrogate_files / "processor"),
-                 "--output", str(tmp_path / "out"), "--save-transform", str(tmp_path / "transform"), "--max-rounds", "1",
-                 "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8", "--trigger-length", "2",
-                 "--trigger-rounds", "1", "--no-progress", cwd=tmp_path)
+    result = run(
+        "protect",
+        "--dataset",
+        str(surrogate_files / "data"),
+        "--from-scratch",
+        str(surrogate_files / "narrow_config.json"),
+        "--processor",
+        str(surrogate_files / "processor"),
+        "--output",
+        str(tmp_path / "out"),
+        "--save-transform",
+        str(tmp_path / "transform"),
+        "--max-rounds",
+        "1",
+        "--surrogate-steps",
+        "2",
+        "--pgd-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--trigger-length",
+        "2",
+        "--trigger-rounds",
+        "1",
+        "--no-progress",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     # the default method: one round of the pixel layer, one of the trigger layer
     assert " with layered -> " in result.stdout and "surrogate after 2 rounds" in result.stdout
@@ -185,11 +283,20 @@ def test_protect_from_scratch_end_to_end(surrogate_files, tmp_path):
 def test_surrogate_arguments_that_cannot_work_fail_with_the_fix(surrogate_files, tmp_path, capsys):
     data, out = str(surrogate_files / "data"), str(tmp_path / "o")
     cases = [
-        (["--from-scratch", str(surrogate_files / "small_vocab.json"), "--processor", str(surrogate_files / "processor")],
-         "has text vocab_size=10 but the processor's tokenizer has"),
+        (
+            [
+                "--from-scratch",
+                str(surrogate_files / "small_vocab.json"),
+                "--processor",
+                str(surrogate_files / "processor"),
+            ],
+            "has text vocab_size=10 but the processor's tokenizer has",
+        ),
         (["--from-scratch", str(tmp_path / "missing.json")], "no such file"),
-        (["--from-scratch", data + "/dataset_info.json", "--processor", str(surrogate_files / "processor")],
-         "is not a CLIPConfig JSON file"),
+        (
+            ["--from-scratch", data + "/dataset_info.json", "--processor", str(surrogate_files / "processor")],
+            "is not a CLIPConfig JSON file",
+        ),
         (["--model", str(surrogate_files / "no-weights")], "holds no safetensors weights"),
         (["--model", str(surrogate_files / "processor")], "holds no safetensors weights"),
         (["--model", data], "the folder does not hold a loadable CLIP processor"),
@@ -218,7 +325,9 @@ def saved_pair(fitted, dataset, tmp_path_factory):
 
 
 def test_verify_passes_a_fitted_copy(saved_pair):
-    result = run("verify", "clean", "protected", "--model", "model", "--trigger-length", "3", "--no-progress", cwd=saved_pair)
+    result = run(
+        "verify", "clean", "protected", "--model", "model", "--trigger-length", "3", "--no-progress", cwd=saved_pair
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "checked 48 rows (clean 48, protected 48), protected images 32x32 px" in result.stdout
     assert "max level difference: 8/255 (allowed 8/255)" in result.stdout
@@ -280,15 +389,32 @@ def test_show_bad_rows_exit_2(saved_pair, capsys):
 
 
 def test_resume_continues_a_work_dir_and_refuses_a_missing_one(tmp_path):
-    common = ["protect", "--rows", "16", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
-              "--batch-size", "8", "--no-progress", "--work-dir", str(tmp_path / "work")]
+    common = [
+        "protect",
+        "--rows",
+        "16",
+        "--max-rounds",
+        "1",
+        "--surrogate-steps",
+        "2",
+        "--pgd-steps",
+        "1",
+        "--batch-size",
+        "8",
+        "--no-progress",
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     result = run(*common, "--resume", cwd=tmp_path)
     assert result.returncode == 2 and "holds no earlier run" in result.stderr
     first = run(*common, "--output", str(tmp_path / "a"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     again = run(*common, "--output", str(tmp_path / "b"), "--resume", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
-    assert datasets.load_from_disk(str(tmp_path / "a"))["caption"][:] == datasets.load_from_disk(str(tmp_path / "b"))["caption"][:]
+    assert (
+        datasets.load_from_disk(str(tmp_path / "a"))["caption"][:]
+        == datasets.load_from_disk(str(tmp_path / "b"))["caption"][:]
+    )
 
 
 def test_a_decompression_bomb_is_one_line_naming_the_row_exit_2(surrogate_files, tmp_path, monkeypatch, capsys):
@@ -296,9 +422,22 @@ def test_a_decompression_bomb_is_one_line_naming_the_row_exit_2(surrogate_files,
     from PIL import Image
 
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 300)  # the 32x32 images (1,024 pixels) are now "bombs"
-    code = main(["protect", "--dataset", str(surrogate_files / "data"), "--from-scratch", str(surrogate_files / "clip_config.json"),
-                 "--processor", str(surrogate_files / "processor"), "--output", str(tmp_path / "out"), "--max-rounds", "1",
-                 "--no-progress"])
+    code = main(
+        [
+            "protect",
+            "--dataset",
+            str(surrogate_files / "data"),
+            "--from-scratch",
+            str(surrogate_files / "clip_config.json"),
+            "--processor",
+            str(surrogate_files / "processor"),
+            "--output",
+            str(tmp_path / "out"),
+            "--max-rounds",
+            "1",
+            "--no-progress",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2, err
     [line] = err.strip().splitlines()
@@ -327,7 +466,9 @@ def test_every_option_of_every_command_says_what_it_does():
             described = re.sub(r"\(?default: [^)]*\)?", "", action.help or "")  # a default alone says nothing
             assert len(re.findall(r"[a-zA-Z]{2,}", described)) >= 2, f"{parser.prog} {name}: help {action.help!r}"
     text = " ".join(build_parser()._subparsers._group_actions[0].choices["protect"].format_help().split())
-    assert "--epsilon EPSILON l_inf budget of the image noise" in text and "a number or a fraction such as 8/255" in text
+    assert (
+        "--epsilon EPSILON l_inf budget of the image noise" in text and "a number or a fraction such as 8/255" in text
+    )
 
 
 def test_epsilon_takes_a_fraction_and_a_rounded_decimal_is_its_level():
@@ -337,7 +478,9 @@ def test_epsilon_takes_a_fraction_and_a_rounded_decimal_is_its_level():
         config = config_from_arguments(parser.parse_args(["protect", "--epsilon", text]))
         assert config.epsilon == 8 / 255 and config.epsilon_levels == 8, text
     assert config_from_arguments(parser.parse_args(["protect", "--pgd-step-size", "2/255"])).step_levels == 2
-    assert config_from_arguments(parser.parse_args(["protect", "--epsilon", "7.5/255"])).epsilon_levels == 7  # not a hair
+    assert (
+        config_from_arguments(parser.parse_args(["protect", "--epsilon", "7.5/255"])).epsilon_levels == 7
+    )  # not a hair
     assert parser.parse_args(["verify", "c", "p", "--epsilon", "0.0313725"]).epsilon == 8 / 255
     evaluate = ["evaluate", "--clean-train", "c", "--protected-train", "p", "--test", "t"]
     assert parser.parse_args([*evaluate, "--epsilon", "4/255"]).epsilon == 4 / 255
@@ -350,15 +493,27 @@ def test_epsilon_takes_a_fraction_and_a_rounded_decimal_is_its_level():
 
 def test_importing_the_cli_and_building_its_help_import_no_torch():
     # `hf-unlearnable --help` took 5 s: the package root imported torch, transformers and datasets.
-    code = ("import sys; from hf_unlearnable.cli import build_parser; build_parser().format_help(); "
-            "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))")
+    code = (
+        "import sys; from hf_unlearnable.cli import build_parser; build_parser().format_help(); "
+        "print(sorted(m for m in ('torch', 'transformers', 'datasets', 'accelerate') if m in sys.modules))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
     for command in ("protect", "verify", "show", "cache", "evaluate"):
-        helped = subprocess.run([sys.executable, "-c", "import sys; from hf_unlearnable.cli import main\n"
-                                 f"try:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass\n"
-                                 "print('torch' in sys.modules)"], capture_output=True, text=True, env=ENV, timeout=300)
+        helped = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys; from hf_unlearnable.cli import main\n"
+                f"try:\n    main(['{command}', '--help'])\nexcept SystemExit:\n    pass\n"
+                "print('torch' in sys.modules)",
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=300,
+        )
         assert helped.stdout.strip().endswith("False"), (command, helped.stderr[-2000:])
 
 
@@ -372,7 +527,9 @@ def audit_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
     clean = synthetic_captions(16, image_size=32, seed=0)
     clean.save_to_disk(str(root / "clean"))
-    random_noise(clean, 32, seed=3).map(lambda row: {"caption": f"zq {row['caption']}"}).save_to_disk(str(root / "protected"))
+    random_noise(clean, 32, seed=3).map(lambda row: {"caption": f"zq {row['caption']}"}).save_to_disk(
+        str(root / "protected")
+    )
     synthetic_captions(12, image_size=32, seed=1).save_to_disk(str(root / "test"))
     model, processor = tiny_clip(image_size=32, seed=0)
     model.save_pretrained(root / "victim")
@@ -384,8 +541,19 @@ def audit_files(tmp_path_factory):
 
 
 def evaluate_arguments(root, *extra):
-    return ["evaluate", "--clean-train", str(root / "clean"), "--protected-train", str(root / "protected"),
-            "--test", str(root / "test"), "--output", str(root / "report"), "--no-progress", *extra]
+    return [
+        "evaluate",
+        "--clean-train",
+        str(root / "clean"),
+        "--protected-train",
+        str(root / "protected"),
+        "--test",
+        str(root / "test"),
+        "--output",
+        str(root / "report"),
+        "--no-progress",
+        *extra,
+    ]
 
 
 def test_evaluate_crash_is_one_line_with_its_own_exit_code(audit_files, monkeypatch, capsys):
@@ -398,8 +566,10 @@ def test_evaluate_crash_is_one_line_with_its_own_exit_code(audit_files, monkeypa
     monkeypatch.setattr(audit_run, "evaluate_protection", crash)
     assert main(evaluate_arguments(audit_files, "--victim", str(audit_files / "victim"))) == 3
     err = capsys.readouterr().err
-    assert err.splitlines() == ["error: crashed (RuntimeError: CUDA out of memory. Tried to allocate 2 GiB); "
-                                "hf-unlearnable -v COMMAND ... prints the traceback."]
+    assert err.splitlines() == [
+        "error: crashed (RuntimeError: CUDA out of memory. Tried to allocate 2 GiB); "
+        "hf-unlearnable -v COMMAND ... prints the traceback."
+    ]
     assert main(["-v", *evaluate_arguments(audit_files, "--victim", str(audit_files / "victim"))]) == 3
     err = capsys.readouterr().err
     assert "Traceback (most recent call last)" in err and err.rstrip().splitlines()[-1].startswith("error: crashed (")
@@ -409,11 +579,19 @@ def test_evaluate_crash_is_one_line_with_its_own_exit_code(audit_files, monkeypa
 
 def test_evaluate_offline_hub_victim_is_one_line_exit_2(audit_files, tmp_path):
     env = {**ENV, "HF_HUB_CACHE": str(tmp_path / "empty-hub-cache")}  # nothing cached, whatever this machine holds
-    for extra, names in (([], "--victim 'openai/clip-vit-base-patch32'"),
-                         (["--pretrained", "openai/clip-vit-base-patch32"], "--pretrained 'openai/clip-vit-base-patch32'"),
-                         (["--victim", str(audit_files / "configs" / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'")):
-        result = subprocess.run([sys.executable, "-m", "hf_unlearnable.cli", *evaluate_arguments(audit_files, *extra)],
-                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    for extra, names in (
+        ([], "--victim 'openai/clip-vit-base-patch32'"),
+        (["--pretrained", "openai/clip-vit-base-patch32"], "--pretrained 'openai/clip-vit-base-patch32'"),
+        (["--victim", str(audit_files / "configs" / "clip_config.json")], "--processor 'openai/clip-vit-base-patch32'"),
+    ):
+        result = subprocess.run(
+            [sys.executable, "-m", "hf_unlearnable.cli", *evaluate_arguments(audit_files, *extra)],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+            timeout=300,
+        )
         assert result.returncode == 2, result.stderr[-3000:]
         assert "Traceback" not in result.stderr
         [line] = result.stderr.strip().splitlines()
@@ -453,8 +631,9 @@ def fake_work_dir(root, name, rows, fingerprint, stage, trigger_length, created)
     mark(folder, "work_dir")
     mark(folder / "state", "state")
     mark(folder / "checkpoint", "checkpoint")
-    (folder / "identity.json").write_text(json.dumps({"dataset_fingerprint": fingerprint, "rows": rows, "created": created,
-                                                      "finished": True}))
+    (folder / "identity.json").write_text(
+        json.dumps({"dataset_fingerprint": fingerprint, "rows": rows, "created": created, "finished": True})
+    )
     (folder / "state" / "layout.json").write_text(json.dumps({"trigger_length": trigger_length}))
     np.save(folder / "state" / "noise.npy", np.ones((rows, 4, 4, 3), np.int8))
     history = [{"round": 1, "stage": stage}] if stage else []
@@ -516,8 +695,11 @@ def test_a_run_that_cannot_protect_is_one_line_with_its_own_exit_code(monkeypatc
     from hf_unlearnable import NonFiniteLossError, NoProtectionError
     from hf_unlearnable.transform import ProtectTransform
 
-    for error in (NonFiniteLossError("MEM round 1, surrogate step 1 of 4: the loss is nan. Likely causes: ..."),
-                  NoProtectionError("MEM finished (layered) without moving a single pixel of 8 rows")):
+    for error in (
+        NonFiniteLossError("MEM round 1, surrogate step 1 of 4: the loss is nan. Likely causes: ..."),
+        NoProtectionError("MEM finished (layered) without moving a single pixel of 8 rows"),
+    ):
+
         def fail(*args, error=error, **kwargs):
             raise error
 
@@ -538,9 +720,17 @@ def test_cache_clean_keeps_a_work_dir_a_running_run_holds(tmp_path, capsys):
     from hf_unlearnable.workdir import LOCK_FILE
 
     busy, idle = (fake_work_dir(tmp_path, name, 8, "fp", "mem", 3, 1.7e9) for name in ("mem-busy", "mem-idle"))
-    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); "
-                               "fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
-                               str(busy / LOCK_FILE)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, sys, time; h = open(sys.argv[1], 'a+'); "
+            "fcntl.flock(h.fileno(), fcntl.LOCK_EX); print('locked', flush=True); time.sleep(120)",
+            str(busy / LOCK_FILE),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0

@@ -29,11 +29,29 @@ def test_round_trip_through_dict_and_json():
 
 #: A valid value other than the default for every field ("mem" so that image_noise=False is allowed).
 EVERY_FIELD = dict(
-    method="mem", epsilon=6 / 255, pgd_steps=3, pgd_step_size=2 / 255, trigger_length=4, hotflip_candidates=7,
-    trigger_words="any", trigger_blocklist=("kite", "lamp"), trigger_rounds=2, surrogate_steps=11, max_rounds=9,
-    stop_loss=0.25, batch_size=12, learning_rate=3e-4, weight_decay=0.05, shuffle_captions=False, image_noise=False,
-    max_caption_tokens=40, online_rounds=3, eot_transforms=("jpeg", "blur"),
-    trigger_position="random", mixed_precision="no", seed=11,
+    method="mem",
+    epsilon=6 / 255,
+    pgd_steps=3,
+    pgd_step_size=2 / 255,
+    trigger_length=4,
+    hotflip_candidates=7,
+    trigger_words="any",
+    trigger_blocklist=("kite", "lamp"),
+    trigger_rounds=2,
+    surrogate_steps=11,
+    max_rounds=9,
+    stop_loss=0.25,
+    batch_size=12,
+    learning_rate=3e-4,
+    weight_decay=0.05,
+    shuffle_captions=False,
+    image_noise=False,
+    max_caption_tokens=40,
+    online_rounds=3,
+    eot_transforms=("jpeg", "blur"),
+    trigger_position="random",
+    mixed_precision="no",
+    seed=11,
 )
 
 
@@ -42,8 +60,11 @@ def test_every_field_survives_dict_and_json():
     assert set(EVERY_FIELD) == {field.name for field in dataclasses.fields(MEMConfig)}, "a new field needs a value here"
     assert all(getattr(defaults, name) != value for name, value in EVERY_FIELD.items())
     config = MEMConfig(**EVERY_FIELD)
-    for again in (MEMConfig.from_dict(config.to_dict()), MEMConfig.from_json(config.to_json()),
-                  MEMConfig.from_dict(json.loads(json.dumps(config.to_dict())))):
+    for again in (
+        MEMConfig.from_dict(config.to_dict()),
+        MEMConfig.from_json(config.to_json()),
+        MEMConfig.from_dict(json.loads(json.dumps(config.to_dict()))),
+    ):
         assert again == config
         assert {name: getattr(again, name) for name in EVERY_FIELD} == EVERY_FIELD
 

@@ -58,7 +58,9 @@ def pil_jpeg(pixels: torch.Tensor, quality: int) -> torch.Tensor:
 
 
 def high_frequency_energy(pixels: torch.Tensor) -> float:
-    spectrum = torch.fft.fftshift(torch.fft.fft2(pixels - pixels.mean(dim=(-2, -1), keepdim=True)), dim=(-2, -1)).abs() ** 2
+    spectrum = (
+        torch.fft.fftshift(torch.fft.fft2(pixels - pixels.mean(dim=(-2, -1), keepdim=True)), dim=(-2, -1)).abs() ** 2
+    )
     h, w = pixels.shape[-2:]
     yy, xx = torch.meshgrid(torch.arange(h) - h // 2, torch.arange(w) - w // 2, indexing="ij")
     return float(spectrum[..., (yy.abs() > h // 4) | (xx.abs() > w // 4)].sum())
@@ -73,10 +75,32 @@ def is_8bit(pixels: torch.Tensor) -> bool:
 
 def test_registry_names_are_the_agreed_ones():
     expected = [
-        "none", "jpeg-10", "jpeg-30", "jpeg-50", "jpeg-75", "jpeg-90", "grayscale", "iss-grayscale", "iss-jpeg-10",
-        "bit-depth-2", "gaussian-blur", "gaussian-noise", "mixup", "cutout", "cutmix", "resized-crop-flip",
-        "ueraser-lite", "adv-train-4", "adv-train-8", "eda-insert", "eda-delete", "eda-swap", "eda-synonym", "eda",
-        *[f"strip-{k}" for k in range(1, 8)], "rare-words",
+        "none",
+        "jpeg-10",
+        "jpeg-30",
+        "jpeg-50",
+        "jpeg-75",
+        "jpeg-90",
+        "grayscale",
+        "iss-grayscale",
+        "iss-jpeg-10",
+        "bit-depth-2",
+        "gaussian-blur",
+        "gaussian-noise",
+        "mixup",
+        "cutout",
+        "cutmix",
+        "resized-crop-flip",
+        "ueraser-lite",
+        "adv-train-4",
+        "adv-train-8",
+        "eda-insert",
+        "eda-delete",
+        "eda-swap",
+        "eda-synonym",
+        "eda",
+        *[f"strip-{k}" for k in range(1, 8)],
+        "rare-words",
     ]
     assert sorted(available_defenses()) == sorted(expected)
     for name in expected:
@@ -126,7 +150,9 @@ def test_same_generator_seed_same_output_and_range(name, batch):
     assert len(text_a) == len(captions) and all(isinstance(t, str) for t in text_a)
 
 
-@pytest.mark.parametrize("name", ["gaussian-noise", "mixup", "cutout", "cutmix", "resized-crop-flip", "ueraser-lite", "eda"])
+@pytest.mark.parametrize(
+    "name", ["gaussian-noise", "mixup", "cutout", "cutmix", "resized-crop-flip", "ueraser-lite", "eda"]
+)
 def test_random_defenses_depend_on_the_generator_and_leave_global_rng_alone(name, batch):
     pixels, captions = batch
     torch.manual_seed(123)
@@ -412,7 +438,8 @@ def test_eda_uses_one_operation_per_caption_and_accepts_another_synonym_source()
     _, texts = custom(torch.zeros(1, 3, 4, 4), ["a dog and a cat"], torch.Generator())
     assert texts[0] in {"a hound and a cat", "a dog and a kitty"}
     assert EDA(["synonym"], synonyms=lambda word: ["X"] if word == "cat" else [])(
-        torch.zeros(1, 3, 4, 4), ["a cat"], torch.Generator())[1] == ["a X"]
+        torch.zeros(1, 3, 4, 4), ["a cat"], torch.Generator()
+    )[1] == ["a X"]
     with pytest.raises(ValueError, match="operations"):
         EDA(["shuffle"])
 
@@ -436,8 +463,16 @@ def tiny_data():
 def test_train_victim_runs_with_a_composed_defense(clip, tiny_data):
     model, processor = clip
     train, test = tiny_data
-    result = train_victim(train, test, model, processor, epochs=1, batch_size=8, progress=False,
-                          defense=get_defense("jpeg-75+resized-crop-flip+eda+strip-1"))
+    result = train_victim(
+        train,
+        test,
+        model,
+        processor,
+        epochs=1,
+        batch_size=8,
+        progress=False,
+        defense=get_defense("jpeg-75+resized-crop-flip+eda+strip-1"),
+    )
     assert len(result.history) == 2 and math.isfinite(result.history[1]["train_loss"])
 
 
@@ -457,8 +492,9 @@ def test_train_victim_fits_rare_words_on_all_training_captions(clip, tiny_data):
     train_victim(train, test, model, processor, epochs=1, batch_size=8, progress=False, defense=defense)
     assert sum(defense.document_frequency.values()) > 0
     assert defense.document_frequency["background"] == len(train)  # every synthetic caption says it
-    assert len(seen) == 2 and all(after == [" ".join(w for w in c.split() if not defense.is_rare(w)) for c in before]
-                                  for before, after in seen)
+    assert len(seen) == 2 and all(
+        after == [" ".join(w for w in c.split() if not defense.is_rare(w)) for c in before] for before, after in seen
+    )
 
 
 def test_train_victim_gives_adversarial_training_the_victims_loss(clip, tiny_data):
@@ -504,6 +540,8 @@ def test_transfer_victim_of_another_architecture_trains_with_a_defense(tiny_data
     train, test = tiny_data
     _, processor = tiny_clip(image_size=32)
     other = tiny_clip_config(image_size=32, hidden_size=48, num_layers=3, num_heads=3, patch_size=4, projection_dim=24)
-    result = train_victim(train, test, other, processor, epochs=1, batch_size=8, progress=False, defense=get_defense("jpeg-50"))
+    result = train_victim(
+        train, test, other, processor, epochs=1, batch_size=8, progress=False, defense=get_defense("jpeg-50")
+    )
     assert result.model.config.vision_config.num_hidden_layers == 3 and result.model.config.projection_dim == 24
     assert math.isfinite(result.history[1]["train_loss"])

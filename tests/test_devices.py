@@ -17,8 +17,10 @@ def mps_like_tensor(data, *args, dtype=None, device=None, **kwargs):
     anything else is built on the CPU, so the test runs on any machine."""
     if device is not None and torch.device(device).type == "mps":
         if dtype == torch.float64:
-            raise TypeError("Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
-                            "Please use float32 instead.")
+            raise TypeError(
+                "Cannot convert a MPS Tensor to float64 dtype as the MPS framework doesn't support float64. "
+                "Please use float32 instead."
+            )
         device = None
     return _real_tensor(data, *args, dtype=dtype, device=device, **kwargs)
 
@@ -28,7 +30,9 @@ def loop_on(device: str, world: int) -> MEMLoop:
     that all hold the same values."""
     loop = MEMLoop.__new__(MEMLoop)
     loop.world = world
-    loop.accelerator = types.SimpleNamespace(device=torch.device(device), reduce=lambda tensor, reduction: tensor * world)
+    loop.accelerator = types.SimpleNamespace(
+        device=torch.device(device), reduce=lambda tensor, reduction: tensor * world
+    )
     return loop
 
 

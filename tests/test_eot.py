@@ -9,9 +9,9 @@ from PIL import Image
 
 from hf_unlearnable import MEMConfig
 from hf_unlearnable.defenses import get_defense
+from hf_unlearnable.losses import ContrastiveLoss
 from hf_unlearnable.mem.eot import EOT, EOT_TRANSFORMS
 from hf_unlearnable.mem.pgd import PGD
-from hf_unlearnable.losses import ContrastiveLoss
 from hf_unlearnable.surrogate import pixels_from_uint8
 from hf_unlearnable.testing import synthetic_captions
 
@@ -44,7 +44,9 @@ def test_eot_jpeg_matches_pil_jpeg_at_the_drawn_quality():
     stream = io.BytesIO()
     Image.fromarray(image).save(stream, format="JPEG", quality=round(quality))
     pil = np.asarray(Image.open(stream)).astype(np.float32)
-    assert np.abs(ours - pil).mean() < 0.8 * np.abs(image.astype(np.float32) - pil).mean()  # closer to PIL's JPEG than the input is
+    assert (
+        np.abs(ours - pil).mean() < 0.8 * np.abs(image.astype(np.float32) - pil).mean()
+    )  # closer to PIL's JPEG than the input is
     assert np.abs(ours - image).mean() > 0.5  # it really compresses
 
 
@@ -81,7 +83,9 @@ def trained():
 
 
 def loss_after(surrogate, images, noise, text, defense_name):
-    defended, _ = get_defense(defense_name, seed=0)(pixels_from_uint8(images, noise), [""] * len(images), torch.Generator().manual_seed(0))
+    defended, _ = get_defense(defense_name, seed=0)(
+        pixels_from_uint8(images, noise), [""] * len(images), torch.Generator().manual_seed(0)
+    )
     with torch.no_grad():
         return float(ContrastiveLoss()(surrogate.image_features(defended), text, surrogate.logit_scale()))
 
@@ -93,6 +97,10 @@ def test_pgd_through_jpeg_lowers_the_loss_after_jpeg_more_than_plain_pgd(trained
     robust = PGD(surrogate, 8, 1, 16, EOT(("jpeg",)))(images, zero, text, torch.Generator().manual_seed(0))
     assert int(robust.abs().max()) <= 8
     clean = loss_after(surrogate, images, zero, text, "jpeg-75")
-    assert loss_after(surrogate, images, robust, text, "jpeg-75") < loss_after(surrogate, images, plain, text, "jpeg-75") < clean
+    assert (
+        loss_after(surrogate, images, robust, text, "jpeg-75")
+        < loss_after(surrogate, images, plain, text, "jpeg-75")
+        < clean
+    )
     with pytest.raises(ValueError, match="generator"):
         PGD(surrogate, 8, 1, 2, EOT(("jpeg",)))(images, zero, text)

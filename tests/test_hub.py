@@ -102,11 +102,41 @@ POSITION_WORDS = re.compile(
     r"\b(first|prefix\w*|start\w*|begin\w*|lead\w*|front|last|end|ends|suffix\w*|position\w*|prepend\w*|"
     r"append\w*|after|before|token\w*|trigger\w*)\b"
 )
-COUNTED_WORDS = re.compile(r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|few|several|some)\s+(\w+\s+)?words?\b")
-SETTING_WORDS = ("hotflip", "pgd", "epsilon", "/255", "l-inf", "l_inf", "adamw", "surrogate", "seed", "hidden size",
-                 "from scratch", "budget", "learning rate", "openai", "clip-vit", hf_unlearnable.__version__)
-ODD_CONFIG = MEMConfig(method="mem", epsilon=7 / 255, trigger_length=5, hotflip_candidates=13, trigger_rounds=3, surrogate_steps=17,
-                       pgd_steps=11, batch_size=19, max_rounds=23, learning_rate=0.000777, online_rounds=9, seed=4242)
+COUNTED_WORDS = re.compile(
+    r"\b(\d+|one|two|three|four|five|six|seven|eight|nine|ten|a few|few|several|some)\s+(\w+\s+)?words?\b"
+)
+SETTING_WORDS = (
+    "hotflip",
+    "pgd",
+    "epsilon",
+    "/255",
+    "l-inf",
+    "l_inf",
+    "adamw",
+    "surrogate",
+    "seed",
+    "hidden size",
+    "from scratch",
+    "budget",
+    "learning rate",
+    "openai",
+    "clip-vit",
+    hf_unlearnable.__version__,
+)
+ODD_CONFIG = MEMConfig(
+    method="mem",
+    epsilon=7 / 255,
+    trigger_length=5,
+    hotflip_candidates=13,
+    trigger_rounds=3,
+    surrogate_steps=17,
+    pgd_steps=11,
+    batch_size=19,
+    max_rounds=23,
+    learning_rate=0.000777,
+    online_rounds=9,
+    seed=4242,
+)
 
 
 def _trigger_phrases(protected, clean) -> set[str]:
@@ -195,7 +225,10 @@ def test_em_card_for_an_unfitted_transform_with_a_named_surrogate(clip, fitted, 
     monkeypatch.setattr(transform.surrogate.model.config, "_name_or_path", "openai/clip-vit-base-patch32")
     card = dataset_card(protected, transform)
     assert "em" in card.data.tags
-    assert "error-minimizing noise (EM" in card.text and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
+    assert (
+        "error-minimizing noise (EM" in card.text
+        and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
+    )
     assert "unchanged (EM adds no words)" in card.text and "Captions are not plain descriptions" not in card.text
     assert "clip-vit" not in card.text and "Rounds run" not in card.text
     full = dataset_card(protected, transform, card_details="full")
@@ -207,19 +240,27 @@ def test_em_card_for_an_unfitted_transform_with_a_named_surrogate(clip, fitted, 
 def test_layered_card_names_the_method_and_nothing_that_undoes_either_layer(clip, fitted):
     model, processor = clip
     _, protected = fitted
-    layered = ProtectTransform(model, processor, FAST_CONFIG.replace(method="layered", eot_transforms=("jpeg",)), progress=False)
+    layered = ProtectTransform(
+        model, processor, FAST_CONFIG.replace(method="layered", eot_transforms=("jpeg",)), progress=False
+    )
     card = dataset_card(protected, layered, source_dataset="me/photos")
     assert "layered" in card.data.tags and "mem" not in card.data.tags
     assert "layered protection" in card.text and "Unlearnable Examples: Making Personal Data Unexploitable" in card.text
     # what the layered card adds to the MEM card is the method's name and its papers: nothing on what
     # each layer is made to survive (JPEG, EOT), nor where the words are
-    mem_card = dataset_card(protected, ProtectTransform(model, processor, FAST_CONFIG, progress=False), source_dataset="me/photos")
+    mem_card = dataset_card(
+        protected, ProtectTransform(model, processor, FAST_CONFIG, progress=False), source_dataset="me/photos"
+    )
     added = set(re.findall(r"[a-z]+", card.text.lower())) - set(re.findall(r"[a-z]+", mem_card.text.lower()))
     em_citation = set(re.findall(r"[a-z]+", EM_CITATION.lower()))
-    assert added - em_citation <= {"layered", "s", "built", "error", "minimizing", "noise", "em", "iclr"}, added - em_citation
+    assert added - em_citation <= {"layered", "s", "built", "error", "minimizing", "noise", "em", "iclr"}, (
+        added - em_citation
+    )
     assert card.text.lower().count("jpeg") == mem_card.text.lower().count("jpeg")
     # the minimal card depends on the method alone: other layered settings give the identical card
-    other = ProtectTransform(model, processor, ODD_CONFIG.replace(method="layered", eot_transforms=("blur",)), progress=False)
+    other = ProtectTransform(
+        model, processor, ODD_CONFIG.replace(method="layered", eot_transforms=("blur",)), progress=False
+    )
     assert str(dataset_card(protected, other, source_dataset="me/photos")) == str(card)
     full = dataset_card(protected, layered, card_details="full")
     assert "| Method | Layered (layered): error-minimizing noise" in full.text and "EOT: jpeg" in full.text
@@ -236,7 +277,11 @@ def test_a_local_surrogate_path_is_not_published(fitted, monkeypatch, tmp_path):
 
 def test_size_categories():
     assert [size_category(n) for n in (0, 999, 1000, 54_321, 2_000_000)] == [
-        "n<1K", "n<1K", "1K<n<10K", "10K<n<100K", "1M<n<10M"
+        "n<1K",
+        "n<1K",
+        "1K<n<10K",
+        "10K<n<100K",
+        "1M<n<10M",
     ]
 
 
@@ -249,7 +294,9 @@ def hub_recorder(monkeypatch):
     def fake_dataset_push(self, repo_id, **kwargs):
         calls["dataset"].append(dict(repo_id=repo_id, rows=len(self), **kwargs))
         resolved = repo_id if "/" in repo_id else f"me/{repo_id}"  # the Hub adds the user's namespace
-        return CommitInfo(f"https://huggingface.co/datasets/{resolved}/commit/abc123", kwargs.get("commit_message"), "", "abc123")
+        return CommitInfo(
+            f"https://huggingface.co/datasets/{resolved}/commit/abc123", kwargs.get("commit_message"), "", "abc123"
+        )
 
     def fake_load(repo_id_or_path, repo_type=None, token=None, ignore_metadata_errors=False):
         calls["load"].append(dict(repo_id=repo_id_or_path, repo_type=repo_type, token=token))
@@ -267,11 +314,24 @@ def hub_recorder(monkeypatch):
 def test_push_protected_pushes_data_then_card_and_never_shows_the_token(fitted, hub_recorder, caplog, capsys):
     transform, protected = fitted
     caplog.set_level(logging.DEBUG)
-    url = push_protected(protected, "me/photos-protected", transform, private=True, token=TOKEN,
-                         source_dataset="me/photos", license="cc-by-4.0", commit_message="protect v1")
+    url = push_protected(
+        protected,
+        "me/photos-protected",
+        transform,
+        private=True,
+        token=TOKEN,
+        source_dataset="me/photos",
+        license="cc-by-4.0",
+        commit_message="protect v1",
+    )
     assert url == "https://huggingface.co/datasets/me/photos-protected"
     [pushed] = hub_recorder["dataset"]
-    assert (pushed["repo_id"], pushed["rows"], pushed["private"], pushed["token"]) == ("me/photos-protected", 48, True, TOKEN)
+    assert (pushed["repo_id"], pushed["rows"], pushed["private"], pushed["token"]) == (
+        "me/photos-protected",
+        48,
+        True,
+        TOKEN,
+    )
     assert pushed["commit_message"] == "protect v1"
     assert hub_recorder["load"] == [dict(repo_id="me/photos-protected", repo_type="dataset", token=TOKEN)]
     [card] = hub_recorder["card"]
@@ -306,7 +366,9 @@ def test_bad_card_details_fail_before_any_upload(fitted, hub_recorder):
     assert hub_recorder == {"dataset": [], "load": [], "card": []}
 
 
-@pytest.mark.parametrize("repo_id", ["", "datasets/me/photos", "me/photos/extra", "me/bad name", "me/a--b", "me/x.git", None, 42])
+@pytest.mark.parametrize(
+    "repo_id", ["", "datasets/me/photos", "me/photos/extra", "me/bad name", "me/a--b", "me/x.git", None, 42]
+)
 def test_bad_repo_ids_fail_before_any_upload(fitted, hub_recorder, repo_id):
     transform, protected = fitted
     with pytest.raises(ValueError, match="repo_id"):
@@ -336,11 +398,16 @@ def test_an_injected_api_reads_and_uploads_the_card(fitted, hub_recorder, tmp_pa
     api = FakeApi(tmp_path, LOADER_README)
     url = push_protected(protected, "photos-protected", transform, token=TOKEN, api=api)
     assert url == "https://huggingface.co/datasets/me/photos-protected"  # the namespace the Hub resolved
-    assert hub_recorder["dataset"][0]["repo_id"] == "photos-protected" and hub_recorder["dataset"][0]["private"] is False
+    assert (
+        hub_recorder["dataset"][0]["repo_id"] == "photos-protected" and hub_recorder["dataset"][0]["private"] is False
+    )
     assert hub_recorder["card"] == [] and hub_recorder["load"] == []
     [upload] = api.uploads
     assert (upload["repo_id"], upload["repo_type"], upload["path_in_repo"], upload["token"]) == (
-        "me/photos-protected", "dataset", "README.md", TOKEN
+        "me/photos-protected",
+        "dataset",
+        "README.md",
+        TOKEN,
     )
     assert "configs" in DatasetCard(upload["path_or_fileobj"].decode()).data.to_dict()
     # no README to merge: the card still goes up, with a warning that names the repo, not the token
@@ -353,8 +420,11 @@ def test_an_injected_api_reads_and_uploads_the_card(fitted, hub_recorder, tmp_pa
 
 def test_push_protected_refuses_the_clean_data_set_before_any_network_call(fitted, dataset, hub_recorder):
     transform, _ = fitted
-    with pytest.raises(ValueError, match=r"Refusing to publish: 48 of 48 rows of the data set .* are not this "
-                                         r"transform's protected output.*a clean copy is never uploaded"):
+    with pytest.raises(
+        ValueError,
+        match=r"Refusing to publish: 48 of 48 rows of the data set .* are not this "
+        r"transform's protected output.*a clean copy is never uploaded",
+    ):
         push_protected(dataset, "me/photos-protected", transform, token=TOKEN)
     assert hub_recorder == {"dataset": [], "load": [], "card": []}
 

@@ -72,7 +72,9 @@ def test_captions_come_from_the_metadata_only():
         "arrow left, arrow back, arrow, navigation"
     )
     assert builder.icon_caption("file-document", [], ["Files / Folders"]) == "file document, files folders"
-    assert builder.icon_caption("car", ["automobile"], ["Transportation + Road"]) == "car, automobile, transportation road"
+    assert (
+        builder.icon_caption("car", ["automobile"], ["Transportation + Road"]) == "car, automobile, transportation road"
+    )
     assert builder.icon_caption("cog", ["Cog"], ["COG"]) == "cog"  # repeats dropped after lower-casing
     assert builder.icon_caption("lock") == "lock"
 
@@ -155,7 +157,9 @@ def test_build_dataset_splits_columns_images_and_captions(archive):
     )
     for name in ("train", "test"):
         assert again[name]["name"] == dataset[name]["name"]
-        assert [np.asarray(i).tobytes() for i in again[name]["image"]] == [np.asarray(i).tobytes() for i in dataset[name]["image"]]
+        assert [np.asarray(i).tobytes() for i in again[name]["image"]] == [
+            np.asarray(i).tobytes() for i in dataset[name]["image"]
+        ]
     other = builder.build_dataset(archive, image_size=16, test_size=3, seed=1, by_family=False)
     assert other["test"]["name"] != dataset["test"]["name"]
     family = builder.build_dataset(archive, image_size=16, test_size=3, seed=0)  # the default
@@ -175,8 +179,9 @@ def test_icon_tokenizer_keeps_caption_words_whole_and_encodes_anything():
 def test_main_writes_dataset_card_and_tokenizer(archive, tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(builder, "ARCHIVE_SHA256", builder.sha256_of(archive))
     output = tmp_path / "icons"
-    builder.main(["--archive", str(archive), "--output", str(output), "--image-size", "8", "--test-size", "2",
-                  "--split", "icon"])
+    builder.main(
+        ["--archive", str(archive), "--output", str(output), "--image-size", "8", "--test-size", "2", "--split", "icon"]
+    )
     assert capsys.readouterr().out.strip() == str(output)
     loaded = datasets.load_from_disk(str(output))
     assert (len(loaded["train"]), len(loaded["test"])) == (8, 2)

@@ -38,8 +38,11 @@ CAPTURED = {"torch": "2.13.0", "kornia": "0.9.0", "cpu": "AVX512"}
 
 
 def where() -> dict[str, str]:
-    return {"torch": torch.__version__.split("+")[0], "kornia": kornia.__version__,
-            "cpu": torch.backends.cpu.get_cpu_capability()}
+    return {
+        "torch": torch.__version__.split("+")[0],
+        "kornia": kornia.__version__,
+        "cpu": torch.backends.cpu.get_cpu_capability(),
+    }
 
 
 def digest(*parts) -> str:
@@ -63,8 +66,22 @@ def batches() -> dict[str, torch.Tensor]:
 
 
 IMAGE_DEFENSES = [
-    "jpeg-10", "jpeg-30", "jpeg-50", "jpeg-75", "jpeg-90", "iss-jpeg-10", "grayscale", "iss-grayscale", "bit-depth-2",
-    "gaussian-blur", "gaussian-noise", "mixup", "cutout", "cutmix", "resized-crop-flip", "ueraser-lite",
+    "jpeg-10",
+    "jpeg-30",
+    "jpeg-50",
+    "jpeg-75",
+    "jpeg-90",
+    "iss-jpeg-10",
+    "grayscale",
+    "iss-grayscale",
+    "bit-depth-2",
+    "gaussian-blur",
+    "gaussian-noise",
+    "mixup",
+    "cutout",
+    "cutmix",
+    "resized-crop-flip",
+    "ueraser-lite",
 ]
 #: the defense classes with parameters other than the registry's
 CUSTOM = {
@@ -200,16 +217,32 @@ def test_every_eot_transformation_gives_what_it_gave():
 #: which registered operation each EOT transformation and each image defense runs
 RUNS = {
     **{f"eot:{name}": name for name in ("jpeg", "crop-flip", "grayscale", "blur")},
-    **{f"jpeg-{q}": "jpeg" for q in (10, 30, 50, 75, 90)}, "iss-jpeg-10": "jpeg", "grayscale": "grayscale",
-    "iss-grayscale": "grayscale", "bit-depth-2": "bit-depth", "gaussian-blur": "blur", "gaussian-noise": "gaussian-noise",
-    "cutout": "cutout", "resized-crop-flip": "resized-crop-flip", "ueraser-lite": "ueraser-lite",
+    **{f"jpeg-{q}": "jpeg" for q in (10, 30, 50, 75, 90)},
+    "iss-jpeg-10": "jpeg",
+    "grayscale": "grayscale",
+    "iss-grayscale": "grayscale",
+    "bit-depth-2": "bit-depth",
+    "gaussian-blur": "blur",
+    "gaussian-noise": "gaussian-noise",
+    "cutout": "cutout",
+    "resized-crop-flip": "resized-crop-flip",
+    "ueraser-lite": "ueraser-lite",
 }
 
 
 def test_the_registry_holds_one_operation_per_kind():
     assert available_image_ops() == [
-        "jpeg", "grayscale", "blur", "crop-flip", "resized-crop-flip", "bit-depth", "gaussian-noise", "cutout", "mixup",
-        "cutmix", "ueraser-lite",
+        "jpeg",
+        "grayscale",
+        "blur",
+        "crop-flip",
+        "resized-crop-flip",
+        "bit-depth",
+        "gaussian-noise",
+        "cutout",
+        "mixup",
+        "cutmix",
+        "ueraser-lite",
     ]
     for operation in OPERATIONS.values():
         assert operation.summary and operation.source and (operation.function.__doc__ or "").strip()
@@ -224,6 +257,7 @@ def test_eot_and_the_defenses_run_the_registered_operation(monkeypatch):
         def wrapped(pixels, generator, **parameters):
             calls.append((name, parameters))
             return function(pixels, generator, **parameters)
+
         return wrapped
 
     for name, operation in list(OPERATIONS.items()):
@@ -274,6 +308,7 @@ def test_eot_transformations_are_registered_operations_with_drawn_parameters():
 
 def test_a_new_operation_is_registered_once_and_serves_as_a_defense():
     try:
+
         @register("invert", summary="1 - pixels", source="by hand")
         def invert(pixels, generator, *, amount: float = 1.0):
             """Invert by `amount`."""

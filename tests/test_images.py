@@ -56,7 +56,14 @@ def test_inputs_of_every_storage_form(tmp_path):
     path = tmp_path / "x.png"
     image.save(path)
     data = _encoded(image)
-    for value in (image, {"bytes": data, "path": None}, {"bytes": None, "path": str(path)}, data, str(path), np.asarray(image)):
+    for value in (
+        image,
+        {"bytes": data, "path": None},
+        {"bytes": None, "path": str(path)},
+        data,
+        str(path),
+        np.asarray(image),
+    ):
         assert (np.asarray(to_rgb(load_image(value))) == 9).all()
 
 

@@ -29,8 +29,23 @@ from hf_unlearnable.testing import synthetic_captions, tiny_clip
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "protect_coco.py"
 ROWS, SIZE = 12, 32  # batches of 8 and 4: each process sweeps one
-TINY = ["--max-rounds", "1", "--trigger-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
-        "--hotflip-candidates", "2", "--trigger-length", "2", "--no-progress"]
+TINY = [
+    "--max-rounds",
+    "1",
+    "--trigger-rounds",
+    "1",
+    "--surrogate-steps",
+    "2",
+    "--pgd-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--hotflip-candidates",
+    "2",
+    "--trigger-length",
+    "2",
+    "--no-progress",
+]
 
 
 def free_port() -> str:
@@ -42,17 +57,46 @@ def free_port() -> str:
 def launcher(kind: str) -> list[str]:
     """Two CPU processes: what recipes/README.md tells users to type, with python -m for the test's interpreter."""
     if kind == "torchrun":
-        return ["-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", free_port()]
-    return ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-            "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", free_port()]
+        return [
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            free_port(),
+        ]
+    return [
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        free_port(),
+    ]
 
 
 def run(command: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     env = {key: value for key, value in os.environ.items() if key not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", OMP_NUM_THREADS="1",
-               CUDA_VISIBLE_DEVICES="",  # the CPU path, also on a machine with a GPU
-               PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    env.update(
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TOKENIZERS_PARALLELISM="false",
+        OMP_NUM_THREADS="1",
+        CUDA_VISIBLE_DEVICES="",  # the CPU path, also on a machine with a GPU
+        PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    )
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
     assert result.returncode == 0, f"{command}\nstdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-5000:]}"
     return result
 
@@ -73,8 +117,9 @@ def images(ds: datasets.Dataset) -> list[bytes]:
     return [value["bytes"] for value in ds.with_format("arrow")["image"].to_pylist()]
 
 
-def assert_keeps_promises(protected: datasets.Dataset, reference: datasets.Dataset, clean: datasets.Dataset,
-                          epsilon_levels: int) -> None:
+def assert_keeps_promises(
+    protected: datasets.Dataset, reference: datasets.Dataset, clean: datasets.Dataset, epsilon_levels: int
+) -> None:
     """What the 1-process output promises: same rows, order, columns; budget; one trigger per image."""
     assert protected.features == reference.features and len(protected) == len(reference) == ROWS
     assert protected["row_id"][:] == reference["row_id"][:] == clean["row_id"][:]
@@ -104,9 +149,22 @@ def test_recipe_two_processes_under_torchrun_and_accelerate_launch(assets, tmp_p
     outputs = {}
     for kind in ("torchrun", "accelerate"):
         output, work, saved = tmp_path / kind, tmp_path / f"w-{kind}", tmp_path / f"t-{kind}"
-        result = run([*launcher(kind), str(RECIPE), *common, "--output-dir", str(output), "--work-dir", str(work),
-                      "--save-transform", str(saved)])
-        summaries = [json.loads(line[len("summary: "):]) for line in result.stdout.splitlines() if line.startswith("summary: ")]
+        result = run(
+            [
+                *launcher(kind),
+                str(RECIPE),
+                *common,
+                "--output-dir",
+                str(output),
+                "--work-dir",
+                str(work),
+                "--save-transform",
+                str(saved),
+            ]
+        )
+        summaries = [
+            json.loads(line[len("summary: ") :]) for line in result.stdout.splitlines() if line.startswith("summary: ")
+        ]
         assert len(summaries) == 1, result.stdout  # the main process alone reports and writes
         assert summaries[0]["processes"] == 2 and summaries[0]["rows"] == ROWS
         assert (saved / "protect_config.json").is_file()
@@ -128,8 +186,18 @@ def test_cli_protect_two_processes_under_torchrun_and_accelerate_launch(assets, 
     outputs = {}
     for kind in ("torchrun", "accelerate"):
         output = tmp_path / kind
-        result = run([*launcher(kind), "-m", "hf_unlearnable.cli", *common, "--output", str(output),
-                      "--work-dir", str(tmp_path / f"w-{kind}")])
+        result = run(
+            [
+                *launcher(kind),
+                "-m",
+                "hf_unlearnable.cli",
+                *common,
+                "--output",
+                str(output),
+                "--work-dir",
+                str(tmp_path / f"w-{kind}"),
+            ]
+        )
         assert re.findall(r"processes: \d+", result.stdout) == ["processes: 2"], result.stdout
         assert result.stdout.count(f"protected {ROWS} rows") == 1
         outputs[kind] = datasets.load_from_disk(str(output))
@@ -145,10 +213,15 @@ def test_check_world_size_names_both_numbers_and_the_fix():
     fix = r".*each would run alone.*Fix: call hf_unlearnable.devices.process_state\(\)"
     with pytest.raises(ValueError, match=r"\(WORLD_SIZE=2 from the launcher, 1 in Accelerate's process state\)" + fix):
         check_world_size(2, 1, None)
-    with pytest.raises(ValueError, match=r"\(WORLD_SIZE=4 from the launcher, 2 in Accelerate's process state, "
-                                         r"2 in torch.distributed's process group\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"\(WORLD_SIZE=4 from the launcher, 2 in Accelerate's process state, "
+        r"2 in torch.distributed's process group\)",
+    ):
         check_world_size(4, 2, 2)
-    with pytest.raises(ValueError, match=r"\(1 in Accelerate's process state, 2 in torch.distributed's process group\)"):
+    with pytest.raises(
+        ValueError, match=r"\(1 in Accelerate's process state, 2 in torch.distributed's process group\)"
+    ):
         check_world_size(None, 1, 2)
 
 
@@ -156,8 +229,9 @@ def test_a_process_state_built_before_the_library_stops_the_run(tmp_path):
     """The recipe's old bug, for real: PartialState() first under torchrun on CPU joins the process
     group (2) but counts 1 process; the library's first Accelerator refuses to run on it."""
     script = tmp_path / "early_state.py"
-    script.write_text(textwrap.dedent(
-        """
+    script.write_text(
+        textwrap.dedent(
+            """
         import importlib.util, os
         from accelerate import PartialState
         state = PartialState()  # no cpu=True
@@ -171,10 +245,15 @@ def test_a_process_state_built_before_the_library_stops_the_run(tmp_path):
             with open(os.path.join("OUT", "rank" + os.environ["RANK"]), "w") as handle:
                 handle.write(f"refused: {error}")
         """
-    ).replace("DEVICES", str(ROOT / "hf_unlearnable" / "devices.py")).replace("OUT", str(tmp_path)))
+        )
+        .replace("DEVICES", str(ROOT / "hf_unlearnable" / "devices.py"))
+        .replace("OUT", str(tmp_path))
+    )
     result = run([*launcher("torchrun"), str(script)], timeout=120)
-    expected = ("refused: The processes of this run disagree on how many they are (WORLD_SIZE=2 from the launcher, "
-                "1 in Accelerate's process state, 2 in torch.distributed's process group)")
+    expected = (
+        "refused: The processes of this run disagree on how many they are (WORLD_SIZE=2 from the launcher, "
+        "1 in Accelerate's process state, 2 in torch.distributed's process group)"
+    )
     for rank in (0, 1):  # both processes stop
         assert (tmp_path / f"rank{rank}").read_text().startswith(expected), result.stdout
 
@@ -182,15 +261,28 @@ def test_a_process_state_built_before_the_library_stops_the_run(tmp_path):
 def test_only_devices_builds_the_process_state():
     """Every entry point gets its process state from hf_unlearnable.devices; a second builder could disagree."""
     pattern = re.compile(r"\b(PartialState|Accelerator)\(")
-    sources = [*sorted((ROOT / "hf_unlearnable").rglob("*.py")), *sorted((ROOT / "recipes").glob("*.py")),
-               *sorted((ROOT / "benchmarks").rglob("*.py"))]
+    sources = [
+        *sorted((ROOT / "hf_unlearnable").rglob("*.py")),
+        *sorted((ROOT / "recipes").glob("*.py")),
+        *sorted((ROOT / "benchmarks").rglob("*.py")),
+    ]
     builders = [str(path.relative_to(ROOT)) for path in sources if pattern.search(path.read_text())]
     assert builders == ["hf_unlearnable/devices.py"]
 
 
 # the levers beyond the paper's MEM: a random word slot per caption and EOT in PGD
-LEVERS = ["--method", "mem", "--trigger-position", "random", "--eot-transforms", "jpeg,crop-flip", "--max-rounds", "2",
-          "--seed", "7"]
+LEVERS = [
+    "--method",
+    "mem",
+    "--trigger-position",
+    "random",
+    "--eot-transforms",
+    "jpeg,crop-flip",
+    "--max-rounds",
+    "2",
+    "--seed",
+    "7",
+]
 
 
 def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
@@ -200,9 +292,28 @@ def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
     from hf_unlearnable import ProtectTransform
 
     output, saved = tmp_path / "out", tmp_path / "saved"
-    result = run([*launcher("torchrun"), "-m", "hf_unlearnable.cli", "--verbose", "protect", "--dataset", assets["data"],
-                  "--model", assets["model"], *TINY, *LEVERS, "--output", str(output), "--work-dir", str(tmp_path / "work"),
-                  "--keep-work-dir", "--save-transform", str(saved)])
+    result = run(
+        [
+            *launcher("torchrun"),
+            "-m",
+            "hf_unlearnable.cli",
+            "--verbose",
+            "protect",
+            "--dataset",
+            assets["data"],
+            "--model",
+            assets["model"],
+            *TINY,
+            *LEVERS,
+            "--output",
+            str(output),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--keep-work-dir",
+            "--save-transform",
+            str(saved),
+        ]
+    )
     assert re.findall(r"processes: \d+", result.stdout) == ["processes: 2"], result.stdout
     protected, clean = datasets.load_from_disk(str(output)), assets["clean"]
     assert protected["row_id"][:] == clean["row_id"][:] and protected["note"][:] == clean["note"][:]
@@ -228,8 +339,18 @@ def test_cli_protect_with_every_lever_on_two_processes(assets, tmp_path):
 def test_cli_rerun_on_two_processes_reuses_the_finished_work_dir(assets, tmp_path):
     # A finished work dir is reloaded on every rank. On CPU the accelerator's device is "cpu:0",
     # which safetensors refused ("device cpu:0 is invalid"): every 2-process rerun or resume died.
-    common = ["-m", "hf_unlearnable.cli", "protect", "--dataset", assets["data"], "--model", assets["model"], *TINY,
-              "--work-dir", str(tmp_path / "work")]
+    common = [
+        "-m",
+        "hf_unlearnable.cli",
+        "protect",
+        "--dataset",
+        assets["data"],
+        "--model",
+        assets["model"],
+        *TINY,
+        "--work-dir",
+        str(tmp_path / "work"),
+    ]
     first = run([*launcher("torchrun"), *common, "--output", str(tmp_path / "first")])
     second = run([*launcher("torchrun"), *common, "--output", str(tmp_path / "second")])
     for result in (first, second):

@@ -23,8 +23,16 @@ from hf_unlearnable.surrogate import Surrogate
 from hf_unlearnable.testing import synthetic_captions, tiny_clip
 
 LAYERED = MEMConfig(
-    method="layered", max_rounds=2, trigger_rounds=2, surrogate_steps=5, batch_size=8, pgd_steps=2,
-    hotflip_candidates=8, learning_rate=5e-4, online_rounds=1, eot_transforms=("jpeg",),
+    method="layered",
+    max_rounds=2,
+    trigger_rounds=2,
+    surrogate_steps=5,
+    batch_size=8,
+    pgd_steps=2,
+    hotflip_candidates=8,
+    learning_rate=5e-4,
+    online_rounds=1,
+    eot_transforms=("jpeg",),
 )
 
 
@@ -82,7 +90,9 @@ def test_pgd_of_the_layered_method_pulls_each_image_toward_its_own_untriggered_c
     given = step.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))
     assert given.shape == own.shape and torch.allclose(given, own, atol=1e-5)
     mem = MEMStep(surrogate, codec, vocabulary, LAYERED.replace(method="mem", batch_size=8))
-    assert not torch.allclose(mem.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))[0], own, atol=1e-4)
+    assert not torch.allclose(
+        mem.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))[0], own, atol=1e-4
+    )
 
 
 def test_the_trigger_layer_starts_from_the_initial_surrogate(clip, rows, monkeypatch, tmp_path):
@@ -90,8 +100,11 @@ def test_the_trigger_layer_starts_from_the_initial_surrogate(clip, rows, monkeyp
     train = MEMLoop.train_surrogate
 
     def spy(self, round_index, triggered=True):
-        seen[round_index] = ({n: v.detach().clone() for n, v in self.surrogate.model.state_dict().items()},
-                             len(self.optimizer.state), triggered)
+        seen[round_index] = (
+            {n: v.detach().clone() for n, v in self.surrogate.model.state_dict().items()},
+            len(self.optimizer.state),
+            triggered,
+        )
         return train(self, round_index, triggered)
 
     monkeypatch.setattr(MEMLoop, "train_surrogate", spy)
@@ -141,7 +154,11 @@ def test_without_a_trigger_only_the_pixel_layer_runs(clip, rows):
 
 @pytest.mark.parametrize(
     "changes, field",
-    [(dict(image_noise=False), "image_noise"), (dict(trigger_rounds=0), "trigger_rounds"), (dict(method="stacked"), "method")],
+    [
+        (dict(image_noise=False), "image_noise"),
+        (dict(trigger_rounds=0), "trigger_rounds"),
+        (dict(method="stacked"), "method"),
+    ],
 )
 def test_layered_configs_that_cannot_work_are_refused(changes, field):
     with pytest.raises(ValueError, match=f"MEMConfig.{field}="):
@@ -162,7 +179,9 @@ def test_a_protector_saved_before_the_layered_method_stays_mem(clip, tmp_path):
     """A saved protector whose config has no ``method`` (algorithm <= 6) ran MEM: loading it must not
     turn it into the layered method, or rows it has not seen would be protected another way."""
     model, processor = clip
-    ProtectTransform(model, processor, LAYERED.replace(method="mem", eot_transforms=()), progress=False).save_pretrained(tmp_path)
+    ProtectTransform(
+        model, processor, LAYERED.replace(method="mem", eot_transforms=()), progress=False
+    ).save_pretrained(tmp_path)
     meta_file = tmp_path / "protect_config.json"
     meta = json.loads(meta_file.read_text())
     del meta["config"]["method"]

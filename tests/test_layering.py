@@ -77,8 +77,13 @@ def absolute(package: str, level: int, name: str | None) -> str:
 
 def lazy_tables(tree: ast.Module) -> list[ast.Dict]:
     """The ``{name: ".module"}`` tables a module passes to ``lazy_exports`` (inline, or by a module-level name)."""
-    assigned = {target.id: node.value for node in tree.body if isinstance(node, ast.Assign)
-                for target in node.targets if isinstance(target, ast.Name)}
+    assigned = {
+        target.id: node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
     tables = []
     for node in runtime_nodes(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", getattr(node.func, "attr", None)) == "lazy_exports":
@@ -107,7 +112,9 @@ def module_imports(module: str, modules: dict[str, Path]) -> list[Import]:
             for alias in node.names:
                 target = owning_module(alias.name, modules)
                 if target is not None:
-                    found.append(Import(module, target, node.lineno, bound=alias.asname if target == alias.name else None))
+                    found.append(
+                        Import(module, target, node.lineno, bound=alias.asname if target == alias.name else None)
+                    )
         elif isinstance(node, ast.ImportFrom):
             origin = absolute(package, node.level, node.module)
             if owning_module(origin, modules) is None:
@@ -144,8 +151,8 @@ def cycles(graph: dict[str, list[Import]]) -> list[list[str]]:
             elif edge.target in stack:
                 lowest[module] = min(lowest[module], index[edge.target])
         if lowest[module] == index[module]:
-            component = stack[stack.index(module):]
-            del stack[stack.index(module):]
+            component = stack[stack.index(module) :]
+            del stack[stack.index(module) :]
             if len(component) > 1:
                 found.append(sorted(component))
 
@@ -161,8 +168,14 @@ def describe_cycles(graph: dict[str, list[Import]]) -> str:
     for component in cycles(graph):
         lines.append("cycle: " + ", ".join(component))
         members = set(component)
-        lines += sorted({f"  {edge.source}:{edge.line} -> {edge.target}" for module in component for edge in graph[module]
-                         if edge.target in members})
+        lines += sorted(
+            {
+                f"  {edge.source}:{edge.line} -> {edge.target}"
+                for module in component
+                for edge in graph[module]
+                if edge.target in members
+            }
+        )
     return "\n".join(lines)
 
 
@@ -176,12 +189,20 @@ def private_imports(root: Path) -> list[str]:
     modules = package_modules(root)
     found = set()
     for module, edges in import_graph(root).items():
-        found |= {f"{module}:{edge.line} takes {edge.name} from {edge.target}" for edge in edges
-                  if edge.name is not None and is_private(edge.name)}
+        found |= {
+            f"{module}:{edge.line} takes {edge.name} from {edge.target}"
+            for edge in edges
+            if edge.name is not None and is_private(edge.name)
+        }
         bound = {edge.bound: edge.target for edge in edges if edge.bound}  # local name -> the module it names
         for node in runtime_nodes(ast.parse(modules[module].read_text(encoding="utf-8"))):
-            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
-                    and is_private(node.attr) and bound[node.value.id] != module):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id in bound
+                and is_private(node.attr)
+                and bound[node.value.id] != module
+            ):
                 found.add(f"{module}:{node.lineno} takes {node.attr} from {bound[node.value.id]}")
     return sorted(found)
 
@@ -190,7 +211,9 @@ def private_imports(root: Path) -> list[str]:
 def test_no_import_cycles():
     graph = import_graph(PACKAGE)
     assert len(graph) > 40 and any(graph.values())  # the walk found the package and its imports
-    assert not cycles(graph), "modules that import each other (drop or move one import of each cycle):\n" + describe_cycles(graph)
+    assert not cycles(graph), (
+        "modules that import each other (drop or move one import of each cycle):\n" + describe_cycles(graph)
+    )
 
 
 def test_no_private_names_across_modules():
@@ -209,48 +232,62 @@ def write_package(root: Path, files: dict[str, str]) -> Path:
 
 
 def test_a_cycle_through_a_function_level_import_is_found(tmp_path):
-    package = write_package(tmp_path, {
-        "__init__.py": "from .a import f\n",
-        "a.py": "def f():\n    from .sub.b import g\n    return g\n",
-        "sub/__init__.py": "",
-        "sub/b.py": "import typing\nfrom .. import f as g\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "from .a import f\n",
+            "a.py": "def f():\n    from .sub.b import g\n    return g\n",
+            "sub/__init__.py": "",
+            "sub/b.py": "import typing\nfrom .. import f as g\n",
+        },
+    )
     assert cycles(import_graph(package)) == [["pkg", "pkg.a", "pkg.sub.b"]]
     assert "pkg.sub.b:2 -> pkg" in describe_cycles(import_graph(package))
 
 
 def test_a_cycle_through_a_lazy_name_is_found(tmp_path):
-    package = write_package(tmp_path, {
-        "__init__.py": "from .lazy import lazy_exports\n_PUBLIC = {'Thing': '.thing'}\n"
-                       "__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())\nVERSION = 1\n",
-        "lazy.py": "def lazy_exports(package, exports, namespace):\n    return None, None\n",
-        "thing.py": "from . import VERSION\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "from .lazy import lazy_exports\n_PUBLIC = {'Thing': '.thing'}\n"
+            "__getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())\nVERSION = 1\n",
+            "lazy.py": "def lazy_exports(package, exports, namespace):\n    return None, None\n",
+            "thing.py": "from . import VERSION\n",
+        },
+    )
     graph = import_graph(package)
     assert Import("pkg", "pkg.thing", 2, "Thing") in graph["pkg"]
     assert cycles(graph) == [["pkg", "pkg.thing"]]
 
 
 def test_type_checking_imports_are_not_edges(tmp_path):
-    package = write_package(tmp_path, {
-        "__init__.py": "",
-        "a.py": "from . import b\n",
-        "b.py": "import typing\nif typing.TYPE_CHECKING:\n    from .a import X\nelse:\n    import pkg.c\n",
-        "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "",
+            "a.py": "from . import b\n",
+            "b.py": "import typing\nif typing.TYPE_CHECKING:\n    from .a import X\nelse:\n    import pkg.c\n",
+            "c.py": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import pkg.a\n",
+        },
+    )
     graph = import_graph(package)
     assert cycles(graph) == []
     assert [(edge.target, edge.line) for edge in graph["pkg.b"]] == [("pkg.c", 5)]
 
 
 def test_a_private_name_from_another_module_is_found(tmp_path):
-    package = write_package(tmp_path, {
-        "__init__.py": "__version__ = '1'\n",
-        "a.py": "_HIDDEN = 1\n_used_here = _HIDDEN\n",
-        "b.py": "from . import __version__\nfrom .a import _HIDDEN\n",
-        "c.py": "def f():\n    from . import a\n    return a._HIDDEN\n",
-        "d.py": "import pkg.a as alias\nvalue = alias._HIDDEN\n",
-    })
+    package = write_package(
+        tmp_path,
+        {
+            "__init__.py": "__version__ = '1'\n",
+            "a.py": "_HIDDEN = 1\n_used_here = _HIDDEN\n",
+            "b.py": "from . import __version__\nfrom .a import _HIDDEN\n",
+            "c.py": "def f():\n    from . import a\n    return a._HIDDEN\n",
+            "d.py": "import pkg.a as alias\nvalue = alias._HIDDEN\n",
+        },
+    )
     assert private_imports(package) == [
-        "pkg.b:2 takes _HIDDEN from pkg.a", "pkg.c:3 takes _HIDDEN from pkg.a", "pkg.d:2 takes _HIDDEN from pkg.a",
+        "pkg.b:2 takes _HIDDEN from pkg.a",
+        "pkg.c:3 takes _HIDDEN from pkg.a",
+        "pkg.d:2 takes _HIDDEN from pkg.a",
     ]

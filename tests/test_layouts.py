@@ -22,13 +22,15 @@ def per_caption(flickr, order):
     """COCO-style one row per caption: (image index, caption index) pairs in `order`."""
     images = flickr.with_format("arrow")["image"].to_pylist()
     captions = flickr["caption"][:]
-    features = datasets.Features({
-        "image_id": datasets.Value("int64"),
-        "image": datasets.Image(),
-        "caption": datasets.Value("string"),
-        "id": datasets.Value("int64"),
-        "split": datasets.Value("string"),
-    })
+    features = datasets.Features(
+        {
+            "image_id": datasets.Value("int64"),
+            "image": datasets.Image(),
+            "caption": datasets.Value("string"),
+            "id": datasets.Value("int64"),
+            "split": datasets.Value("string"),
+        }
+    )
     return datasets.Dataset.from_dict(
         {
             "image_id": [100 + i for i, _ in order],
@@ -55,7 +57,9 @@ def arrow(ds):
 
 
 def test_group_makes_one_row_per_image_in_first_appearance_order(flickr, interleaved):
-    shuffled = interleaved.select([7, 2, 5, 0, 14, 12, 1, 3, 4, 6, 8, 9, 10, 11, 13])  # ids 102, 102, 100, 100, 104, ...
+    shuffled = interleaved.select(
+        [7, 2, 5, 0, 14, 12, 1, 3, 4, 6, 8, 9, 10, 11, 13]
+    )  # ids 102, 102, 100, 100, 104, ...
     grouped = group_captions(shuffled, "image_id", "caption", per_caption_columns=["id"])
     assert grouped.column_names == shuffled.column_names  # column order kept
     assert grouped["image_id"][:] == [102, 100, 104, 101, 103]
@@ -178,7 +182,9 @@ def test_detect_errors_list_columns_and_flag(flickr):
     with pytest.raises(ValueError, match=r"No caption column found.*words \(list of string\).*--caption-column"):
         detect_layout(no_caption)
     both = flickr.add_column("text", ["x"] * IMAGES)
-    with pytest.raises(ValueError, match=r"Several caption columns are possible: \['caption', 'text'\].*--caption-column"):
+    with pytest.raises(
+        ValueError, match=r"Several caption columns are possible: \['caption', 'text'\].*--caption-column"
+    ):
         detect_layout(both)
     assert detect_layout(both, caption_column="text")["caption_column"] == "text"
     no_image = flickr.cast_column("image", datasets.Image(decode=False)).map(
@@ -209,8 +215,11 @@ def numbered(flickr):
 
 def test_merge_caption_columns_makes_a_list_column(flickr):
     ds = numbered(flickr)
-    with pytest.raises(ValueError, match=r"spread over columns \['caption_0', 'caption_1', 'caption_2'\].*"
-                       r"--caption-column caption_0,caption_1,caption_2"):
+    with pytest.raises(
+        ValueError,
+        match=r"spread over columns \['caption_0', 'caption_1', 'caption_2'\].*"
+        r"--caption-column caption_0,caption_1,caption_2",
+    ):
         detect_layout(ds)
     merged = merge_caption_columns(ds, ["caption_0", "caption_1", "caption_2"])
     assert merged.column_names == ["captions", "image", "img_id"]

@@ -34,7 +34,13 @@ def setup():
 
 def batch_loss(surrogate, images, noise, ids, mask):
     with torch.no_grad():
-        return float(ContrastiveLoss()(surrogate.image_features(pixels_from_uint8(images, noise)), surrogate.text_features(ids, mask), surrogate.logit_scale()))
+        return float(
+            ContrastiveLoss()(
+                surrogate.image_features(pixels_from_uint8(images, noise)),
+                surrogate.text_features(ids, mask),
+                surrogate.logit_scale(),
+            )
+        )
 
 
 def test_pgd_minimises_within_budget_on_the_grid(setup):
@@ -141,8 +147,12 @@ def search_losses(trained, search_class, seeds=(0, 1, 2), candidates=4):
         triggers = torch.from_numpy(vocabulary.sample((len(images), 3), np.random.default_rng(seed))).long()
         ids, mask = codec.build(triggers, bodies, lengths)
         searched = search_class(surrogate, vocabulary.mask, candidates)(image_features, ids, mask, trigger_length=3)
-        control = RandomCandidates(surrogate, vocabulary.mask, candidates, seed=seed)(image_features, ids, mask, trigger_length=3)
-        results.append((batch_loss(surrogate, images, None, searched, mask), batch_loss(surrogate, images, None, control, mask)))
+        control = RandomCandidates(surrogate, vocabulary.mask, candidates, seed=seed)(
+            image_features, ids, mask, trigger_length=3
+        )
+        results.append(
+            (batch_loss(surrogate, images, None, searched, mask), batch_loss(surrogate, images, None, control, mask))
+        )
     return results
 
 
@@ -174,13 +184,26 @@ def pgd_text_targets(trigger_length, shuffle_captions, steps=4, batch=8):
     bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
     triggers = torch.from_numpy(vocabulary.sample((batch, trigger_length), np.random.default_rng(5))).long()
     images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
-    config = MEMConfig(method="mem", trigger_length=trigger_length, shuffle_captions=shuffle_captions, pgd_steps=steps, batch_size=batch)
+    config = MEMConfig(
+        method="mem",
+        trigger_length=trigger_length,
+        shuffle_captions=shuffle_captions,
+        pgd_steps=steps,
+        batch_size=batch,
+    )
     step = MEMStep(surrogate, codec, vocabulary if trigger_length else None, config)
     seen = []
     attack = step.pgd
-    step.pgd = lambda images, noise, text_features, generator=None: seen.append(text_features) or attack(images, noise, text_features, generator)
-    batch_data = {"images": images, "noise": torch.zeros_like(images, dtype=torch.int8), "triggers": triggers,
-                  "bodies": bodies, "lengths": lengths}
+    step.pgd = lambda images, noise, text_features, generator=None: (
+        seen.append(text_features) or attack(images, noise, text_features, generator)
+    )
+    batch_data = {
+        "images": images,
+        "noise": torch.zeros_like(images, dtype=torch.int8),
+        "triggers": triggers,
+        "bodies": bodies,
+        "lengths": lengths,
+    }
     step(batch_data, update_triggers=False, generator=torch.Generator().manual_seed(6))
     (given,) = seen
     given = given.expand(steps, *given.shape) if given.dim() == 2 else given
@@ -215,9 +238,16 @@ def test_em_pgd_uses_each_images_own_caption():
 # ----------------------------------------------------------------------------------------------
 
 LOOP_CONFIG = MEMConfig(
-    method="mem", eot_transforms=(),
-    max_rounds=2, surrogate_steps=5, batch_size=8, pgd_steps=2, trigger_rounds=1, hotflip_candidates=8,
-    learning_rate=5e-4, online_rounds=1,
+    method="mem",
+    eot_transforms=(),
+    max_rounds=2,
+    surrogate_steps=5,
+    batch_size=8,
+    pgd_steps=2,
+    trigger_rounds=1,
+    hotflip_candidates=8,
+    learning_rate=5e-4,
+    online_rounds=1,
 )
 
 

@@ -19,15 +19,23 @@ import pytest
 import torch
 
 import hf_unlearnable
-from hf_unlearnable import EM, MEM, ALGORITHM_VERSION, Layered, MEMConfig, ProtectTransform, RandomNoise, TriggerOnly
+from hf_unlearnable import ALGORITHM_VERSION, EM, MEM, Layered, MEMConfig, ProtectTransform, RandomNoise, TriggerOnly
 from hf_unlearnable.config import REMOVED_FIELDS
 from hf_unlearnable.images import decode_png, prepare_image
 from hf_unlearnable.methods import SHARED_SETTINGS, SurrogateMethod
 from hf_unlearnable.testing import synthetic_captions
 
 #: A small schedule on which every part of each method runs (surrogate steps, HotFlip, PGD, 2 rounds).
-SMALL = dict(max_rounds=2, trigger_rounds=2, surrogate_steps=4, batch_size=8, pgd_steps=2, hotflip_candidates=8,
-             learning_rate=5e-4, online_rounds=1)
+SMALL = dict(
+    max_rounds=2,
+    trigger_rounds=2,
+    surrogate_steps=4,
+    batch_size=8,
+    pgd_steps=2,
+    hotflip_candidates=8,
+    learning_rate=5e-4,
+    online_rounds=1,
+)
 PIXELS_ONLY = {k: v for k, v in SMALL.items() if k not in ("trigger_rounds", "hotflip_candidates")}  # EM's share
 TRIGGERS_ONLY = {k: v for k, v in SMALL.items() if k != "pgd_steps"}  # TriggerOnly's share
 SURROGATE_METHODS = (MEM, EM, TriggerOnly, Layered)
@@ -134,10 +142,16 @@ def test_protect_transform_runs_the_method_object(clip, monkeypatch):
 
 @pytest.mark.parametrize(
     "method, field, message",
-    [(EM, "trigger_length", "EM sets trigger_length=0 itself"), (EM, "trigger_words", "EM puts no trigger"),
-     (EM, "shuffle_captions", "EM sets shuffle_captions=False itself"), (MEM, "method", "MEM sets method='mem' itself"),
-     (TriggerOnly, "epsilon", "trigger-only adds no image noise"), (TriggerOnly, "image_noise", "sets image_noise=False"),
-     (Layered, "shuffle_captions", "never a shuffled one"), (Layered, "method", "sets method='layered'")],
+    [
+        (EM, "trigger_length", "EM sets trigger_length=0 itself"),
+        (EM, "trigger_words", "EM puts no trigger"),
+        (EM, "shuffle_captions", "EM sets shuffle_captions=False itself"),
+        (MEM, "method", "MEM sets method='mem' itself"),
+        (TriggerOnly, "epsilon", "trigger-only adds no image noise"),
+        (TriggerOnly, "image_noise", "sets image_noise=False"),
+        (Layered, "shuffle_captions", "never a shuffled one"),
+        (Layered, "method", "sets method='layered'"),
+    ],
 )
 def test_a_field_a_method_sets_or_does_not_use_is_refused(method, field, message):
     with pytest.raises(TypeError, match=re.escape(message)):
@@ -260,8 +274,11 @@ def test_each_method_computes_what_its_flag_combination_computed(clip, rows, nam
 
 @pytest.mark.parametrize("field", sorted(REMOVED_FIELDS))
 def test_a_removed_field_is_refused_by_name(field):
-    for make in (lambda: MEMConfig(**{field: 1}), lambda: MEMConfig().replace(**{field: 1}),
-                 lambda: MEMConfig.paper(**{field: 0})):
+    for make in (
+        lambda: MEMConfig(**{field: 1}),
+        lambda: MEMConfig().replace(**{field: 1}),
+        lambda: MEMConfig.paper(**{field: 0}),
+    ):
         with pytest.raises(TypeError, match=rf"MEMConfig no longer has {field}: measured"):
             make()
     with pytest.raises(ValueError, match=rf"no longer has {field}"):

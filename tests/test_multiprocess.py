@@ -67,8 +67,19 @@ def test_two_processes_shard_the_work_and_agree(tmp_path):
     source = synthetic_captions(ROWS, seed=0)
     source.add_column("row_id", list(range(ROWS))).save_to_disk(str(tmp_path / "input"))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script), str(tmp_path)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(tmp_path),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
     assert result.returncode == 0, result.stderr[-4000:]
 
@@ -96,5 +107,8 @@ def test_two_processes_shard_the_work_and_agree(tmp_path):
         difference = decode_png(row["image"]["bytes"]).astype(int) - prepare_image(clean_row["image"], 32)
         assert np.abs(difference).max() <= 8
         changed += bool(np.abs(difference).max())
-        assert text.endswith(clean_text) and len(tokenizer(text)["input_ids"]) == len(tokenizer(clean_text)["input_ids"]) + 3
+        assert (
+            text.endswith(clean_text)
+            and len(tokenizer(text)["input_ids"]) == len(tokenizer(clean_text)["input_ids"]) + 3
+        )
     assert changed == ROWS  # rows of both shards were perturbed

@@ -17,7 +17,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT / "benchmarks") not in sys.path:  # the builder imports build_icon_dataset, as the scripts import _common
     sys.path.insert(0, str(ROOT / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("build_objects_dataset", ROOT / "benchmarks" / "build_objects_dataset.py")
+_spec = importlib.util.spec_from_file_location(
+    "build_objects_dataset", ROOT / "benchmarks" / "build_objects_dataset.py"
+)
 builder = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(builder)
 
@@ -57,8 +59,11 @@ def deb(path: Path, files: dict[str, bytes]) -> Path:
                 tar.addfile(info, io.BytesIO(data))
         return buffer.getvalue()
 
-    members = [("debian-binary", b"2.0\n"), ("control.tar.xz", tar_xz({"control": b"Package: fake\n"})),
-               ("data.tar.xz", tar_xz(files))]
+    members = [
+        ("debian-binary", b"2.0\n"),
+        ("control.tar.xz", tar_xz({"control": b"Package: fake\n"})),
+        ("data.tar.xz", tar_xz(files)),
+    ]
     with open(path, "wb") as stream:
         stream.write(b"!<arch>\n")
         for name, data in members:
@@ -70,7 +75,7 @@ def deb(path: Path, files: dict[str, bytes]) -> Path:
 STAMP = "usr/share/tuxpaint/stamps/"
 STAMP_FILES = {
     STAMP + "animals/frog.png": gradient(1),
-    STAMP + "animals/frog.txt": "A frog.\nde.utf8=Ein Frosch.\nfr.utf8=Une grenouille.\n".encode(),
+    STAMP + "animals/frog.txt": b"A frog.\nde.utf8=Ein Frosch.\nfr.utf8=Une grenouille.\n",
     STAMP + "animals/frog-1.png": gradient(2),
     STAMP + "animals/frog-1.txt": b"A green frog.\n",
     STAMP + "animals/cartoon/frog.svg": SVG,
@@ -151,41 +156,67 @@ def zipped(files: dict[str, bytes]) -> bytes:
 @pytest.fixture
 def archives(tmp_path):
     stamps = deb(tmp_path / "stamps.deb", STAMP_FILES)
-    library = zipped({"PluginFurnitureCatalog.properties": CATALOG.encode("iso-8859-1"),
-                      "test/chair1.png": gradient(11), "test/chair2.png": gradient(12), "test/bill.png": gradient(13, alpha=False)})
+    library = zipped(
+        {
+            "PluginFurnitureCatalog.properties": CATALOG.encode("iso-8859-1"),
+            "test/chair1.png": gradient(11),
+            "test/chair2.png": gradient(12),
+            "test/bill.png": gradient(13, alpha=False),
+        }
+    )
     furniture = deb(tmp_path / "furniture.deb", {"usr/share/sweethome3d/furniture/Test.sh3f": library})
-    jar = zipped({builder.DEFAULT_CATALOG: DEFAULT_CATALOG.encode("iso-8859-1"),
-                  "com/eteks/sweethome3d/io/resources/bed.png": gradient(14)})
+    jar = zipped(
+        {
+            builder.DEFAULT_CATALOG: DEFAULT_CATALOG.encode("iso-8859-1"),
+            "com/eteks/sweethome3d/io/resources/bed.png": gradient(14),
+        }
+    )
     sweethome3d = deb(tmp_path / "sweethome3d.deb", {builder.JAR: jar})
     return {builder.STAMPS: stamps, builder.FURNITURE: furniture, builder.SWEETHOME3D: sweethome3d}
 
 
 def test_captions_come_from_the_descriptions_and_catalogs_only():
     assert builder.stamp_caption("A frog.\nde.utf8=Ein Frosch.") == "a frog"
-    assert builder.stamp_caption("\ufeff  A US 10 cent piece ($.10)  called a dime.\n") == "a us 10 cent piece ($.10) called a dime"
+    assert (
+        builder.stamp_caption("\ufeff  A US 10 cent piece ($.10)  called a dime.\n")
+        == "a us 10 cent piece ($.10) called a dime"
+    )
     assert builder.stamp_caption("Wait for it...") == "wait for it..."
     for bad in ("", "\n\n", "de.utf8=Ein Frosch.", "pt_BR.utf8=Um sapo."):
         with pytest.raises(ValueError, match="English"):
             builder.stamp_caption(bad)
     assert builder.furniture_caption("Stool", "Blend Swap, Chair, Seat", "Kitchen") == "stool, chair, seat, kitchen"
-    assert builder.furniture_caption("Bed 140x190", "Default, Double, DOUBLE", "Bedroom") == "bed 140x190, double, bedroom"
+    assert (
+        builder.furniture_caption("Bed 140x190", "Default, Double, DOUBLE", "Bedroom") == "bed 140x190, double, bedroom"
+    )
     with pytest.raises(ValueError, match="caption"):
         builder.furniture_caption("", "Blend Swap", "")
 
 
 def test_parse_properties_reads_java_escapes_continuations_and_comments():
     text = "# comment\n! also\nname#1=Bill 20\\u20ac\nkey\\:x : value\ntags#1=Money, \\\n    Paper\nempty=\npath=C:\\\\u0041\n"
-    assert builder.parse_properties(text) == {"name#1": "Bill 20€", "key:x": "value", "tags#1": "Money, Paper", "empty": "",
-                                              "path": "C:\\u0041"}  # an escaped backslash is no \\u escape
+    assert builder.parse_properties(text) == {
+        "name#1": "Bill 20€",
+        "key:x": "value",
+        "tags#1": "Money, Paper",
+        "empty": "",
+        "path": "C:\\u0041",
+    }  # an escaped backslash is no \\u escape
 
 
 def test_family_joins_numbered_mirrored_and_cartoon_variants():
-    assert builder.family("stamps/animals/frog-1.png") == builder.family("stamps/animals/cartoon/Frog_mirror.svg") == "stamps/frog"
+    assert (
+        builder.family("stamps/animals/frog-1.png")
+        == builder.family("stamps/animals/cartoon/Frog_mirror.svg")
+        == "stamps/frog"
+    )
     assert builder.family("stamps/vehicles/sail_boat2.png") == "stamps/sail boat"
     assert builder.family("Scopia.sh3f/scopia/bathroom3.png") == builder.family("Scopia.sh3f/scopia/bathroom4.png")
     assert builder.family("Scopia.sh3f/scopia/bed.png") != builder.family("KatorLegaz.sh3f/katorlegaz/bed.png")
     # identical pixels join families, transitively
-    labels = builder.family_groups(["stamps/a/x.png", "stamps/b/y.png", "stamps/c/y-2.png", "stamps/d/z.png"], ["p", "p", "q", "r"])
+    labels = builder.family_groups(
+        ["stamps/a/x.png", "stamps/b/y.png", "stamps/c/y-2.png", "stamps/d/z.png"], ["p", "p", "q", "r"]
+    )
     assert labels[0] == labels[1] == labels[2] != labels[3]
 
 
@@ -205,7 +236,9 @@ def test_read_stamps_captions_variants_and_skips(archives):
         "stamps/town/sign_mirror.png": "a road sign",  # the stamp's own description
     }
     assert skipped == {"stamp without an English description": 2}
-    assert {item["source"] for item in items} == {"fake@1"} and all(item["license"].startswith("GPL-2") for item in items)
+    assert {item["source"] for item in items} == {"fake@1"} and all(
+        item["license"].startswith("GPL-2") for item in items
+    )
 
 
 def test_read_furniture_and_default_catalog(archives):
@@ -219,7 +252,8 @@ def test_read_furniture_and_default_catalog(archives):
     assert skipped == {"catalog piece without its icon": 1}
     default, _ = builder.read_default_furniture(archives[builder.SWEETHOME3D])
     assert [(p["name"], p["caption"]) for p in default] == [
-        ("sweethome3d.jar/com/eteks/sweethome3d/io/resources/bed.png", "bed 140x190, double, bedroom")]
+        ("sweethome3d.jar/com/eteks/sweethome3d/io/resources/bed.png", "bed 140x190, double, bedroom")
+    ]
 
 
 def test_flatten_keeps_continuous_tone_on_a_grey_ground():
@@ -236,8 +270,11 @@ def test_flatten_keeps_continuous_tone_on_a_grey_ground():
 def test_build_dataset_splits_columns_images_and_skips(archives, capsys):
     sources = {name: f"{name}@test" for name in archives}
     dataset, skipped = builder.build_dataset(archives, image_size=16, test_size=3, seed=0, sources=sources)
-    assert skipped == {"stamp without an English description": 2, "catalog piece without its icon": 1,
-                       "image that cannot be decoded or rendered": 1}
+    assert skipped == {
+        "stamp without an English description": 2,
+        "catalog piece without its icon": 1,
+        "image that cannot be decoded or rendered": 1,
+    }
     err = capsys.readouterr().err
     assert "skipped 1: image that cannot be decoded or rendered" in err and "skipped 2: stamp without" in err
     train, test = dataset["train"], dataset["test"]
@@ -258,8 +295,9 @@ def test_build_dataset_splits_columns_images_and_skips(archives, capsys):
         assert not families[0] & families[1], f"seed {seed}: a family straddles the splits"
     again, _ = builder.build_dataset(archives, image_size=16, test_size=3, seed=0, sources=sources)
     assert again["test"]["name"] == test["name"] and again["train"]["caption"] == train["caption"]
-    by_item, _ = builder.build_dataset(archives, image_size=8, test_size=3, seed=0, by_family=False,
-                                      exclude=["stamps/animals/*"])
+    by_item, _ = builder.build_dataset(
+        archives, image_size=8, test_size=3, seed=0, by_family=False, exclude=["stamps/animals/*"]
+    )
     assert len(by_item["test"]) == 3 and not any(n.startswith("stamps/animals/") for n in by_item["train"]["name"])
 
 
@@ -281,7 +319,18 @@ def test_main_writes_dataset_card_and_tokenizer(archives, tmp_path, monkeypatch,
     for name, path in archives.items():
         monkeypatch.setitem(builder.PACKAGES, name, builder.DebPackage(name, "0-test", builder.sha256_of(path)))
     output = tmp_path / "objects"
-    arguments = ["--output", str(output), "--image-size", "8", "--test-size", "2", "--split", "item", "--cache", str(tmp_path / "none")]
+    arguments = [
+        "--output",
+        str(output),
+        "--image-size",
+        "8",
+        "--test-size",
+        "2",
+        "--split",
+        "item",
+        "--cache",
+        str(tmp_path / "none"),
+    ]
     for path in archives.values():
         arguments += ["--archive", str(path)]
     builder.main(arguments)
@@ -290,8 +339,15 @@ def test_main_writes_dataset_card_and_tokenizer(archives, tmp_path, monkeypatch,
     assert (len(loaded["train"]), len(loaded["test"])) == (11, 2)
     assert loaded["test"][0]["image"].size == (8, 8)
     card = (output / "README.md").read_text()
-    for fact in ("tuxpaint-stamps-default", "sweethome3d-furniture", "0-test", builder.sha256_of(archives[builder.STAMPS]),
-                 "GPL-2", "CC-BY 3.0", "1 image that cannot be decoded or rendered"):
+    for fact in (
+        "tuxpaint-stamps-default",
+        "sweethome3d-furniture",
+        "0-test",
+        builder.sha256_of(archives[builder.STAMPS]),
+        "GPL-2",
+        "CC-BY 3.0",
+        "1 image that cannot be decoded or rendered",
+    ):
         assert fact in card
     tokenizer_dir = output / "tokenizer"
     assert (tokenizer_dir / "tokenizer_config.json").is_file()

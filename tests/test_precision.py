@@ -15,7 +15,9 @@ from hf_unlearnable.workdir import IDENTITY_FILE
 
 from .conftest import FAST_CONFIG
 
-SMALL = FAST_CONFIG.replace(max_rounds=2, surrogate_steps=4, pgd_steps=4, trigger_rounds=1)  # 2 x 4 steps of 1/255: the budget
+SMALL = FAST_CONFIG.replace(
+    max_rounds=2, surrogate_steps=4, pgd_steps=4, trigger_rounds=1
+)  # 2 x 4 steps of 1/255: the budget
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -54,7 +56,9 @@ def broken_model(clip):
 def test_a_nan_loss_stops_the_run_naming_round_and_step_and_leaves_the_work_dir_unfinished(clip, dataset, tmp_path):
     _, processor = clip
     transform = ProtectTransform(broken_model(clip), processor, SMALL, work_dir=tmp_path / "work", progress=False)
-    with pytest.raises(NonFiniteLossError, match=r"MEM round 1, surrogate step 1 of 4: the loss is nan\. Likely causes"):
+    with pytest.raises(
+        NonFiniteLossError, match=r"MEM round 1, surrogate step 1 of 4: the loss is nan\. Likely causes"
+    ):
         transform.fit(dataset.select(range(16)))
     assert not transform.is_fitted
     identity = (tmp_path / "work" / IDENTITY_FILE).read_text()
@@ -82,7 +86,9 @@ def test_a_run_that_moved_no_pixel_is_an_error_not_a_result(clip, dataset, tmp_p
 
 def test_a_run_whose_triggers_never_changed_is_an_error(clip, dataset, tmp_path, monkeypatch):
     model, processor = clip
-    monkeypatch.setattr("hf_unlearnable.mem.loop.HotFlip.__call__", lambda self, features, input_ids, *args, **kwargs: input_ids)
+    monkeypatch.setattr(
+        "hf_unlearnable.mem.loop.HotFlip.__call__", lambda self, features, input_ids, *args, **kwargs: input_ids
+    )
     transform = ProtectTransform(model, processor, SMALL, work_dir=tmp_path / "work", progress=False)
     with pytest.raises(NoProtectionError, match="every trigger of 16 rows still the random one"):
         transform.fit(dataset.select(range(16)))
@@ -91,23 +97,36 @@ def test_a_run_whose_triggers_never_changed_is_an_error(clip, dataset, tmp_path,
 def test_a_victim_whose_loss_turns_nan_stops_naming_the_epoch(clip, dataset):
     model, processor = clip
     with pytest.raises(NonFiniteLossError, match=r"victim epoch 1 of 2 \(mean training loss\): the loss is nan"):
-        train_victim(dataset.select(range(16)), dataset.select(range(16, 24)), model.config, processor, epochs=2,
-                     batch_size=8, learning_rate=1e30, warmup_ratio=0.0, progress=False)  # weights overflow
+        train_victim(
+            dataset.select(range(16)),
+            dataset.select(range(16, 24)),
+            model.config,
+            processor,
+            epochs=2,
+            batch_size=8,
+            learning_rate=1e30,
+            warmup_ratio=0.0,
+            progress=False,
+        )  # weights overflow
 
 
 def test_the_method_without_image_noise_is_not_refused_for_moving_no_pixel(clip, dataset, tmp_path):
     model, processor = clip
     triggers_only = SMALL.replace(image_noise=False)
     transform = ProtectTransform(model, processor, triggers_only, work_dir=tmp_path / "work", progress=False).fit(
-        dataset.select(range(16)))
+        dataset.select(range(16))
+    )
     assert transform.summary()["max_noise_levels"] == 0
 
 
 def test_a_hub_id_that_cannot_be_loaded_says_what_to_do_in_one_message(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hub-cache"))  # nothing cached, whatever this machine holds
-    with pytest.raises(OSError, match=r"Cannot load the CLIP model 'openai/clip-vit-base-patch32' .*Pass a local "
-                                      r"folder written by CLIPModel.save_pretrained") as caught:
+    with pytest.raises(
+        OSError,
+        match=r"Cannot load the CLIP model 'openai/clip-vit-base-patch32' .*Pass a local "
+        r"folder written by CLIPModel.save_pretrained",
+    ) as caught:
         ProtectTransform("openai/clip-vit-base-patch32", config=SMALL, progress=False)
     assert caught.value.__cause__ is None and caught.value.__suppress_context__  # no 40-line chain behind it
     rows = synthetic_captions(8, image_size=32)

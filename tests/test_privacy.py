@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 import hf_unlearnable.workdir as workdir
-from hf_unlearnable.cache import list_work_dirs
 from hf_unlearnable import ProtectTransform
+from hf_unlearnable.cache import list_work_dirs
 from hf_unlearnable.cli import main
 from hf_unlearnable.images import decode_png, prepare_image
 from hf_unlearnable.testing import synthetic_captions
@@ -69,10 +69,14 @@ def leaks(folder: Path, needles: dict[str, bytes]) -> list[str]:
 
 
 def pixels(ds: datasets.Dataset) -> list[bytes]:
-    return [decode_png(row["bytes"]).tobytes() for row in ds.cast_column("image", datasets.Image(decode=False))["image"]]
+    return [
+        decode_png(row["bytes"]).tobytes() for row in ds.cast_column("image", datasets.Image(decode=False))["image"]
+    ]
 
 
-def test_save_pretrained_holds_no_clean_data_and_no_noise_and_refuses_to_reprotect_fitted_rows(fitted, dataset, tmp_path):
+def test_save_pretrained_holds_no_clean_data_and_no_noise_and_refuses_to_reprotect_fitted_rows(
+    fitted, dataset, tmp_path
+):
     transform, protected = fitted
     transform.save_pretrained(tmp_path / "saved")
     needles = every_needle(dataset, protected, transform.tokenizer)
@@ -85,7 +89,9 @@ def test_save_pretrained_holds_no_clean_data_and_no_noise_and_refuses_to_reprote
         loaded.apply(dataset)  # it recognises its rows and will not publish a second, differently noised copy
     new_rows = synthetic_captions(6, image_size=32, seed=123)
     out = loaded.apply(new_rows)  # new rows are protected as usual
-    assert len(out) == 6 and all(caption.split()[0] != text.split()[0] for caption, text in zip(out["caption"], new_rows["caption"]))
+    assert len(out) == 6 and all(
+        caption.split()[0] != text.split()[0] for caption, text in zip(out["caption"], new_rows["caption"])
+    )
 
 
 def test_save_pretrained_with_the_noise_says_it_is_private_and_maps_its_rows_again(fitted, dataset, tmp_path):
@@ -108,7 +114,9 @@ def test_explicit_work_dir_is_kept_with_its_clean_copy_and_its_size_logged(clip,
     with caplog.at_level(logging.WARNING, logger="hf_unlearnable"):
         ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "mine", progress=False).protect(small)
     found = leaks(tmp_path / "mine", clean_needles(small, processor.tokenizer))
-    assert any(item.startswith("image 0 ") for item in found) and any(item.startswith("caption ids 3 int32 ") for item in found)
+    assert any(item.startswith("image 0 ") for item in found) and any(
+        item.startswith("caption ids 3 int32 ") for item in found
+    )
     message = next(r.getMessage() for r in caplog.records if "keeps a clean copy" in r.getMessage())
     assert str(tmp_path / "mine") in message and re.search(r"\d B|KB|MB", message)
 
@@ -130,8 +138,10 @@ def test_protect_leaves_nothing_in_the_cache_and_the_transform_stays_usable(clip
     assert mapped["caption"][:] == protected["caption"][:] and pixels(mapped) == pixels(protected)
     single = synthetic_captions(1, image_size=32, seed=77)
     out = single.map(transform, batched=True, with_indices=True)
-    difference = np.abs(decode_png(out.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]).astype(int)
-                        - prepare_image(single.cast_column("image", datasets.Image(decode=False))[0]["image"], 32))
+    difference = np.abs(
+        decode_png(out.cast_column("image", datasets.Image(decode=False))[0]["image"]["bytes"]).astype(int)
+        - prepare_image(single.cast_column("image", datasets.Image(decode=False))[0]["image"], 32)
+    )
     assert 0 < difference.max() <= QUICK.epsilon_levels
     transform.save_pretrained(tmp_path / "saved")
     assert leaks(tmp_path / "saved", needles) == []
@@ -139,7 +149,9 @@ def test_protect_leaves_nothing_in_the_cache_and_the_transform_stays_usable(clip
     assert pixels(transform.protect(small)) == pixels(protected)
     again = ProtectTransform(model, processor, QUICK, progress=False)
     rerun = again.protect(small)
-    assert not again.summary()["reused"] and again.history[-1]["protected_loss"] == transform.history[-1]["protected_loss"]
+    assert (
+        not again.summary()["reused"] and again.history[-1]["protected_loss"] == transform.history[-1]["protected_loss"]
+    )
     assert rerun["caption"][:] == protected["caption"][:] and pixels(rerun) == pixels(protected)
     assert leaks(workdir.cache_root(), needles) == []
 
@@ -177,7 +189,9 @@ def test_keep_work_dir_keeps_the_clean_copy_and_the_noise_with_a_notice_and_is_r
     root = transform._work.root
     assert (root / "state" / "images.npy").exists() and (root / "state" / "noise.npy").exists()
     found = leaks(root, every_needle(small, protected, processor.tokenizer))
-    assert any(item.startswith("image 0 ") for item in found) and any(item.startswith("noise 0 HWC int8 ") for item in found)
+    assert any(item.startswith("image 0 ") for item in found) and any(
+        item.startswith("noise 0 HWC int8 ") for item in found
+    )
     assert "as private as your original" in (root / "KEEP_PRIVATE.txt").read_text()
     again = ProtectTransform(model, processor, QUICK, keep_work_dir=True, progress=False)
     assert pixels(again.protect(small)) == pixels(protected) and again.summary()["reused"]
@@ -211,7 +225,10 @@ def test_work_dir_identity_follows_library_and_algorithm_version(clip, dataset, 
     monkeypatch.setattr(workdir, "ALGORITHM_VERSION", workdir.ALGORITHM_VERSION + 1)
     changed = workdir.work_dir_identity(small, "t")
     assert changed != identity
-    assert workdir.WorkDir.choose(None, changed, transform.accelerator).root != workdir.WorkDir.choose(None, identity, transform.accelerator).root
+    assert (
+        workdir.WorkDir.choose(None, changed, transform.accelerator).root
+        != workdir.WorkDir.choose(None, identity, transform.accelerator).root
+    )
     with pytest.raises(ValueError, match="another version of the algorithm"):
         ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "w", progress=False).fit(small)
     monkeypatch.setattr(workdir, "__version__", "99.0")
@@ -224,7 +241,9 @@ def test_a_folder_the_library_did_not_make_is_never_deleted(clip, fitted, datase
     users.mkdir(parents=True)
     (users / "thesis.tex").write_text("mine")
     with pytest.raises(ValueError, match=r"work_dir .*work is not empty and hf_unlearnable did not create it"):
-        ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "work", progress=False).fit(dataset.select(range(8)))
+        ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "work", progress=False).fit(
+            dataset.select(range(8))
+        )
     assert snapshot(tmp_path / "work") == {"state/thesis.tex": b"mine"}  # not even a lock file was written
     target = tmp_path / "saved"
     (target / "state").mkdir(parents=True)
@@ -249,8 +268,20 @@ def test_mapping_with_an_unfitted_transform_warns_once(clip, caplog):
 
 def test_cli_protect_deletes_the_work_dir_unless_keep_work_dir(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", str(tmp_path / "cache"))
-    common = ["protect", "--rows", "12", "--max-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1",
-              "--batch-size", "6", "--no-progress"]
+    common = [
+        "protect",
+        "--rows",
+        "12",
+        "--max-rounds",
+        "1",
+        "--surrogate-steps",
+        "2",
+        "--pgd-steps",
+        "1",
+        "--batch-size",
+        "6",
+        "--no-progress",
+    ]
     assert main([*common, "--output", str(tmp_path / "a")]) == 0
     assert list_work_dirs() == []
     assert main([*common, "--seed", "1", "--output", str(tmp_path / "b"), "--keep-work-dir"]) == 0
@@ -266,9 +297,14 @@ def test_a_saved_protector_given_as_work_dir_is_refused_and_left_byte_identical(
     model, processor = clip
     fitted[0].save_pretrained(tmp_path / "saved", include_fitted_noise=True)
     before = snapshot(tmp_path / "saved")
-    with pytest.raises(ValueError, match=r"work_dir .*saved is a saved ProtectTransform \(save_pretrained\) made by "
-                                         r"hf_unlearnable, not a work dir; nothing was written to it"):
-        ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "saved", progress=False).fit(dataset.select(range(8)))
+    with pytest.raises(
+        ValueError,
+        match=r"work_dir .*saved is a saved ProtectTransform \(save_pretrained\) made by "
+        r"hf_unlearnable, not a work dir; nothing was written to it",
+    ):
+        ProtectTransform(model, processor, QUICK, work_dir=tmp_path / "saved", progress=False).fit(
+            dataset.select(range(8))
+        )
     assert snapshot(tmp_path / "saved") == before
 
 

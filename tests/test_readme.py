@@ -33,7 +33,13 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 HUB_MODEL = '"openai/clip-vit-base-patch32"'
 ROWS = 20  # enough for a 90% / 10% cut and two halves of 10 rows
 CHEAP_SCHEDULE = dict(
-    max_rounds=1, trigger_rounds=1, surrogate_steps=2, pgd_steps=2, hotflip_candidates=4, batch_size=8, online_rounds=1,
+    max_rounds=1,
+    trigger_rounds=1,
+    surrogate_steps=2,
+    pgd_steps=2,
+    hotflip_candidates=4,
+    batch_size=8,
+    online_rounds=1,
 )
 
 
@@ -44,7 +50,9 @@ def python_blocks(markdown: str) -> list[str]:
 
 def substitute(blocks: list[str], old: str, new: str) -> list[str]:
     """Replace ``old`` by ``new`` in every block; fail if no block holds ``old`` (the stand-in would be stale)."""
-    assert any(old in block for block in blocks), f"no README snippet contains {old!r} any more: update tests/test_readme.py"
+    assert any(old in block for block in blocks), (
+        f"no README snippet contains {old!r} any more: update tests/test_readme.py"
+    )
     return [block.replace(old, new) for block in blocks]
 
 
@@ -55,7 +63,9 @@ def hub_uploads(monkeypatch):
 
     def fake_dataset_push(self, repo_id, **kwargs):
         calls["dataset"].append(dict(repo_id=repo_id, rows=len(self), **kwargs))
-        return CommitInfo(f"https://huggingface.co/datasets/{repo_id}/commit/abc123", kwargs.get("commit_message"), "", "abc123")
+        return CommitInfo(
+            f"https://huggingface.co/datasets/{repo_id}/commit/abc123", kwargs.get("commit_message"), "", "abc123"
+        )
 
     def fake_card_push(self, repo_id, **kwargs):
         calls["card"].append(dict(repo_id=repo_id, **kwargs))

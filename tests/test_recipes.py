@@ -19,8 +19,21 @@ from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_conf
 ROOT = Path(__file__).resolve().parent.parent
 RECIPE = ROOT / "recipes" / "protect_coco.py"
 IMAGES, CAPTIONS = 8, 3
-TINY = ["--max-rounds", "1", "--trigger-rounds", "1", "--surrogate-steps", "2", "--pgd-steps", "1", "--batch-size", "8",
-        "--hotflip-candidates", "2", "--no-progress"]
+TINY = [
+    "--max-rounds",
+    "1",
+    "--trigger-rounds",
+    "1",
+    "--surrogate-steps",
+    "2",
+    "--pgd-steps",
+    "1",
+    "--batch-size",
+    "8",
+    "--hotflip-candidates",
+    "2",
+    "--no-progress",
+]
 PNG = b"\x89PNG\r\n\x1a\n"
 SECRET = "hf_test_secret_token_do_not_print_8f3a"
 
@@ -61,12 +74,26 @@ def assets(tmp_path_factory):
             "caption": [captions[i][j] for i, j in order],
             "id": list(range(len(order))),
         },
-        features=datasets.Features({"image_id": datasets.Value("int64"), "image": datasets.Image(),
-                                    "caption": datasets.Value("string"), "id": datasets.Value("int64")}),
+        features=datasets.Features(
+            {
+                "image_id": datasets.Value("int64"),
+                "image": datasets.Image(),
+                "caption": datasets.Value("string"),
+                "id": datasets.Value("int64"),
+            }
+        ),
     )
     coco.save_to_disk(root / "coco")
-    return {"root": root, "model": str(root / "model"), "config": str(root / "clip_config.json"),
-            "flickr": str(root / "flickr"), "flickr8k": str(root / "flickr8k"), "coco": str(root / "coco"), "captions": captions, "coco_ds": coco}
+    return {
+        "root": root,
+        "model": str(root / "model"),
+        "config": str(root / "clip_config.json"),
+        "flickr": str(root / "flickr"),
+        "flickr8k": str(root / "flickr8k"),
+        "coco": str(root / "coco"),
+        "captions": captions,
+        "coco_ds": coco,
+    }
 
 
 def run_recipe(arguments, launcher=(), timeout=120):
@@ -93,8 +120,19 @@ def assert_protected_lists(protected, clean_captions, column="caption"):
 
 def test_recipe_subprocess_groups_coco_layout(assets, tmp_path):
     output = tmp_path / "out"
-    result = run_recipe(["--dataset", assets["coco"], "--model", assets["model"], "--output-dir", str(output),
-                         "--per-caption-columns", "id", *TINY])
+    result = run_recipe(
+        [
+            "--dataset",
+            assets["coco"],
+            "--model",
+            assets["model"],
+            "--output-dir",
+            str(output),
+            "--per-caption-columns",
+            "id",
+            *TINY,
+        ]
+    )
     assert "grouped by 'image_id'" in result.stdout and "summary: {" in result.stdout
     protected = datasets.load_from_disk(str(output))
     assert protected.column_names == ["image_id", "image", "caption", "id"]
@@ -106,25 +144,71 @@ def test_recipe_subprocess_groups_coco_layout(assets, tmp_path):
 def test_recipe_accelerate_launch_flickr_layout(assets, tmp_path):
     pytest.importorskip("accelerate.commands.launch")
     output, saved = tmp_path / "out", tmp_path / "transform"
-    launcher = ["-m", "accelerate.commands.launch", "--num_processes", "1", "--cpu", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no"]
-    result = run_recipe(["--dataset", assets["flickr"], "--model", assets["model"], "--output-dir", str(output),
-                         "--save-transform", str(saved), "--work-dir", str(tmp_path / "work"), "--max-rows", "6",
-                         "--trigger-length", "2", *TINY], launcher=launcher)
+    launcher = [
+        "-m",
+        "accelerate.commands.launch",
+        "--num_processes",
+        "1",
+        "--cpu",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+    ]
+    result = run_recipe(
+        [
+            "--dataset",
+            assets["flickr"],
+            "--model",
+            assets["model"],
+            "--output-dir",
+            str(output),
+            "--save-transform",
+            str(saved),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--max-rows",
+            "6",
+            "--trigger-length",
+            "2",
+            *TINY,
+        ],
+        launcher=launcher,
+    )
     assert "protected 6 rows" in result.stdout and "grouped by" not in result.stdout
     protected = datasets.load_from_disk(str(output))
     assert len(protected) == 6 and protected["filename"][:] == [f"{i}.jpg" for i in range(6)]
     assert_protected_lists(protected, assets["captions"][:6])
-    assert all(len(text.split()) == len(clean.split()) + 2  # --trigger-length reached MEMConfig
-               for texts, cleans in zip(protected["caption"][:], assets["captions"]) for text, clean in zip(texts, cleans))
+    assert all(
+        len(text.split()) == len(clean.split()) + 2  # --trigger-length reached MEMConfig
+        for texts, cleans in zip(protected["caption"][:], assets["captions"])
+        for text, clean in zip(texts, cleans)
+    )
     assert (saved / "protect_config.json").is_file() and (saved / "surrogate" / "model.safetensors").is_file()
 
 
 def test_recipe_from_scratch_per_caption_output(assets, tmp_path, capsys):
     output = tmp_path / "out"
-    code = load_recipe().main(["--dataset", assets["coco"], "--from-scratch", assets["config"], "--processor",
-                               assets["model"], "--output-dir", str(output), "--per-caption-columns", "id",
-                               "--per-caption-output", "--image-id-column", "image_id", *TINY])
+    code = load_recipe().main(
+        [
+            "--dataset",
+            assets["coco"],
+            "--from-scratch",
+            assets["config"],
+            "--processor",
+            assets["model"],
+            "--output-dir",
+            str(output),
+            "--per-caption-columns",
+            "id",
+            "--per-caption-output",
+            "--image-id-column",
+            "image_id",
+            *TINY,
+        ]
+    )
     assert code == 0
     assert "surrogate after 2 rounds" in capsys.readouterr().out  # the layered default: one pixel, one trigger round
     protected, clean = datasets.load_from_disk(str(output)), assets["coco_ds"]
@@ -149,10 +233,29 @@ def test_recipe_push_to_hub_uses_token_without_printing_it(assets, tmp_path, mon
 
     monkeypatch.setitem(sys.modules, "hf_unlearnable.hub", types.SimpleNamespace(push_protected=fake_push))
     monkeypatch.setenv("MY_HUB_TOKEN", SECRET)
-    code = load_recipe().main(["--dataset", assets["flickr8k"], "--caption-column", "caption_0,caption_1,caption_2",
-                               "--model", assets["model"], "--output-dir", str(tmp_path / "out"), "--push-to-hub", "someone/protected-flickr", "--private",
-                               "--hub-token-env", "MY_HUB_TOKEN", "--license", "cc-by-4.0", "--card-details", "full",
-                               "--verbose", *TINY])
+    code = load_recipe().main(
+        [
+            "--dataset",
+            assets["flickr8k"],
+            "--caption-column",
+            "caption_0,caption_1,caption_2",
+            "--model",
+            assets["model"],
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--push-to-hub",
+            "someone/protected-flickr",
+            "--private",
+            "--hub-token-env",
+            "MY_HUB_TOKEN",
+            "--license",
+            "cc-by-4.0",
+            "--card-details",
+            "full",
+            "--verbose",
+            *TINY,
+        ]
+    )
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert len(calls) == 1
@@ -183,11 +286,13 @@ def test_recipe_rejects_bad_arguments_before_protecting(assets, tmp_path, monkey
     assert recipe.main(["--dataset", assets["flickr"], *base, "--epsilon", "2"]) == 2
     assert "MEMConfig.epsilon=2.0 is invalid" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
-    for arguments in (["--dataset", "x", "--output-dir", "o"],  # neither --model nor --from-scratch
-                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--from-scratch", "c.json"],
-                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--private"],
-                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--card-details", "full"],
-                      ["--dataset", "x", "--output-dir", "o", "--model", "m", "--push-to-hub", "a/b", "--card-details", "all"]):
+    for arguments in (
+        ["--dataset", "x", "--output-dir", "o"],  # neither --model nor --from-scratch
+        ["--dataset", "x", "--output-dir", "o", "--model", "m", "--from-scratch", "c.json"],
+        ["--dataset", "x", "--output-dir", "o", "--model", "m", "--private"],
+        ["--dataset", "x", "--output-dir", "o", "--model", "m", "--card-details", "full"],
+        ["--dataset", "x", "--output-dir", "o", "--model", "m", "--push-to-hub", "a/b", "--card-details", "all"],
+    ):
         with pytest.raises(SystemExit) as error:
             recipe.main(arguments)
         assert error.value.code == 2
@@ -206,16 +311,37 @@ def test_recipe_calls_push_protected_with_its_real_signature():
 
     hub = pytest.importorskip("hf_unlearnable.hub")
     inspect.signature(hub.push_protected).bind(
-        "ds", "user/name", "transform", private=True, token="t", source_dataset=None, license=None, card_details="minimal"
+        "ds",
+        "user/name",
+        "transform",
+        private=True,
+        token="t",
+        source_dataset=None,
+        license=None,
+        card_details="minimal",
     )
     assert load_recipe().CARD_DETAILS == hub.CARD_DETAILS
     assert inspect.signature(hub.push_protected).parameters["card_details"].default == "minimal"
 
 
 def test_recipe_summary_says_when_its_rounds_were_reused(capsys):
-    summary = {"method": "layered", "rows": 4, "source": "d", "output": "/o", "image_column": "image", "caption_column": "caption",
-               "group_by": None, "rounds": 2, "surrogate_loss": 0.1, "protected_loss": 0.01, "clean_loss": 4.0,
-               "total_seconds": 0.9, "seconds": 45.4, "reused": False, "work_dir": "/cache/mem-1"}
+    summary = {
+        "method": "layered",
+        "rows": 4,
+        "source": "d",
+        "output": "/o",
+        "image_column": "image",
+        "caption_column": "caption",
+        "group_by": None,
+        "rounds": 2,
+        "surrogate_loss": 0.1,
+        "protected_loss": 0.01,
+        "clean_loss": 4.0,
+        "total_seconds": 0.9,
+        "seconds": 45.4,
+        "reused": False,
+        "work_dir": "/cache/mem-1",
+    }
     load_recipe()._print_summary(summary)
     assert "reused" not in capsys.readouterr().out.split("summary: ")[0]
     load_recipe()._print_summary({**summary, "reused": True})
@@ -227,7 +353,9 @@ def test_recipe_reports_an_unreachable_dataset_like_the_cli(assets, tmp_path, mo
     from hf_unlearnable.cli import main as cli_main
 
     base = ["--model", assets["model"], "--max-rounds", "1", "--no-progress"]
-    assert load_recipe().main(["--dataset", "someone/no-such-dataset", "--output-dir", str(tmp_path / "out"), *base]) == 2
+    assert (
+        load_recipe().main(["--dataset", "someone/no-such-dataset", "--output-dir", str(tmp_path / "out"), *base]) == 2
+    )
     recipe_error = capsys.readouterr().err.strip()
     assert cli_main(["protect", "--dataset", "someone/no-such-dataset", "--output", str(tmp_path / "out"), *base]) == 2
     cli_error = capsys.readouterr().err.strip()
@@ -241,5 +369,7 @@ def test_recipe_reports_an_unreachable_dataset_like_the_cli(assets, tmp_path, mo
 
     monkeypatch.setattr(transform_module.ProtectTransform, "protect", crash)
     assert load_recipe().main(["--dataset", assets["flickr"], "--output-dir", str(tmp_path / "out"), *base]) == 3
-    assert capsys.readouterr().err.splitlines() == ["error: crashed (RuntimeError: out of memory); --verbose prints the traceback."]
+    assert capsys.readouterr().err.splitlines() == [
+        "error: crashed (RuntimeError: out of memory); --verbose prints the traceback."
+    ]
     assert not (tmp_path / "out").exists()

@@ -32,7 +32,11 @@ K = FAST_CONFIG.trigger_length
 # ------------------------------------------------------------------------------------ tamper helpers
 def edit_rows(ds: datasets.Dataset, column: str, edits: dict[int, object]) -> datasets.Dataset:
     """A copy of ``ds`` with ``column`` replaced at the given rows (images as stored bytes)."""
-    raw = ds.cast_column("image", datasets.Image(decode=False)) if isinstance(ds.features["image"], datasets.Image) else ds
+    raw = (
+        ds.cast_column("image", datasets.Image(decode=False))
+        if isinstance(ds.features["image"], datasets.Image)
+        else ds
+    )
     data = raw.to_dict()
     for row, value in edits.items():
         data[column][row] = value(data[column][row]) if callable(value) else value
@@ -266,7 +270,9 @@ def wide_protected(clean: datasets.Dataset) -> datasets.Dataset:
         base = np.asarray(Image.open(io.BytesIO(value["bytes"])).convert("RGB").resize((48, 32)), dtype=np.int16)
         images.append({"bytes": encode_png((base + rng.integers(-5, 6, size=base.shape)).clip(0, 255)), "path": None})
     data["image"] = images
-    data["caption"] = ["one two three four five six seven " + caption + " and more words" * 12 for caption in raw["caption"]]
+    data["caption"] = [
+        "one two three four five six seven " + caption + " and more words" * 12 for caption in raw["caption"]
+    ]
     return datasets.Dataset.from_dict(data, features=raw.features).cast_column("image", datasets.Image())
 
 
@@ -283,8 +289,12 @@ def test_grid_png_bytes_are_those_of_the_reference_figures(tmp_path):
     import PIL
     from PIL import features
 
-    here = {"pillow": PIL.__version__, "zlib": features.version("zlib"), "freetype2": features.version("freetype2"),
-            "matplotlib": matplotlib.__version__}
+    here = {
+        "pillow": PIL.__version__,
+        "zlib": features.version("zlib"),
+        "freetype2": features.version("freetype2"),
+        "matplotlib": matplotlib.__version__,
+    }
     if here != GRID_CAPTURED:
         pytest.skip(f"digests were taken with {GRID_CAPTURED}; this is {here}")
     clean = synthetic_captions(3, image_size=32, seed=2)
@@ -325,7 +335,9 @@ def test_history_table_markdown_and_csv(fitted):
     assert f"| {history[-1]['round']} | {history[-1]['stage']} | {history[-1]['surrogate_loss']:.4f} |" in lines[-1]
     parsed = list(csv.DictReader(io.StringIO(history_table(history, format="csv"))))
     assert [int(row["round"]) for row in parsed] == [record["round"] for record in history]
-    assert [float(row["clean_loss"]) for row in parsed] == [record["clean_loss"] for record in history]  # full precision
+    assert [float(row["clean_loss"]) for row in parsed] == [
+        record["clean_loss"] for record in history
+    ]  # full precision
 
 
 def test_history_table_edge_cases():

@@ -36,7 +36,9 @@ SCRIPT = textwrap.dedent(
 
 
 def start(work_dir, output):
-    return subprocess.Popen([sys.executable, "-c", SCRIPT, str(work_dir), str(output)], stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", SCRIPT, str(work_dir), str(output)], stderr=subprocess.PIPE, text=True
+    )
 
 
 def rows(path):
@@ -95,7 +97,9 @@ def test_work_dir_of_another_dataset_or_config_is_refused(clip, dataset, tmp_pat
     with pytest.raises(ValueError, match="another data set or config"):
         ProtectTransform(model, processor, config, work_dir=tmp_path, progress=False).fit(dataset.select(range(10)))
     with pytest.raises(ValueError, match="another data set or config"):
-        ProtectTransform(model, processor, config.replace(seed=5), work_dir=tmp_path, progress=False).fit(dataset.select(range(8)))
+        ProtectTransform(model, processor, config.replace(seed=5), work_dir=tmp_path, progress=False).fit(
+            dataset.select(range(8))
+        )
 
 
 HOLD_LOCK = textwrap.dedent(
@@ -118,7 +122,9 @@ def test_a_work_dir_in_use_by_another_run_is_refused_untouched(clip, dataset, tm
     work = tmp_path / "work"
     ProtectTransform(model, processor, config, work_dir=work, progress=False).fit(rows)  # a finished run
     before = {path: path.read_bytes() for path in sorted(work.rglob("*")) if path.is_file()}
-    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(work / ".hf_unlearnable.lock")], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(work / ".hf_unlearnable.lock")], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(ValueError, match=rf"work_dir {work} is in use by another run"):

@@ -258,7 +258,9 @@ def test_missing_images_listing_is_truncated():
         retrieval_metrics(np.zeros((1, 21)), [0])
 
 
-@pytest.mark.parametrize(("chunk_size", "error"), [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)])
+@pytest.mark.parametrize(
+    ("chunk_size", "error"), [(0, ValueError), (-3, ValueError), (2.5, TypeError), (True, TypeError)]
+)
 def test_chunk_size_validation(chunk_size, error):
     with pytest.raises(error, match="chunk_size"):
         retrieval_metrics(np.zeros((2, 2)), [0, 1], chunk_size=chunk_size)
@@ -317,7 +319,9 @@ def test_evaluate_compute_matches_plain_function(metric):
     expected = retrieval_metrics(cosine(text, images), index)
     assert metric.compute(predictions=text, references=index, image_embeds=images) == expected
     # lists, torch tensors, chunk_size all give the same
-    assert metric.compute(predictions=text.tolist(), references=index.tolist(), image_embeds=images.tolist()) == expected
+    assert (
+        metric.compute(predictions=text.tolist(), references=index.tolist(), image_embeds=images.tolist()) == expected
+    )
     assert (
         metric.compute(
             predictions=torch.from_numpy(text), references=torch.from_numpy(index),

@@ -27,6 +27,7 @@ from hf_unlearnable.surrogate import Surrogate, build_optimizer, clip_training_s
 from hf_unlearnable.testing import synthetic_captions, tiny_siglip
 from hf_unlearnable.victim import retrieval_scores, train_victim
 
+
 @pytest.fixture(scope="module")
 def siglip():
     return tiny_siglip(image_size=32, seed=0)
@@ -102,7 +103,9 @@ def test_siglip_text_features_do_not_depend_on_how_the_batch_was_padded(siglip):
     with torch.no_grad():
         assert torch.equal(towers.text_features(ids, mask), towers.text_features(longer_ids, longer_mask))
         alone = towers.text_features(ids[:1, : int(mask[0].sum())], mask[:1, : int(mask[0].sum())])
-        torch.testing.assert_close(towers.text_features(ids, mask)[:1], alone, rtol=0, atol=1e-5)  # batch of one: rounding only
+        torch.testing.assert_close(
+            towers.text_features(ids, mask)[:1], alone, rtol=0, atol=1e-5
+        )  # batch of one: rounding only
 
 
 def test_the_training_step_trains_each_family_with_its_own_loss(clip, siglip):
@@ -123,14 +126,25 @@ def test_the_training_step_trains_each_family_with_its_own_loss(clip, siglip):
 def test_a_siglip_victim_learns_the_clean_data(siglip):
     model, processor = siglip
     test = synthetic_captions(64, image_size=32, seed=1)
-    result = train_victim(synthetic_captions(512, image_size=32, seed=0), test, model.config, processor,
-                          epochs=6, batch_size=16, learning_rate=2e-3, seed=0, progress=False)
+    result = train_victim(
+        synthetic_captions(512, image_size=32, seed=0),
+        test,
+        model.config,
+        processor,
+        epochs=6,
+        batch_size=16,
+        learning_rate=2e-3,
+        seed=0,
+        progress=False,
+    )
     chance = 100 * 10 / 64
     first, last = result.history[1], result.final
     assert isinstance(result.model, transformers.SiglipModel)
     assert last["train_loss"] < first["train_loss"]
     assert (last["i2t_r10"] + last["t2i_r10"]) / 2 > 3 * chance  # measured: 81 against a chance of 15.6
-    scores = retrieval_scores(result.model, processor, test)  # the trained model, on its own, scores as its history says
+    scores = retrieval_scores(
+        result.model, processor, test
+    )  # the trained model, on its own, scores as its history says
     assert scores == pytest.approx({key: last[key] for key in scores})
 
 
@@ -139,12 +153,24 @@ def test_the_audit_runs_with_a_siglip_victim_from_scratch_and_fine_tuned(siglip,
     train = synthetic_captions(32, image_size=32, seed=0)
     protected = random_noise(train, 32, seed=3).map(lambda row: {"caption": f"zq {row['caption']}"})
     report = evaluate_protection(
-        train, protected, synthetic_captions(24, image_size=32, seed=1), defenses=["none", "adv-train-4"],
-        victim=model.config, pretrained=model, processor=processor, epochs=1, batch_size=16, progress=False,
+        train,
+        protected,
+        synthetic_captions(24, image_size=32, seed=1),
+        defenses=["none", "adv-train-4"],
+        victim=model.config,
+        pretrained=model,
+        processor=processor,
+        epochs=1,
+        batch_size=16,
+        progress=False,
         output_dir=tmp_path,
     )
     assert [(v.victim, v.defense) for v in report.verdicts] == [
-        ("from scratch", "none"), ("from scratch", "adv-train-4"), ("fine-tuned", "none"), ("fine-tuned", "adv-train-4")]
+        ("from scratch", "none"),
+        ("from scratch", "adv-train-4"),
+        ("fine-tuned", "none"),
+        ("fine-tuned", "adv-train-4"),
+    ]
     assert report.settings["victims"] == {"from scratch": "SiglipConfig", "fine-tuned": "SiglipModel"}
     assert all(math.isfinite(entry["train_loss"]) for key, history in report.histories.items() for entry in history[1:])
     assert (tmp_path / "report.json").exists()
@@ -153,9 +179,26 @@ def test_the_audit_runs_with_a_siglip_victim_from_scratch_and_fine_tuned(siglip,
 def test_the_robustness_benchmark_audits_a_siglip_victim(tmp_path):
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, "benchmarks/robustness.py", "--smoke", "--methods", "mem3", "--defenses", "none", "--victims", "siglip",
-         "--threads", "1", "--output", str(tmp_path)],
-        capture_output=True, text=True, cwd=root, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600,
+        [
+            sys.executable,
+            "benchmarks/robustness.py",
+            "--smoke",
+            "--methods",
+            "mem3",
+            "--defenses",
+            "none",
+            "--victims",
+            "siglip",
+            "--threads",
+            "1",
+            "--output",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "robustness.json").read_text())["report"]

@@ -18,7 +18,6 @@ import transformers
 from PIL import Image
 
 from hf_unlearnable import testing
-from hf_unlearnable.testing import tokenizer as tokenizer_module
 from hf_unlearnable.testing import (
     CAPTION_WORDS,
     EXTRA_WORDS,
@@ -27,7 +26,7 @@ from hf_unlearnable.testing import (
     tiny_clip,
     tiny_clip_config,
 )
-
+from hf_unlearnable.testing import tokenizer as tokenizer_module
 
 #: sha256 of vocab.json + "\n" + merges.txt as built from the built-in word lists (format 2).
 RECORDED_TOKENIZER_DIGEST = "4596b98d9615d42d551f770993ad9f1c232d2e956a03314fcc74691d1e06e253"
@@ -60,8 +59,7 @@ def test_tokenizer_special_tokens_are_the_last_two_ids(tokenizer):
 def _clip_bytes_to_unicode() -> list[str]:
     """CLIP's (GPT-2's) byte-to-character map, written out as the reference: the symbol of each
     byte, in the order CLIP numbers them (printable bytes first, then the others from U+0100)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     others = [byte for byte in range(256) if byte not in printable]
     return [chr(byte) for byte in printable] + [chr(256 + index) for index in range(len(others))]
 
@@ -157,8 +155,7 @@ def test_tokenizer_files_do_not_depend_on_hash_seed_or_threads():
     threads = "true" if os.environ.get("TOKENIZERS_PARALLELISM") == "false" else "false"
     child = subprocess.run(
         [sys.executable, "-c", script, os.path.dirname(os.path.dirname(testing.__file__))],
-        env={**os.environ, "PYTHONHASHSEED": hash_seed, "TOKENIZERS_PARALLELISM": threads,
-             "RAYON_NUM_THREADS": "4"},
+        env={**os.environ, "PYTHONHASHSEED": hash_seed, "TOKENIZERS_PARALLELISM": threads, "RAYON_NUM_THREADS": "4"},
         capture_output=True,
         text=True,
         timeout=120,
@@ -173,9 +170,7 @@ def test_tokenizer_files_are_the_recorded_ones():
     tokenizers library's BPE trainer changed: bump _TOKENIZER_FORMAT, record the new digest, and
     rerun the benchmarks whose figures are recorded."""
     files = tokenizer_module._tokenizer_files(sorted(set(CAPTION_WORDS) | set(EXTRA_WORDS)))
-    digest = hashlib.sha256(
-        (files["vocab.json"] + "\n" + files["merges.txt"]).encode("utf-8")
-    ).hexdigest()
+    digest = hashlib.sha256((files["vocab.json"] + "\n" + files["merges.txt"]).encode("utf-8")).hexdigest()
     assert digest == RECORDED_TOKENIZER_DIGEST
 
 
@@ -204,18 +199,17 @@ def test_parallel_first_use_is_safe(tmp_path):
 
 
 def _same_weights(first: torch.nn.Module, second: torch.nn.Module) -> bool:
-    return all(
-        torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values())
-    )
+    return all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
 
 
 def test_tiny_clip_config_matches_tokenizer(tokenizer):
-    config = tiny_clip_config(48, hidden_size=32, num_layers=1, num_heads=4, projection_dim=16,
-                              max_text_length=40)
+    config = tiny_clip_config(48, hidden_size=32, num_layers=1, num_heads=4, projection_dim=16, max_text_length=40)
     text, vision = config.text_config, config.vision_config
     assert text.vocab_size == len(tokenizer)
     assert (text.bos_token_id, text.eos_token_id, text.pad_token_id) == (
-        tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+        tokenizer.bos_token_id,
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id,
     )
     assert text.max_position_embeddings == 40
     assert (vision.image_size, vision.patch_size) == (48, 12)
@@ -234,9 +228,7 @@ def test_tiny_clip_forward(tiny):
     assert batch.pixel_values.shape == (3, 3, 32, 32)
     assert batch.input_ids[0, 0] == processor.tokenizer.bos_token_id
     with torch.no_grad():
-        text = model.get_text_features(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask
-        )
+        text = model.get_text_features(input_ids=batch.input_ids, attention_mask=batch.attention_mask)
         image = model.get_image_features(pixel_values=batch.pixel_values)
         output = model(**batch, return_loss=True)
     text = getattr(text, "pooler_output", text)  # an output object in transformers 5
@@ -275,8 +267,7 @@ def test_tiny_clip_save_and_load_offline(tiny, tmp_path):
 
 @pytest.mark.parametrize("image_size", [16, 48])
 def test_tiny_clip_processor_resizes_to_image_size(image_size):
-    model, processor = tiny_clip(image_size=image_size, hidden_size=32, num_layers=1,
-                                 max_text_length=32)
+    model, processor = tiny_clip(image_size=image_size, hidden_size=32, num_layers=1, max_text_length=32)
     picture = Image.new("RGB", (70, 50), (10, 200, 30))
     pixels = processor(images=[picture], return_tensors="pt").pixel_values
     assert pixels.shape == (1, 3, image_size, image_size)
@@ -345,8 +336,25 @@ def test_several_captions_per_image_are_distinct_phrasings():
         assert len(phrasings) == 3 and len(set(phrasings)) == 3
         assert phrasings[0] == caption
         # Same words (a multiset, up to the template's own words): the same scene.
-        shared = {"a", "and", "next", "to", "alone", "there", "is", "an", "image", "of", "with",
-                  "picture", "showing", "over", "on", "drawing", "containing"}
+        shared = {
+            "a",
+            "and",
+            "next",
+            "to",
+            "alone",
+            "there",
+            "is",
+            "an",
+            "image",
+            "of",
+            "with",
+            "picture",
+            "showing",
+            "over",
+            "on",
+            "drawing",
+            "containing",
+        }
         words = [sorted(w for w in text[:-1].split() if w not in shared) for text in phrasings]
         assert words[1] == words[0] and words[2] == words[0]
     with pytest.raises(ValueError, match="captions_per_image"):

@@ -22,7 +22,9 @@ from .conftest import FAST_CONFIG
 
 
 def saved_pixels(row) -> np.ndarray:
-    return decode_png(row["image"]["bytes"]) if isinstance(row["image"], dict) else np.asarray(row["image"].convert("RGB"))
+    return (
+        decode_png(row["image"]["bytes"]) if isinstance(row["image"], dict) else np.asarray(row["image"].convert("RGB"))
+    )
 
 
 def clean_bases(ds, size=32):
@@ -177,10 +179,10 @@ def test_save_and_load_in_another_process(fitted, dataset, tmp_path):
         import datasets, json
         from hf_unlearnable import ProtectTransform
         datasets.disable_progress_bars()
-        t = ProtectTransform.from_pretrained({str(tmp_path / 'transform')!r}, progress=False)
-        ds = datasets.load_from_disk({str(tmp_path / 'data')!r})
+        t = ProtectTransform.from_pretrained({str(tmp_path / "transform")!r}, progress=False)
+        ds = datasets.load_from_disk({str(tmp_path / "data")!r})
         out = ds.map(t, batched=True, with_indices=True)
-        out.save_to_disk({str(tmp_path / 'out')!r})
+        out.save_to_disk({str(tmp_path / "out")!r})
         print(json.dumps(t.history))
         """
     )
@@ -225,7 +227,9 @@ def small(dataset):
 @pytest.fixture(scope="module")
 def quick(clip):
     model, processor = clip
-    return ProtectTransform(model, processor, FAST_CONFIG.replace(max_rounds=1, surrogate_steps=1, pgd_steps=1), progress=False)
+    return ProtectTransform(
+        model, processor, FAST_CONFIG.replace(max_rounds=1, surrogate_steps=1, pgd_steps=1), progress=False
+    )
 
 
 def test_missing_column_names_the_columns(quick, small):
@@ -283,7 +287,10 @@ def test_odd_images_and_a_huge_caption_are_handled(quick, small):
     assert len(out) == len(ds)
     assert out[0]["caption"].endswith(huge)  # nothing of the text is lost
     k = quick.config.trigger_length
-    assert quick.tokenizer(out[0]["caption"], truncation=True, max_length=77)["input_ids"][1 : 1 + k] == quick._store.triggers[0].tolist()
+    assert (
+        quick.tokenizer(out[0]["caption"], truncation=True, max_length=77)["input_ids"][1 : 1 + k]
+        == quick._store.triggers[0].tolist()
+    )
     raw = out.cast_column("image", datasets.Image(decode=False))
     for index, image in enumerate(odd):
         saved = decode_png(raw[index]["image"]["bytes"])

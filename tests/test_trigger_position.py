@@ -1,8 +1,6 @@
 """Triggers at a random word boundary (MEMConfig.trigger_position="random"): what the surrogate
 optimises is token for token what the victim reads, and deleting the first words leaves it."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -11,8 +9,8 @@ from hf_unlearnable import MEMConfig, ProtectTransform
 from hf_unlearnable.captions import CaptionCodec, TriggerVocabulary
 from hf_unlearnable.defenses import get_defense
 from hf_unlearnable.images import prepare_image
-from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.losses import ContrastiveLoss
+from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.surrogate import Surrogate, pixels_from_uint8
 from hf_unlearnable.testing import clip_tokenizer, synthetic_captions, tiny_clip
 
@@ -48,7 +46,10 @@ def test_build_is_token_for_token_the_tokenized_written_caption(tokenizer):
             assert codec.read_trigger(written, caption) == triggers[row].tolist()
             # the caption is unchanged around the inserted words (whitespace included)
             trigger_text = codec.trigger_text(triggers[row].tolist())
-            assert written.replace(trigger_text + " ", "", 1) == caption or written.replace(" " + trigger_text, "", 1) == caption
+            assert (
+                written.replace(trigger_text + " ", "", 1) == caption
+                or written.replace(" " + trigger_text, "", 1) == caption
+            )
 
 
 def test_a_long_captions_trigger_stays_inside_the_context_the_victim_reads(tokenizer):
@@ -127,8 +128,16 @@ def test_hotflip_changes_only_each_rows_own_slots():
 def test_protect_with_random_position_survives_deleting_the_first_words():
     model, processor = tiny_clip(seed=0)
     ds = synthetic_captions(32, seed=1)
-    config = MEMConfig(trigger_position="random", max_rounds=1, surrogate_steps=2, pgd_steps=1, batch_size=16,
-                       hotflip_candidates=4, trigger_rounds=1, seed=0)
+    config = MEMConfig(
+        trigger_position="random",
+        max_rounds=1,
+        surrogate_steps=2,
+        pgd_steps=1,
+        batch_size=16,
+        hotflip_candidates=4,
+        trigger_rounds=1,
+        seed=0,
+    )
     transform = ProtectTransform(model, processor, config, progress=False)
     out = transform.protect(ds)
     codec = transform.codec
@@ -162,8 +171,15 @@ def test_verify_a_random_placement_copy_end_to_end():
 
     model, processor = tiny_clip(seed=0)
     ds = synthetic_captions(16, seed=1)
-    config = MEMConfig(trigger_position="random", max_rounds=1, surrogate_steps=1, pgd_steps=1, batch_size=8,
-                       hotflip_candidates=4, seed=0)
+    config = MEMConfig(
+        trigger_position="random",
+        max_rounds=1,
+        surrogate_steps=1,
+        pgd_steps=1,
+        batch_size=8,
+        hotflip_candidates=4,
+        seed=0,
+    )
     out = ProtectTransform(model, processor, config, progress=False).protect(ds)
     report = verify_protected(ds, out, trigger_position="random", tokenizer=processor.tokenizer)
     assert report.ok, report.summary()

@@ -31,12 +31,40 @@ from hf_unlearnable.captions import (
 
 DATA = Path(__file__).parent / "data"
 CATEGORIES = (
-    "profanity", "sex", "slurs", "religions", "ethnicities", "violence", "death", "disease", "drugs",
-    "terrorism", "first names",
+    "profanity",
+    "sex",
+    "slurs",
+    "religions",
+    "ethnicities",
+    "violence",
+    "death",
+    "disease",
+    "drugs",
+    "terrorism",
+    "first names",
 )
 ORDINARY = (
-    "apple", "chair", "blue", "river", "tree", "bread", "lamp", "boat", "garden", "cloud", "orange",
-    "table", "window", "mountain", "coffee", "bicycle", "yellow", "green", "stone", "cat", "cats",
+    "apple",
+    "chair",
+    "blue",
+    "river",
+    "tree",
+    "bread",
+    "lamp",
+    "boat",
+    "garden",
+    "cloud",
+    "orange",
+    "table",
+    "window",
+    "mountain",
+    "coffee",
+    "bicycle",
+    "yellow",
+    "green",
+    "stone",
+    "cat",
+    "cats",
 )
 
 
@@ -103,12 +131,19 @@ def real_clip(tmp_path_factory) -> CLIPTokenizer:
     tokens = symbols + [symbol + "</w>" for symbol in symbols] + [merge.replace(" ", "") for merge in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     folder = tmp_path_factory.mktemp("clip-tokenizer")
-    (folder / "vocab.json").write_text(json.dumps({token: index for index, token in enumerate(tokens)}), encoding="utf-8")
+    (folder / "vocab.json").write_text(
+        json.dumps({token: index for index, token in enumerate(tokens)}), encoding="utf-8"
+    )
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
     config = {
-        "tokenizer_class": "CLIPTokenizer", "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>",
-        "unk_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "model_max_length": 77,
-        "do_lower_case": True, "clean_up_tokenization_spaces": False,
+        "tokenizer_class": "CLIPTokenizer",
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "model_max_length": 77,
+        "do_lower_case": True,
+        "clean_up_tokenization_spaces": False,
     }
     (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
     return CLIPTokenizer.from_pretrained(folder)

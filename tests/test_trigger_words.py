@@ -8,8 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from hf_unlearnable import MEMConfig, ProtectTransform
-from hf_unlearnable import captions
+from hf_unlearnable import MEMConfig, ProtectTransform, captions
 from hf_unlearnable.captions import TriggerVocabulary, allowed_trigger_word, dictionary_words, trigger_vocabulary
 from hf_unlearnable.cli import build_parser
 from hf_unlearnable.commands import config_from_arguments
@@ -25,8 +24,13 @@ WORD_PIECES = ("ttle", "mber", "tal", "int")
 SENSITIVE = tuple(SENSITIVE_WORDS[::40])
 
 ONE_ROUND = MEMConfig(
-    max_rounds=1, surrogate_steps=2, batch_size=8, pgd_steps=1, trigger_rounds=1,
-    hotflip_candidates=4, online_rounds=1,
+    max_rounds=1,
+    surrogate_steps=2,
+    batch_size=8,
+    pgd_steps=1,
+    trigger_rounds=1,
+    hotflip_candidates=4,
+    online_rounds=1,
 )
 
 
@@ -71,8 +75,11 @@ def test_the_shipped_blocklist_applies_at_run_time(planted, monkeypatch):
 
 def test_too_few_dictionary_words_names_the_counts_and_the_fix(planted):
     dictionary = sorted(words_of(planted, TriggerVocabulary(planted)))
-    with pytest.raises(ValueError, match=r"Only 3 of the tokenizer's \d+ tokens \(\d+ round-trip-safe.*"
-                       r"at least 5.*trigger_words='any'"):
+    with pytest.raises(
+        ValueError,
+        match=r"Only 3 of the tokenizer's \d+ tokens \(\d+ round-trip-safe.*"
+        r"at least 5.*trigger_words='any'",
+    ):
         TriggerVocabulary(planted, blocklist=dictionary[3:], min_size=5)
     # "any" keeps today's behaviour: every round-trip-safe token, whatever min_size asks
     assert len(TriggerVocabulary(planted, words="any", min_size=10**6)) > len(dictionary)
@@ -135,7 +142,10 @@ def test_config_values_round_trip_through_json():
     [
         ({"trigger_words": "words"}, r"MEMConfig.trigger_words='words' is invalid.*\"dictionary\".*\"any\""),
         ({"trigger_words": None}, r"MEMConfig.trigger_words=None is invalid"),
-        ({"trigger_blocklist": "lamp"}, r"MEMConfig.trigger_blocklist='lamp' is invalid.*list or tuple.*not one string"),
+        (
+            {"trigger_blocklist": "lamp"},
+            r"MEMConfig.trigger_blocklist='lamp' is invalid.*list or tuple.*not one string",
+        ),
         ({"trigger_blocklist": ("lamp", 3)}, r"MEMConfig.trigger_blocklist=.*is invalid.*single words"),
         ({"trigger_blocklist": ("red lamp",)}, r"MEMConfig.trigger_blocklist=.*is invalid.*single words"),
         ({"trigger_blocklist": ("",)}, r"MEMConfig.trigger_blocklist=.*is invalid"),

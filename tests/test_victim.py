@@ -78,7 +78,15 @@ def test_the_callers_model_is_not_modified(clip, trained):
     assert not model.training
     before = {name: tensor.clone() for name, tensor in model.state_dict().items()}
     model_again, processor = clip
-    train_victim(synthetic_captions(8), synthetic_captions(4, seed=1), model_again, processor, epochs=1, batch_size=4, progress=False)
+    train_victim(
+        synthetic_captions(8),
+        synthetic_captions(4, seed=1),
+        model_again,
+        processor,
+        epochs=1,
+        batch_size=4,
+        progress=False,
+    )
     after = model.state_dict()
     assert all(torch.equal(before[name], after[name]) for name in before)
     assert not model.training
@@ -156,7 +164,9 @@ def test_caption_lists_train_on_one_and_evaluate_on_all(clip, monkeypatch):
         return pixels, captions
 
     monkeypatch.setattr(victim, "retrieval_metrics", spy_metrics)
-    result = train_victim(train, evaluation, model, processor, epochs=2, batch_size=16, defense=recording_defense, progress=False)
+    result = train_victim(
+        train, evaluation, model, processor, epochs=2, batch_size=16, defense=recording_defense, progress=False
+    )
     assert len(result.history) == 3 and len(metric_calls) == 3
     assert all(shape == (36, 12) and index == sorted(list(range(12)) * 3) for shape, index in metric_calls)
     # Training sees one caption per image per step, drawn from all of its captions.
@@ -176,7 +186,9 @@ def test_defense_receives_the_batch_and_its_changes_take_effect(clip, train_ds, 
         calls.append((pixels.clone(), list(captions), generator))
         return torch.zeros_like(pixels), captions
 
-    result = train_victim(train_ds, eval_ds, model, processor, epochs=1, batch_size=BATCH, defense=blank_images, progress=False)
+    result = train_victim(
+        train_ds, eval_ds, model, processor, epochs=1, batch_size=BATCH, defense=blank_images, progress=False
+    )
     assert len(calls) == 64 // BATCH
     for pixels, captions, generator in calls:
         assert pixels.shape == (BATCH, 3, 32, 32) and pixels.dtype == torch.float32
@@ -195,14 +207,18 @@ def test_text_defense_edits_are_retokenised(clip, train_ds, eval_ds):
     def same_caption(pixels, captions, generator):
         return pixels, ["a red circle"] * len(captions)
 
-    result = train_victim(train_ds, eval_ds, model, processor, epochs=1, batch_size=BATCH, defense=same_caption, progress=False)
+    result = train_victim(
+        train_ds, eval_ds, model, processor, epochs=1, batch_size=BATCH, defense=same_caption, progress=False
+    )
     assert result.history[1]["train_loss"] >= math.log(BATCH) - 1e-4
 
 
 def test_defense_must_keep_the_batch_shape(clip, train_ds, eval_ds):
     model, processor = clip
     with pytest.raises(ValueError, match="same shape|shape it was given"):
-        train_victim(train_ds, eval_ds, model, processor, epochs=1, defense=lambda p, c, g: (p[:, :, :8], c), progress=False)
+        train_victim(
+            train_ds, eval_ds, model, processor, epochs=1, defense=lambda p, c, g: (p[:, :, :8], c), progress=False
+        )
 
 
 @pytest.mark.parametrize(

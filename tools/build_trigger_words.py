@@ -144,7 +144,16 @@ MAIN_SHARE = 0.3
 PERSON_FILES = frozenset({"noun.person", "noun.body", "noun.state"})
 #: WordNet's morphological suffix rules (``morphy``): ending -> base ending, per part of speech.
 MORPHY_RULES = {
-    "n": (("s", ""), ("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"), ("men", "man"), ("ies", "y")),
+    "n": (
+        ("s", ""),
+        ("ses", "s"),
+        ("xes", "x"),
+        ("zes", "z"),
+        ("ches", "ch"),
+        ("shes", "sh"),
+        ("men", "man"),
+        ("ies", "y"),
+    ),
     "v": (("s", ""), ("ies", "y"), ("es", "e"), ("es", ""), ("ed", "e"), ("ed", ""), ("ing", "e"), ("ing", "")),
     "a": (("er", ""), ("est", ""), ("er", "e"), ("est", "e")),
     "r": (),
@@ -175,8 +184,11 @@ class WordNet:
                         labels.append((int(source_target[:2], 16), (target_pos, offset)))
                     at += 4
                 self.synsets[(pos, fields[0])] = {
-                    "file": LEXICOGRAPHER_FILES[int(fields[1])], "satellite": fields[2] == "s",
-                    "words": words, "pointers": pointers, "labels": labels,
+                    "file": LEXICOGRAPHER_FILES[int(fields[1])],
+                    "satellite": fields[2] == "s",
+                    "words": words,
+                    "pointers": pointers,
+                    "labels": labels,
                 }
             for line in (root / f"index.{name}").read_text(encoding="utf-8").splitlines():
                 if line.startswith(" "):
@@ -210,7 +222,11 @@ class WordNet:
         for pos, rules in MORPHY_RULES.items():
             bases = {form, *self.exceptions.get((form, pos), [])}
             # rule-made bases of 3+ letters: "gas" is not the plural of "ga"
-            bases |= {form[: -len(end)] + base for end, base in rules if form.endswith(end) and len(form) - len(end) + len(base) >= 3}
+            bases |= {
+                form[: -len(end)] + base
+                for end, base in rules
+                if form.endswith(end) and len(form) - len(end) + len(base) >= 3
+            }
             found |= {(base, pos) for base in bases if (base, pos) in self.senses}
         return found
 
@@ -250,8 +266,12 @@ def build(
 ) -> tuple[list[str], dict[str, list[str]]]:
     """The trigger words among `candidates`, and the others by the rule that dropped them."""
     roots = {wordnet.synset(name) for name in SENSITIVE_ROOTS}
-    usages = {key for key, synset in wordnet.synsets.items() if key[0] == "n" and synset["words"][0] in SENSITIVE_USAGES}
-    colloquial = {key for key, synset in wordnet.synsets.items() if key[0] == "n" and synset["words"][0] in COLLOQUIAL_USAGES}
+    usages = {
+        key for key, synset in wordnet.synsets.items() if key[0] == "n" and synset["words"][0] in SENSITIVE_USAGES
+    }
+    colloquial = {
+        key for key, synset in wordnet.synsets.items() if key[0] == "n" and synset["words"][0] in COLLOQUIAL_USAGES
+    }
     capitalised: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for key, synset in wordnet.synsets.items():
         for word in synset["words"]:
@@ -267,12 +287,14 @@ def build(
         senses = wordnet.senses[(lemma, pos)]
         counts = {
             (other, rank): count
-            for other in PARTS.values() if (lemma, other) in wordnet.senses
+            for other in PARTS.values()
+            if (lemma, other) in wordnet.senses
             for rank, count in enumerate(wordnet.sense_counts(lemma, other))
         }
         total, top = sum(counts.values()), max(counts.values())
         return [
-            key for rank, key in enumerate(senses)
+            key
+            for rank, key in enumerate(senses)
             if (rank == 0 and (pos == "n" or not total))
             or (total and (counts[(pos, rank)] == top or counts[(pos, rank)] >= MAIN_SHARE * total))
         ]
@@ -308,10 +330,18 @@ def build(
         """Whether the lemma mostly names a kind of person, a body part or a bodily state: over
         half of its tagged occurrences, in every part of speech, or of its senses if never tagged
         ("great" is an adjective first, though its only noun sense is a person)."""
-        senses = [key for pos in PARTS.values() if (lemma, pos) in wordnet.senses for key in wordnet.senses[(lemma, pos)]]
-        counts = [count for pos in PARTS.values() if (lemma, pos) in wordnet.senses for count in wordnet.sense_counts(lemma, pos)]
+        senses = [
+            key for pos in PARTS.values() if (lemma, pos) in wordnet.senses for key in wordnet.senses[(lemma, pos)]
+        ]
+        counts = [
+            count
+            for pos in PARTS.values()
+            if (lemma, pos) in wordnet.senses
+            for count in wordnet.sense_counts(lemma, pos)
+        ]
         person = [
-            wordnet.synsets[key]["file"] in PERSON_FILES and not any(symbol == "@i" for symbol, _ in wordnet.synsets[key]["pointers"])
+            wordnet.synsets[key]["file"] in PERSON_FILES
+            and not any(symbol == "@i" for symbol, _ in wordnet.synsets[key]["pointers"])
             for key in senses
         ]
         weights = counts if any(counts) else [1] * len(senses)
@@ -340,7 +370,12 @@ def build(
         bases = {lemma for lemma, _ in lemmas} | {form}
         reason = next((why for lemma, pos in sorted(lemmas) if (why := why_sensitive(lemma, pos))), None)
         reason = reason or next((why for base in sorted(bases) if (why := why_proper(base))), None)
-        lower = [key for lemma, pos in lemmas for key in wordnet.senses[(lemma, pos)] if lemma in wordnet.synsets[key]["words"]]
+        lower = [
+            key
+            for lemma, pos in lemmas
+            for key in wordnet.senses[(lemma, pos)]
+            if lemma in wordnet.synsets[key]["words"]
+        ]
         if reason is None and not lower:
             reason = "proper name"  # WordNet knows it only capitalised ("Africa", "Thames", "Alps")
         if reason is None and any(mostly_a_person(lemma) for lemma in sorted({lemma for lemma, _ in lemmas})):
@@ -373,7 +408,7 @@ def main(wordnet_dir: str, names_dir: str) -> None:
     spelling = set(SpellChecker(language="en", distance=1).word_frequency.dictionary)
     kept, dropped = build(wordnet, first_names(Path(names_dir)), blocklist, spelling, list(dict.fromkeys(candidates)))
     header = (
-        "# Trigger words of MEMConfig.trigger_words=\"dictionary\": one lower-case word per line.\n"
+        '# Trigger words of MEMConfig.trigger_words="dictionary": one lower-case word per line.\n'
         "# Built by tools/build_trigger_words.py (its docstring has the rules) from Princeton WordNet 3.0\n"
         "# (licence: WORDNET_LICENSE beside this file), wordfreq's frequent English words, pyspellchecker's\n"
         "# English dictionary, the 1990 US census first names, better-profanity's word list and\n"

@@ -73,6 +73,14 @@ if typing.TYPE_CHECKING:
     from .command import add_evaluate_parser, run_evaluate
     from .report import plot_report, write_report
     from .run import evaluate_protection, load_report, resolve_defenses
-    from .verdicts import BROKEN_SHARE, PROTECTED_FACTOR, ProtectionReport, Verdict, chance_scores, judge, mean_recall_at_10
+    from .verdicts import (
+        BROKEN_SHARE,
+        PROTECTED_FACTOR,
+        ProtectionReport,
+        Verdict,
+        chance_scores,
+        judge,
+        mean_recall_at_10,
+    )
 
 __getattr__, __dir__ = lazy_exports(__name__, _PUBLIC, globals())

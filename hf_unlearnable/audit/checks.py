@@ -50,7 +50,9 @@ def check_copies_match(
     check_dataset(protected, image_column, caption_column, name=name)
     fix = "Pass the clean data set the protected copy was made from, in the same row order."
     if len(clean) != len(protected):
-        raise ValueError(f"{name} has {len(protected)} rows and clean_train {len(clean)}; a protected copy keeps every row. {fix}")
+        raise ValueError(
+            f"{name} has {len(protected)} rows and clean_train {len(clean)}; a protected copy keeps every row. {fix}"
+        )
     if set(clean.column_names) != set(protected.column_names):
         raise ValueError(f"{name} has columns {protected.column_names}, clean_train {clean.column_names}. {fix}")
     from ..report.verify import nan_equal  # NaN-aware equality, shared with `verify_protected`
@@ -68,7 +70,10 @@ def check_copies_match(
                         f"{name} row {row} does not match clean_train row {row}: column {column!r} is "
                         f"{after[column][offset]!r}, not {before[column][offset]!r}. {fix}"
                     )
-            clean_texts, protected_texts = caption_list(before[caption_column][offset]), caption_list(after[caption_column][offset])
+            clean_texts, protected_texts = (
+                caption_list(before[caption_column][offset]),
+                caption_list(after[caption_column][offset]),
+            )
             if len(clean_texts) != len(protected_texts) or not all(map(_inserts_only, clean_texts, protected_texts)):
                 raise ValueError(
                     f"{name} row {row} does not match clean_train row {row}: its caption {after[caption_column][offset]!r} "
@@ -81,7 +86,11 @@ def check_copies_match(
     for row, clean_value, protected_value in zip(rows, clean_images, protected_images):
         image = to_rgb(load_image(protected_value, row))
         size = min(image.size)
-        mine = np.asarray(image, dtype=np.int16) if image.size[0] == image.size[1] else prepare_image(protected_value, size, row).astype(np.int16)
+        mine = (
+            np.asarray(image, dtype=np.int16)
+            if image.size[0] == image.size[1]
+            else prepare_image(protected_value, size, row).astype(np.int16)
+        )
         difference = int(np.abs(mine - prepare_image(clean_value, size, row).astype(np.int16)).max())
         if difference > levels:
             raise ValueError(
@@ -128,4 +137,3 @@ def refuse_shared_rows(train_digests: list[int], test_digests: list[int]) -> Non
             f"{', ...' if len(shared) > 5 else ''}). Scores on training rows measure memorisation; remove them "
             "from test (e.g. test.filter) or split the data so no row is in both."
         )
-

@@ -21,8 +21,10 @@ from ..commands import (
     read_clip_config,
 )
 
-_VICTIM_FIX = ("pass --victim LOCAL_FOLDER (a CLIP model or its config.json saved with its processor), or --victim "
-               "CLIPConfig.json with --processor LOCAL_FOLDER")
+_VICTIM_FIX = (
+    "pass --victim LOCAL_FOLDER (a CLIP model or its config.json saved with its processor), or --victim "
+    "CLIPConfig.json with --processor LOCAL_FOLDER"
+)
 _PRETRAINED_FIX = "pass --pretrained LOCAL_FOLDER (a CLIPModel saved with its processor)"
 _PROCESSOR_FIX = "pass --processor LOCAL_FOLDER (a saved CLIPProcessor)"
 
@@ -32,9 +34,11 @@ def add_evaluate_parser(commands: Any) -> None:
     from .verdicts import VERDICT_RULE  # numpy only
 
     parser = commands.add_parser(
-        "evaluate", help="audit a protected copy: train victims under each defense, a verdict per defense",
+        "evaluate",
+        help="audit a protected copy: train victims under each defense, a verdict per defense",
         description="Train a victim CLIP on the clean and on the protected copy under each defense, evaluate both on "
-        "a clean test split, and say per defense whether the protection holds (protected / weakened / broken). " + VERDICT_RULE,
+        "a clean test split, and say per defense whether the protection holds (protected / weakened / broken). "
+        + VERDICT_RULE,
         epilog=exit_codes("a defense breaks the protection", done="no defense breaks the protection"),
     )
     parser.add_argument("--clean-train", required=True, help="the clean training data: save_to_disk folder or Hub id")
@@ -43,31 +47,57 @@ def add_evaluate_parser(commands: Any) -> None:
     parser.add_argument("--train-split", default="train", help="split of the training folders/ids (default: train)")
     parser.add_argument("--test-split", default="test", help="split of --test when it holds several (default: test)")
     parser.add_argument("--defenses", default="none", help="comma-separated defense names (default: none)")
-    parser.add_argument("--victim", help="architecture trained from scratch: Hub id, model folder or CLIPConfig JSON file "
-                        f"(default: {DEFAULT_MODEL} unless --pretrained is given)")
+    parser.add_argument(
+        "--victim",
+        help="architecture trained from scratch: Hub id, model folder or CLIPConfig JSON file "
+        f"(default: {DEFAULT_MODEL} unless --pretrained is given)",
+    )
     parser.add_argument("--pretrained", help="a pretrained CLIP (Hub id or folder) fine-tuned on each copy")
-    parser.add_argument("--processor", help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
-                        "of every victim (default: each model's own; with a CLIPConfig JSON --victim, the --pretrained "
-                        f"model's, else {DEFAULT_MODEL}'s)")
+    parser.add_argument(
+        "--processor",
+        help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
+        "of every victim (default: each model's own; with a CLIPConfig JSON --victim, the --pretrained "
+        f"model's, else {DEFAULT_MODEL}'s)",
+    )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every victim (default: 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="victim training batch size (default: 64)")
     parser.add_argument("--learning-rate", type=parse_number, default=5e-4, help="victims from scratch (default: 5e-4)")
-    parser.add_argument("--fine-tune-learning-rate", type=parse_number, default=1e-5, help="--pretrained victims (default: 1e-5)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every victim's initialisation, batches and "
-                        "defenses (default: 0)")
-    parser.add_argument("--epsilon", type=parse_pixel_value, default=8 / 255, help="image budget of the protection, "
-                        "for the row-for-row check of the copies: a number or a fraction (default: 8/255)")
+    parser.add_argument(
+        "--fine-tune-learning-rate", type=parse_number, default=1e-5, help="--pretrained victims (default: 1e-5)"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of every victim's initialisation, batches and defenses (default: 0)"
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=parse_pixel_value,
+        default=8 / 255,
+        help="image budget of the protection, "
+        "for the row-for-row check of the copies: a number or a fraction (default: 8/255)",
+    )
     parser.add_argument("--mixed-precision", default="auto", help="auto (bf16 on a GPU that has it), no, bf16, fp16")
-    parser.add_argument("--image-column", default="image", help="column holding the images in all three data sets (default: image)")
-    parser.add_argument("--caption-column", default="caption", help="column holding the captions in all three data "
-                        "sets (default: caption)")
-    parser.add_argument("--output", default="audit", help="folder for report.md, report.json, report.png (default: ./audit)")
-    parser.add_argument("--reuse", help="report.json of an earlier audit of the same data, victims and recipe: "
-                        "its clean victims are reused, not retrained")
+    parser.add_argument(
+        "--image-column", default="image", help="column holding the images in all three data sets (default: image)"
+    )
+    parser.add_argument(
+        "--caption-column",
+        default="caption",
+        help="column holding the captions in all three data sets (default: caption)",
+    )
+    parser.add_argument(
+        "--output", default="audit", help="folder for report.md, report.json, report.png (default: ./audit)"
+    )
+    parser.add_argument(
+        "--reuse",
+        help="report.json of an earlier audit of the same data, victims and recipe: "
+        "its clean victims are reused, not retrained",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
-def victims_from_arguments(victim: str | None, pretrained: str | None, processor: str | None) -> tuple[str | None, str | None, Any]:
+def victims_from_arguments(
+    victim: str | None, pretrained: str | None, processor: str | None
+) -> tuple[str | None, str | None, Any]:
     """``(victim, pretrained, processor)`` for `evaluate_protection`, after checking that each loads.
 
     Loads only the small files (configs, processors), so a victim that cannot be loaded (offline and
@@ -107,12 +137,24 @@ def run_evaluate(arguments: Any) -> int:
     test = load_dataset_checked(arguments.test, arguments.test_split, "--test")
     victim, pretrained, processor = victims_from_arguments(arguments.victim, arguments.pretrained, arguments.processor)
     report = evaluate_protection(
-        clean, protected, test, defenses=[name for name in arguments.defenses.split(",") if name.strip()],
-        victim=victim, processor=processor, pretrained=pretrained, epochs=arguments.epochs,
-        batch_size=arguments.batch_size, learning_rate=arguments.learning_rate,
-        fine_tune_learning_rate=arguments.fine_tune_learning_rate, seed=arguments.seed,
-        image_column=arguments.image_column, caption_column=arguments.caption_column, epsilon=arguments.epsilon,
-        mixed_precision=arguments.mixed_precision, output_dir=arguments.output, progress=not arguments.no_progress,
+        clean,
+        protected,
+        test,
+        defenses=[name for name in arguments.defenses.split(",") if name.strip()],
+        victim=victim,
+        processor=processor,
+        pretrained=pretrained,
+        epochs=arguments.epochs,
+        batch_size=arguments.batch_size,
+        learning_rate=arguments.learning_rate,
+        fine_tune_learning_rate=arguments.fine_tune_learning_rate,
+        seed=arguments.seed,
+        image_column=arguments.image_column,
+        caption_column=arguments.caption_column,
+        epsilon=arguments.epsilon,
+        mixed_precision=arguments.mixed_precision,
+        output_dir=arguments.output,
+        progress=not arguments.no_progress,
         reuse=arguments.reuse,
     )
     print(report.summary())

@@ -54,7 +54,9 @@ def _as_list(defenses: Iterable[str | Defense] | str | Defense) -> list[str | De
     return [defenses] if isinstance(defenses, str) or callable(defenses) else list(defenses)
 
 
-def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[tuple[str, Callable[[], Defense | None]]]:
+def resolve_defenses(
+    defenses: Iterable[str | Defense], seed: int = 0
+) -> list[tuple[str, Callable[[], Defense | None]]]:
     """(label, factory) per defense: names go to the `hf_unlearnable.defenses` registry (a fresh
     defense per victim, seeded; "none" trains without one), callables are used as given."""
     from ..defenses import get_defense  # kornia loads only when an audit runs
@@ -67,17 +69,23 @@ def resolve_defenses(defenses: Iterable[str | Defense], seed: int = 0) -> list[t
             if name == "none":
                 resolved.append(("none", lambda: None))
                 continue
-            get_defense(name, seed=seed)  # an unknown name raises ValueError listing the valid ones, before any training
+            get_defense(
+                name, seed=seed
+            )  # an unknown name raises ValueError listing the valid ones, before any training
             resolved.append((name, lambda name=name: get_defense(name, seed=seed)))
         elif callable(item):
             resolved.append((_defense_label(item), lambda item=item: item))
         else:
-            raise TypeError(f"defenses holds {type(item).__name__}; pass defense names (str) or callables (pixels, captions, generator) -> (pixels, captions).")
+            raise TypeError(
+                f"defenses holds {type(item).__name__}; pass defense names (str) or callables (pixels, captions, generator) -> (pixels, captions)."
+            )
     labels = [label for label, _ in resolved]
     if not resolved:
         raise ValueError("defenses is empty; pass at least one, e.g. ('none',).")
     if len(set(labels)) != len(labels):
-        raise ValueError(f"defenses has duplicate names {sorted({l for l in labels if labels.count(l) > 1})}; give each callable its own name (a .name attribute).")
+        raise ValueError(
+            f"defenses has duplicate names {sorted({label for label in labels if labels.count(label) > 1})}; give each callable its own name (a .name attribute)."
+        )
     return resolved
 
 
@@ -101,8 +109,14 @@ def _architecture(victim: Any, processor: Any) -> tuple[PreTrainedConfig, Any]:
     unused) or one read from a Hub id / folder / config.json file (its processor from the same place)."""
     if isinstance(victim, (str, os.PathLike)):
         path, family = str(victim), family_of(victim)
-        config = family.config_class.from_json_file(path) if path.endswith(".json") else family.config_class.from_pretrained(path)
-        return config, processor or family.processor_class.from_pretrained(os.path.dirname(path) if path.endswith(".json") else path)
+        config = (
+            family.config_class.from_json_file(path)
+            if path.endswith(".json")
+            else family.config_class.from_pretrained(path)
+        )
+        return config, processor or family.processor_class.from_pretrained(
+            os.path.dirname(path) if path.endswith(".json") else path
+        )
     for family in FAMILIES:
         if isinstance(victim, family.model_class):
             return victim.config, processor
@@ -112,20 +126,28 @@ def _architecture(victim: Any, processor: Any) -> tuple[PreTrainedConfig, Any]:
     raise TypeError(f"victim must be {accepted} (its architecture) or a Hub id / path, got {type(victim).__name__}.")
 
 
-def _resolve_victims(victim: Any, pretrained: Any, processor: Any, learning_rate: float, fine_tune_learning_rate: float, seed: int) -> list[_Victim]:
+def _resolve_victims(
+    victim: Any, pretrained: Any, processor: Any, learning_rate: float, fine_tune_learning_rate: float, seed: int
+) -> list[_Victim]:
     if victim is None and pretrained is None:
-        raise ValueError("Pass victim= (an architecture trained from scratch: CLIPConfig or SiglipConfig, Hub id or path) and/or "
-                         "pretrained= (a model fine-tuned on each copy: Hub id, path, CLIPModel or SiglipModel).")
+        raise ValueError(
+            "Pass victim= (an architecture trained from scratch: CLIPConfig or SiglipConfig, Hub id or path) and/or "
+            "pretrained= (a model fine-tuned on each copy: Hub id, path, CLIPModel or SiglipModel)."
+        )
     victims = []
     if victim is not None:
         config, victim_processor = _architecture(victim, processor)
         if victim_processor is None:
-            raise ValueError(f"processor is required with a {type(config).__name__} or its model as victim: "
-                             f"pass processor={family_of(config).processor_class.__name__}(...).")
+            raise ValueError(
+                f"processor is required with a {type(config).__name__} or its model as victim: "
+                f"pass processor={family_of(config).processor_class.__name__}(...)."
+            )
         victims.append(_Victim(FROM_SCRATCH, config, victim_processor, learning_rate, _source(victim)))
     if pretrained is not None:
         if isinstance(pretrained, PreTrainedConfig):
-            raise TypeError(f"pretrained must hold weights (a model, Hub id or path); a {type(pretrained).__name__} belongs in victim=.")
+            raise TypeError(
+                f"pretrained must hold weights (a model, Hub id or path); a {type(pretrained).__name__} belongs in victim=."
+            )
         model, pretrained_processor = load_image_text_model(pretrained, processor, seed)
         victims.append(_Victim(FINE_TUNED, model, pretrained_processor, fine_tune_learning_rate, _source(pretrained)))
     return victims
@@ -174,13 +196,17 @@ def load_report(source: ProtectionReport | str | os.PathLike | Mapping[str, Any]
     """A `ProtectionReport` from itself, from the ``report.json`` an audit wrote, or from its dict."""
     if isinstance(source, ProtectionReport):
         return source
-    expected = "a ProtectionReport, the report.json an audit wrote, or its dict (keys 'settings', 'verdicts', 'histories')"
+    expected = (
+        "a ProtectionReport, the report.json an audit wrote, or its dict (keys 'settings', 'verdicts', 'histories')"
+    )
     if isinstance(source, (str, os.PathLike)):
         try:
             with open(source, encoding="utf-8") as handle:
                 source = json.load(handle)
         except (OSError, json.JSONDecodeError) as error:
-            raise ValueError(f"reuse: cannot read {os.fspath(source)!r} ({type(error).__name__}: {error}); pass {expected}.") from None
+            raise ValueError(
+                f"reuse: cannot read {os.fspath(source)!r} ({type(error).__name__}: {error}); pass {expected}."
+            ) from None
     if not isinstance(source, Mapping) or "verdicts" not in source or "settings" not in source:
         raise ValueError(f"reuse: expected {expected}.")
     try:
@@ -194,27 +220,37 @@ def load_report(source: ProtectionReport | str | os.PathLike | Mapping[str, Any]
     return ProtectionReport(verdicts, dict(source.get("chance", {})), histories, dict(source["settings"]))
 
 
-def _reusable_clean(reuse: Any, settings: dict[str, Any], reusable_defenses: set[str]) -> dict[tuple[str, str], list[dict[str, float]]]:
+def _reusable_clean(
+    reuse: Any, settings: dict[str, Any], reusable_defenses: set[str]
+) -> dict[tuple[str, str], list[dict[str, float]]]:
     """(victim, defense) -> clean victim history, from an earlier audit of the same clean rows, test
     rows, victims and recipe. Victims are deterministic for a seed on one machine, so retraining
     them would reproduce these numbers; anything that could change them refuses the reuse."""
     earlier = load_report(reuse)
     before, now = earlier.settings.get("identity"), settings["identity"]
     if not before:
-        raise ValueError("reuse: that report does not record which rows and victims it audited (it predates hf_unlearnable's "
-                         "audit identities), so its clean victims cannot be checked; run without reuse.")
+        raise ValueError(
+            "reuse: that report does not record which rows and victims it audited (it predates hf_unlearnable's "
+            "audit identities), so its clean victims cannot be checked; run without reuse."
+        )
     for key in ("clean_train", "test"):
         if before.get(key) != now[key]:
-            raise ValueError(f"reuse: that report audited other {key} rows (or the same in another order); its clean victims "
-                             f"are not this audit's. Pass the report of an audit of the same {key}, or run without reuse.")
+            raise ValueError(
+                f"reuse: that report audited other {key} rows (or the same in another order); its clean victims "
+                f"are not this audit's. Pass the report of an audit of the same {key}, or run without reuse."
+            )
     for key in _RECIPE_KEYS:
         if earlier.settings.get(key) != settings[key]:
-            raise ValueError(f"reuse: that report trained its victims with {key}={earlier.settings.get(key)!r}, this audit "
-                             f"with {key}={settings[key]!r}; pass the same {key}, or run without reuse.")
+            raise ValueError(
+                f"reuse: that report trained its victims with {key}={earlier.settings.get(key)!r}, this audit "
+                f"with {key}={settings[key]!r}; pass the same {key}, or run without reuse."
+            )
     victims = {label for label, identity in now["victims"].items() if before.get("victims", {}).get(label) == identity}
     if not victims:
-        raise ValueError(f"reuse: none of this audit's victims ({', '.join(now['victims'])}) is one that report trained "
-                         "(same architecture, weights, processor and learning rate); run without reuse.")
+        raise ValueError(
+            f"reuse: none of this audit's victims ({', '.join(now['victims'])}) is one that report trained "
+            "(same architecture, weights, processor and learning rate); run without reuse."
+        )
     found = {}
     for key, history in earlier.histories.items():
         victim, defense, copy = key.split(" | ")
@@ -308,7 +344,9 @@ def evaluate_protection(
     victims = _resolve_victims(victim, pretrained, processor, learning_rate, fine_tune_learning_rate, seed)
     for label, copy in copies.items():
         name = "protected_train" if label == "protected" else f"protected_train[{label!r}]"
-        check_copies_match(clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name)
+        check_copies_match(
+            clean_train, copy, image_column=image_column, caption_column=caption_column, epsilon=epsilon, name=name
+        )
     image_size = int(_config(victims[0].model).vision_config.image_size)
     train_digests = row_digests(clean_train, image_size, image_column, caption_column)
     test_digests = row_digests(test, image_size, image_column, caption_column)
@@ -318,20 +356,39 @@ def evaluate_protection(
     chance = chance_scores([len(caption_list(value)) for value in captions])
     recipe = {"epochs": epochs, "batch_size": batch_size, "seed": seed, "mixed_precision": mixed_precision}
     settings = {
-        "defenses": [label for label, _ in resolved], "victims": {v.label: v.source for v in victims},
-        "copies": list(copies), "epochs": epochs, "batch_size": batch_size, "learning_rate": learning_rate,
-        "fine_tune_learning_rate": fine_tune_learning_rate, "seed": seed, "mixed_precision": mixed_precision,
-        "rows": {"train": len(clean_train), "test": len(test)}, "epsilon": epsilon,
+        "defenses": [label for label, _ in resolved],
+        "victims": {v.label: v.source for v in victims},
+        "copies": list(copies),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "fine_tune_learning_rate": fine_tune_learning_rate,
+        "seed": seed,
+        "mixed_precision": mixed_precision,
+        "rows": {"train": len(clean_train), "test": len(test)},
+        "epsilon": epsilon,
         "thresholds": {"protected_times_chance": PROTECTED_FACTOR, "broken_share_of_clean": BROKEN_SHARE},
-        "identity": {"clean_train": _rows_identity(train_digests), "test": _rows_identity(test_digests),
-                     "victims": {v.label: _victim_identity(v) for v in victims}},
+        "identity": {
+            "clean_train": _rows_identity(train_digests),
+            "test": _rows_identity(test_digests),
+            "victims": {v.label: _victim_identity(v) for v in victims},
+        },
     }
     named = {label for (label, _), item in zip(resolved, defenses) if isinstance(item, str)}
     reused = {} if reuse is None else _reusable_clean(reuse, settings, named)
-    settings["reused_clean"] = [f"{v.label} | {label}" for v in victims for label, _ in resolved if (v.label, label) in reused]
+    settings["reused_clean"] = [
+        f"{v.label} | {label}" for v in victims for label, _ in resolved if (v.label, label) in reused
+    ]
     histories = _train_victims(
-        victims, resolved, {"clean": clean_train, **copies}, test, reused, recipe, progress,
-        image_column=image_column, caption_column=caption_column,
+        victims,
+        resolved,
+        {"clean": clean_train, **copies},
+        test,
+        reused,
+        recipe,
+        progress,
+        image_column=image_column,
+        caption_column=caption_column,
     )
     verdicts = _verdicts(victims, resolved, list(copies), histories, mean_recall_at_10(chance))
     report = ProtectionReport(verdicts, chance, histories, settings)
@@ -351,14 +408,26 @@ def _labelled_copies(protected_train: datasets.Dataset | Mapping[str, datasets.D
 
 
 def _train_victims(
-    victims: list[_Victim], resolved: list[tuple[str, Callable[[], Defense | None]]], data: dict[str, datasets.Dataset],
-    test: datasets.Dataset, reused: dict[tuple[str, str], list[dict[str, float]]], recipe: dict[str, Any], progress: bool, **columns: str,
+    victims: list[_Victim],
+    resolved: list[tuple[str, Callable[[], Defense | None]]],
+    data: dict[str, datasets.Dataset],
+    test: datasets.Dataset,
+    reused: dict[tuple[str, str], list[dict[str, float]]],
+    recipe: dict[str, Any],
+    progress: bool,
+    **columns: str,
 ) -> dict[str, list[dict[str, float]]]:
-    """"victim | defense | copy" -> history, for every victim, defense and copy of ``data`` (the
+    """ "victim | defense | copy" -> history, for every victim, defense and copy of ``data`` (the
     clean one first): `train_victim` with the same recipe, seed and a fresh defense, or the history
     ``reused`` holds for a clean victim."""
     histories: dict[str, list[dict[str, float]]] = {}
-    bar = tqdm(total=len(victims) * len(resolved) * len(data) - len(reused), desc="audit", unit="victim", disable=not progress, position=0)
+    bar = tqdm(
+        total=len(victims) * len(resolved) * len(data) - len(reused),
+        desc="audit",
+        unit="victim",
+        disable=not progress,
+        position=0,
+    )
     for spec in victims:
         for defense_label, make_defense in resolved:
             for copy_label, rows in data.items():
@@ -368,8 +437,15 @@ def _train_victims(
                     continue
                 bar.set_postfix_str(key)
                 result = train_victim(
-                    rows, test, spec.model, spec.processor, learning_rate=spec.learning_rate, defense=make_defense(),
-                    progress=progress, **recipe, **columns,
+                    rows,
+                    test,
+                    spec.model,
+                    spec.processor,
+                    learning_rate=spec.learning_rate,
+                    defense=make_defense(),
+                    progress=progress,
+                    **recipe,
+                    **columns,
                 )
                 histories[key] = result.history
                 result.model = None  # free it before the next victim
@@ -379,8 +455,11 @@ def _train_victims(
 
 
 def _verdicts(
-    victims: list[_Victim], resolved: list[tuple[str, Callable[[], Defense | None]]], copies: list[str],
-    histories: dict[str, list[dict[str, float]]], chance10: float,
+    victims: list[_Victim],
+    resolved: list[tuple[str, Callable[[], Defense | None]]],
+    copies: list[str],
+    histories: dict[str, list[dict[str, float]]],
+    chance10: float,
 ) -> list[Verdict]:
     """One verdict per victim, defense and protected copy: its final mean R@10 against chance and
     against the clean victim under the same defense (`judge`); a broken one is logged."""
@@ -393,12 +472,29 @@ def _verdicts(
                 history = histories[f"{spec.label} | {defense_label} | {copy_label}"]
                 protected10 = mean_recall_at_10(history[-1])
                 verdict, reason = judge(protected10, clean10, chance10, start10)
-                verdicts.append(Verdict(
-                    copy_label, spec.label, defense_label, verdict, protected10, clean10, chance10, start10, reason,
-                    {k: history[-1][k] for k in VERDICT_METRICS}, {k: clean_history[-1][k] for k in VERDICT_METRICS},
-                ))
+                verdicts.append(
+                    Verdict(
+                        copy_label,
+                        spec.label,
+                        defense_label,
+                        verdict,
+                        protected10,
+                        clean10,
+                        chance10,
+                        start10,
+                        reason,
+                        {k: history[-1][k] for k in VERDICT_METRICS},
+                        {k: clean_history[-1][k] for k in VERDICT_METRICS},
+                    )
+                )
                 if verdict == "broken":
-                    logger.warning("defense %s breaks the protection of %s (%s victim): %s", defense_label, copy_label, spec.label, reason)
+                    logger.warning(
+                        "defense %s breaks the protection of %s (%s victim): %s",
+                        defense_label,
+                        copy_label,
+                        spec.label,
+                        reason,
+                    )
     return verdicts
 
 

@@ -44,7 +44,9 @@ def chance_scores(captions_per_image: Sequence[int]) -> dict[str, float]:
     # P(best rank > r) for each distinct caption count, by the running product prod_i (C - n - i) / (C - i).
     cdf = np.zeros(num_captions)
     for n, images in zip(*np.unique(counts, return_counts=True)):
-        factors = np.clip((num_captions - n - np.arange(num_captions)) / (num_captions - np.arange(num_captions)), 0, None)
+        factors = np.clip(
+            (num_captions - n - np.arange(num_captions)) / (num_captions - np.arange(num_captions)), 0, None
+        )
         cdf += images * (1 - np.cumprod(factors))
     cdf /= num_images
     scores: dict[str, float] = {}
@@ -67,8 +69,11 @@ def judge(protected_r10: float, clean_r10: float, chance_r10: float, start_r10: 
     times_chance = protected_r10 / chance_r10
     share = protected_r10 / clean_r10 if clean_r10 > 0 else math.inf
     floor = max(PROTECTED_FACTOR * chance_r10, start_r10 if start_r10 is not None else 0.0)
-    floor_text = (f"{PROTECTED_FACTOR:g}x chance" if floor == PROTECTED_FACTOR * chance_r10
-                  else f"the pretrained model's {floor:.1f} before fine-tuning")
+    floor_text = (
+        f"{PROTECTED_FACTOR:g}x chance"
+        if floor == PROTECTED_FACTOR * chance_r10
+        else f"the pretrained model's {floor:.1f} before fine-tuning"
+    )
     if protected_r10 <= floor:
         if clean_r10 <= floor:
             return "inconclusive", (
@@ -139,8 +144,13 @@ class ProtectionReport:
 
     def to_dict(self) -> dict[str, Any]:
         return json_safe(
-            {"settings": self.settings, "chance": self.chance, "verdicts": [asdict(v) for v in self.verdicts],
-             "histories": self.histories, "rule": VERDICT_RULE}
+            {
+                "settings": self.settings,
+                "chance": self.chance,
+                "verdicts": [asdict(v) for v in self.verdicts],
+                "histories": self.histories,
+                "rule": VERDICT_RULE,
+            }
         )
 
     def to_markdown(self) -> str:
@@ -163,14 +173,21 @@ def _coarse_test_note(chance: Mapping[str, float]) -> str | None:
     chance10 = mean_recall_at_10(chance)
     if PROTECTED_FACTOR * chance10 <= 30:
         return None
-    return (f"Note: the test split is small: chance R@10 is {chance10:.1f}, so {PROTECTED_FACTOR:g}x chance is "
-            f"{PROTECTED_FACTOR * chance10:.0f}; use at least 100 test images (chance R@10 10) for a verdict that means something.")
+    return (
+        f"Note: the test split is small: chance R@10 is {chance10:.1f}, so {PROTECTED_FACTOR:g}x chance is "
+        f"{PROTECTED_FACTOR * chance10:.0f}; use at least 100 test images (chance R@10 10) for a verdict that means something."
+    )
 
 
 def _plain_statement(verdicts: Sequence[Verdict]) -> str:
     broken = [v for v in verdicts if v.verdict == "broken"]
     if broken:
-        names = ", ".join(f"{v.defense} ({v.victim}, {v.copy})" if len({x.copy for x in verdicts}) > 1 else f"{v.defense} ({v.victim})" for v in broken)
+        names = ", ".join(
+            f"{v.defense} ({v.victim}, {v.copy})"
+            if len({x.copy for x in verdicts}) > 1
+            else f"{v.defense} ({v.victim})"
+            for v in broken
+        )
         return f"BROKEN: these defenses break the protection: {names}. A trainer who applies them learns from the copy."
     if any(v.verdict == "inconclusive" for v in verdicts):
         return "No defense broke the protection; some runs are inconclusive, nothing was learned (see the table)."
@@ -212,13 +229,25 @@ def json_safe(value: Any) -> Any:
 def _markdown(report: ProtectionReport) -> str:
     chance10 = mean_recall_at_10(report.chance)
     several_copies = len({v.copy for v in report.verdicts}) > 1
-    lines = ["# Protection audit", "", f"**{_plain_statement(report.verdicts)}**", "",
-             *(line for statement in _weakest_statements(report.verdicts) for line in (statement, "")), VERDICT_RULE, ""]
+    lines = [
+        "# Protection audit",
+        "",
+        f"**{_plain_statement(report.verdicts)}**",
+        "",
+        *(line for statement in _weakest_statements(report.verdicts) for line in (statement, "")),
+        VERDICT_RULE,
+        "",
+    ]
     reused = report.settings.get("reused_clean") or []
     if reused:
-        lines += [f"Clean victims taken from an earlier audit of the same rows, victims and recipe (`reuse`), not retrained: "
-                  f"{', '.join(reused)}.", ""]
-    head = ("| Copy " if several_copies else "") + "| Victim | Defense | Verdict | R@10 protected | R@10 clean | before training | x chance | share of clean |"
+        lines += [
+            f"Clean victims taken from an earlier audit of the same rows, victims and recipe (`reuse`), not retrained: "
+            f"{', '.join(reused)}.",
+            "",
+        ]
+    head = (
+        "| Copy " if several_copies else ""
+    ) + "| Victim | Defense | Verdict | R@10 protected | R@10 clean | before training | x chance | share of clean |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
     for v in report.verdicts:
         share = v.protected_r10 / v.clean_r10 if v.clean_r10 > 0 else math.inf
@@ -229,7 +258,13 @@ def _markdown(report: ProtectionReport) -> str:
             f"| {v.protected_r10 / chance10:.1f} | {share:.0%} |"
         )
     note = _coarse_test_note(report.chance)
-    lines += ["", f"Chance R@10: {chance10:.2f}." + (f" {note}" if note else ""), "", "## Retrieval on the clean test split (last epoch)", ""]
+    lines += [
+        "",
+        f"Chance R@10: {chance10:.2f}." + (f" {note}" if note else ""),
+        "",
+        "## Retrieval on the clean test split (last epoch)",
+        "",
+    ]
     head = "| Victim | Defense | Trained on | " + " | ".join(VERDICT_METRICS) + " |"
     lines += [head, "|" + "---|" * (len(VERDICT_METRICS) + 3)]
     lines.append("| - | - | chance | " + " | ".join(f"{report.chance[k]:.1f}" for k in VERDICT_METRICS) + " |")
@@ -237,10 +272,17 @@ def _markdown(report: ProtectionReport) -> str:
     for v in report.verdicts:
         if (v.victim, v.defense) not in seen:
             seen.add((v.victim, v.defense))
-            lines.append(f"| {v.victim} | {v.defense} | clean | " + " | ".join(f"{v.clean_final[k]:.1f}" for k in VERDICT_METRICS) + " |")
-        lines.append(f"| {v.victim} | {v.defense} | {v.copy} | " + " | ".join(f"{v.protected_final[k]:.1f}" for k in VERDICT_METRICS) + " |")
+            lines.append(
+                f"| {v.victim} | {v.defense} | clean | "
+                + " | ".join(f"{v.clean_final[k]:.1f}" for k in VERDICT_METRICS)
+                + " |"
+            )
+        lines.append(
+            f"| {v.victim} | {v.defense} | {v.copy} | "
+            + " | ".join(f"{v.protected_final[k]:.1f}" for k in VERDICT_METRICS)
+            + " |"
+        )
     lines += ["", "## Settings", "", "```json", json.dumps(json_safe(report.settings), indent=1), "```", ""]
     if "figure" in report.paths:
         lines.insert(lines.index(VERDICT_RULE) + 2, f"![R@10 per defense]({Path(report.paths['figure']).name})\n")
     return "\n".join(lines)
-

@@ -88,7 +88,7 @@ __all__ = [
 
 _REGISTRY: dict[str, Callable[[int], DefenseBase]] = {
     "none": lambda seed: Identity(seed=seed),
-    **{f"jpeg-{q}": (lambda q: lambda seed: JPEG(q, seed=seed))(q) for q in (10, 30, 50, 75, 90)},
+    **{f"jpeg-{q}": (lambda seed, q=q: JPEG(q, seed=seed)) for q in (10, 30, 50, 75, 90)},
     "grayscale": lambda seed: Grayscale(seed=seed),
     "iss-grayscale": lambda seed: Grayscale(seed=seed),
     "iss-jpeg-10": lambda seed: JPEG(10, seed=seed),
@@ -107,7 +107,7 @@ _REGISTRY: dict[str, Callable[[int], DefenseBase]] = {
     "eda-swap": lambda seed: EDA(["swap"], seed=seed),
     "eda-synonym": lambda seed: EDA(["synonym"], seed=seed),
     "eda": lambda seed: EDA(seed=seed),
-    **{f"strip-{k}": (lambda k: lambda seed: StripFirstWords(k, seed=seed))(k) for k in range(1, 8)},
+    **{f"strip-{k}": (lambda seed, k=k: StripFirstWords(k, seed=seed)) for k in range(1, 8)},
     "rare-words": lambda seed: RareWordFilter(seed=seed),
 }
 

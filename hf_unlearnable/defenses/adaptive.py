@@ -62,7 +62,7 @@ class RareWordFilter(DefenseBase):
         self.min_captions = min_captions
         self.document_frequency: Counter[str] | None = None
 
-    def fit(self, captions: Sequence[str]) -> "RareWordFilter":
+    def fit(self, captions: Sequence[str]) -> RareWordFilter:
         """Count, for every word, the captions it occurs in."""
         if isinstance(captions, str):
             raise TypeError("fit() takes the list of all training captions, not one string.")
@@ -75,7 +75,9 @@ class RareWordFilter(DefenseBase):
     def is_rare(self, word: str) -> bool:
         """Whether `word` occurs in fewer than `min_captions` fitted captions."""
         if self.document_frequency is None:
-            raise ValueError("RareWordFilter has no corpus statistics: call fit(all_training_captions) first (train_victim does).")
+            raise ValueError(
+                "RareWordFilter has no corpus statistics: call fit(all_training_captions) first (train_victim does)."
+            )
         return self.document_frequency[_key(word)] < self.min_captions
 
     def apply(self, pixels, captions, generator, **hooks):

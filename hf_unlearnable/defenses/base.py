@@ -40,7 +40,9 @@ def check_batch(pixels: Any, captions: Any) -> None:
         got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
         raise ValueError(f"pixels must be a float tensor (B, 3, H, W) in [0, 1], got {got}.")
     if len(captions) != pixels.shape[0]:
-        raise ValueError(f"captions must hold one string per image: {len(captions)} captions for {pixels.shape[0]} images.")
+        raise ValueError(
+            f"captions must hold one string per image: {len(captions)} captions for {pixels.shape[0]} images."
+        )
 
 
 class DefenseBase:

@@ -57,6 +57,7 @@ def wordnet_synonyms() -> Callable[[str], list[str]]:
     ``nltk.download("wordnet")`` once, with network."""
     try:
         from nltk.corpus import wordnet
+
         wordnet.synsets("dog")
     except (ImportError, LookupError) as error:
         raise ValueError(
@@ -122,7 +123,9 @@ class EDA(DefenseBase):
         if not 0 < alpha <= 1:
             raise ValueError(f"alpha must be in (0, 1], got {alpha!r}.")
         if synonyms is not None and not (isinstance(synonyms, Mapping) or callable(synonyms)):
-            raise TypeError(f"synonyms must be a mapping or a callable word -> synonyms, got {type(synonyms).__name__}.")
+            raise TypeError(
+                f"synonyms must be a mapping or a callable word -> synonyms, got {type(synonyms).__name__}."
+            )
         self.operations = operations
         self.alpha = float(alpha)
         self._synonyms = synonyms

@@ -18,11 +18,28 @@ from huggingface_hub.errors import EntryNotFoundError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from ..transform import ProtectTransform
-from .card import CARD_DETAILS, EM_CITATION, LIBRARY_CITATION, LOADER_KEYS, MEM_CITATION, dataset_card, rows_and_info, size_category
+from .card import (
+    CARD_DETAILS,
+    EM_CITATION,
+    LIBRARY_CITATION,
+    LOADER_KEYS,
+    MEM_CITATION,
+    dataset_card,
+    rows_and_info,
+    size_category,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CARD_DETAILS", "EM_CITATION", "LIBRARY_CITATION", "MEM_CITATION", "dataset_card", "push_protected", "size_category"]
+__all__ = [
+    "CARD_DETAILS",
+    "EM_CITATION",
+    "LIBRARY_CITATION",
+    "MEM_CITATION",
+    "dataset_card",
+    "push_protected",
+    "size_category",
+]
 
 
 def _check_repo_id(repo_id: Any) -> None:
@@ -47,7 +64,9 @@ def _read_remote_card(repo_id: str, token: str | None, api: Any) -> DatasetCard 
     except (OSError, ValueError, EntryNotFoundError) as error:
         logger.warning(
             "Could not read back the README of %s (%s); the card is uploaded without the loader metadata "
-            "(configs, dataset_info) that datasets wrote.", repo_id, type(error).__name__,
+            "(configs, dataset_info) that datasets wrote.",
+            repo_id,
+            type(error).__name__,
         )
         return None
 
@@ -91,11 +110,20 @@ def push_protected(
     """
     _check_repo_id(repo_id)
     _refuse_unprotected(ds, transform)
-    card = dataset_card(ds, transform, source_dataset=source_dataset, license=license, pretty_name=pretty_name,
-                        card_details=card_details)
+    card = dataset_card(
+        ds,
+        transform,
+        source_dataset=source_dataset,
+        license=license,
+        pretty_name=pretty_name,
+        card_details=card_details,
+    )
     if card_details == "full":
-        logger.warning("The dataset card of %s records every protection setting (card_details='full'); they help "
-                       "anyone who wants to undo the protection.", repo_id)
+        logger.warning(
+            "The dataset card of %s records every protection setting (card_details='full'); they help "
+            "anyone who wants to undo the protection.",
+            repo_id,
+        )
     rows, _ = rows_and_info(ds)
     message = commit_message or "Upload data set protected with hf_unlearnable (MEM)"
     logger.info("Pushing %d protected rows to the Hub data set %s (private=%s)", rows, repo_id, private)
@@ -112,8 +140,12 @@ def push_protected(
     logger.info("Uploading the dataset card to %s", resolved)
     if api is not None:
         api.upload_file(
-            path_or_fileobj=str(card).encode("utf-8"), path_in_repo="README.md", repo_id=resolved,
-            repo_type="dataset", token=token, commit_message=card_message,
+            path_or_fileobj=str(card).encode("utf-8"),
+            path_in_repo="README.md",
+            repo_id=resolved,
+            repo_type="dataset",
+            token=token,
+            commit_message=card_message,
         )
     else:
         card.push_to_hub(resolved, repo_type="dataset", token=token, commit_message=card_message)

@@ -57,9 +57,16 @@ TASK_CATEGORIES = ["image-to-text", "text-to-image", "zero-shot-image-classifica
 TASK_IDS = ["image-captioning"]
 
 _SIZE_BOUNDS = [
-    (1_000, "n<1K"), (10_000, "1K<n<10K"), (100_000, "10K<n<100K"), (1_000_000, "100K<n<1M"),
-    (10_000_000, "1M<n<10M"), (100_000_000, "10M<n<100M"), (1_000_000_000, "100M<n<1B"),
-    (10_000_000_000, "1B<n<10B"), (100_000_000_000, "10B<n<100B"), (1_000_000_000_000, "100B<n<1T"),
+    (1_000, "n<1K"),
+    (10_000, "1K<n<10K"),
+    (100_000, "10K<n<100K"),
+    (1_000_000, "100K<n<1M"),
+    (10_000_000, "1M<n<10M"),
+    (100_000_000, "10M<n<100M"),
+    (1_000_000_000, "100M<n<1B"),
+    (10_000_000_000, "1B<n<10B"),
+    (100_000_000_000, "10B<n<100B"),
+    (1_000_000_000_000, "100B<n<1T"),
 ]
 # Metadata that `Dataset.push_to_hub` writes into README.md and `load_dataset` reads back.
 LOADER_KEYS = ("configs", "dataset_info")
@@ -106,7 +113,9 @@ def _caption_kind(ds: datasets.Dataset | datasets.DatasetDict, column: str, k: i
     first = next(iter(ds.values())) if isinstance(ds, datasets.DatasetDict) else ds
     feature = first.features.get(column) if first is not None else None
     if isinstance(feature, (datasets.List, datasets.Sequence, datasets.LargeList)):
-        return "a list of captions per image" + ("; every caption of an image starts with the same trigger" if full and k else "")
+        return "a list of captions per image" + (
+            "; every caption of an image starts with the same trigger" if full and k else ""
+        )
     return "one caption per image"
 
 
@@ -166,9 +175,11 @@ def _settings_table(transform: ProtectTransform, method: str) -> str:
     if method == "MEM":
         method_row = "Multi-step Error Minimization (MEM): image noise and text trigger optimised together"
     elif method == "layered":
-        method_row = (f"Layered ({config.method_name}): error-minimizing noise on each image's own caption "
-                      f"(EOT: {', '.join(config.eot_transforms) or 'none'}), then a text trigger optimised against a "
-                      "surrogate trained on the noised images")
+        method_row = (
+            f"Layered ({config.method_name}): error-minimizing noise on each image's own caption "
+            f"(EOT: {', '.join(config.eot_transforms) or 'none'}), then a text trigger optimised against a "
+            "surrogate trained on the noised images"
+        )
     else:
         method_row = "Error-minimizing noise (EM, Huang et al. 2021): MEM with no text trigger"
     rounds = len(transform.history)
@@ -183,14 +194,22 @@ def _settings_table(transform: ProtectTransform, method: str) -> str:
             "(contrastive loss; far lower on protected than on clean data means the shortcut was learnt)"
         )
     else:
-        rounds_row = "0 (the transform was not fitted here; rows were protected online against a frozen surrogate, " \
-                     f"{config.online_rounds} rounds each)"
+        rounds_row = (
+            "0 (the transform was not fitted here; rows were protected online against a frozen surrogate, "
+            f"{config.online_rounds} rounds each)"
+        )
         losses_row = "n/a"
     used = f", largest change used: {summary['max_noise_levels']}/255" if "max_noise_levels" in summary else ""
     trigger_row = (
         f"{k} word{'s' if k != 1 else ''} at the start of each caption (HotFlip, {config.hotflip_candidates} candidates "
-        f"per position, updated in the " + (f"{config.trigger_rounds} rounds of the trigger layer)" if method == "layered"
-                                            else f"first {config.trigger_rounds} rounds)") if k else "none (EM)"
+        f"per position, updated in the "
+        + (
+            f"{config.trigger_rounds} rounds of the trigger layer)"
+            if method == "layered"
+            else f"first {config.trigger_rounds} rounds)"
+        )
+        if k
+        else "none (EM)"
     )
     table = [
         ("Method", method_row),
@@ -205,30 +224,38 @@ def _settings_table(transform: ProtectTransform, method: str) -> str:
         ("Seed", str(config.seed)),
     ]
     config_json = json.dumps(config.to_dict(), indent=2, sort_keys=True)
-    return "\n".join([
-        "## How it was protected",
-        "",
-        "> This card records every setting of the protection (`card_details=\"full\"`). They help anyone who "
-        "wants to undo it: publish this record only where that is acceptable.",
-        "",
-        "| Setting | Value |",
-        "|---|---|",
-        *(f"| {name} | {value} |" for name, value in table),
-        "",
-        "<details><summary>Full MEMConfig</summary>",
-        "",
-        "```json",
-        config_json,
-        "```",
-        "",
-        "</details>",
-        "",
-    ])
+    return "\n".join(
+        [
+            "## How it was protected",
+            "",
+            '> This card records every setting of the protection (`card_details="full"`). They help anyone who '
+            "wants to undo it: publish this record only where that is acceptable.",
+            "",
+            "| Setting | Value |",
+            "|---|---|",
+            *(f"| {name} | {value} |" for name, value in table),
+            "",
+            "<details><summary>Full MEMConfig</summary>",
+            "",
+            "```json",
+            config_json,
+            "```",
+            "",
+            "</details>",
+            "",
+        ]
+    )
 
 
 def _card_body(
-    rows: int, transform: ProtectTransform, source: str | None, license: str | None,
-    pretty_name: str | None, caption_kind: str, method: str, full: bool,
+    rows: int,
+    transform: ProtectTransform,
+    source: str | None,
+    license: str | None,
+    pretty_name: str | None,
+    caption_kind: str,
+    method: str,
+    full: bool,
 ) -> str:
     # The default card is read by whoever wants to undo the protection: it names the method (the
     # paper is public) and what a user must do, never where the trigger is, its length, its words,
@@ -258,15 +285,19 @@ def _card_body(
     if not k:
         caption_line = f"- `{caption_column}`: {caption_kind}, unchanged (EM adds no words)."
     elif full:
-        caption_line = (f"- `{caption_column}`: {caption_kind}. Each caption is its trigger ({k} words), one space, then "
-                        "the original caption unchanged.")
+        caption_line = (
+            f"- `{caption_column}`: {caption_kind}. Each caption is its trigger ({k} words), one space, then "
+            "the original caption unchanged."
+        )
     else:
-        caption_line = (f"- `{caption_column}`: {caption_kind}: the source text with added words that belong to the "
-                        "protection, not to the description.")
+        caption_line = (
+            f"- `{caption_column}`: {caption_kind}: the source text with added words that belong to the "
+            "protection, not to the description."
+        )
     notes = [
         "- **Keep the images lossless.** Publish, mirror and serve the PNG files as they are: no re-encoding (JPEG or "
-        "any other format), no resizing or cropping." + (
-            " These change the pixel values and weaken the protection." if full else ""),
+        "any other format), no resizing or cropping."
+        + (" These change the pixel values and weaken the protection." if full else ""),
     ]
     if k:
         notes.append(
@@ -292,7 +323,8 @@ def _card_body(
             "the data owner keeps that record."
         )
     license_line = (
-        f"The protected copy keeps the licence of the source data: `{license}`." if license
+        f"The protected copy keeps the licence of the source data: `{license}`."
+        if license
         else "No licence was given; the data owner should state the licence of the source data in this card."
     )
     citations = "\n\n".join([MEM_CITATION, *([EM_CITATION] if method in ("EM", "layered") else []), LIBRARY_CITATION])

@@ -69,7 +69,9 @@ def register(name: str, *, summary: str, source: str, differentiable: bool = Tru
 
     def decorate(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
         if name in OPERATIONS:
-            raise ValueError(f"image operation {name!r} is already registered ({OPERATIONS[name].function.__qualname__}).")
+            raise ValueError(
+                f"image operation {name!r} is already registered ({OPERATIONS[name].function.__qualname__})."
+            )
         parameters = list(inspect.signature(function).parameters.values())[2:]
         loose = [p.name for p in parameters if p.kind is not p.KEYWORD_ONLY or p.default is p.empty]
         if loose:
@@ -125,7 +127,9 @@ def image_op(name: str, **parameters: Any) -> ImageOp:
         raise ValueError(f"unknown image operation {name!r}; valid: {available_image_ops()}.")
     unknown = sorted(set(parameters) - set(OPERATIONS[name].defaults))
     if unknown:
-        raise TypeError(f"image operation {name!r} takes no parameter {unknown}; it takes {list(OPERATIONS[name].defaults)}.")
+        raise TypeError(
+            f"image operation {name!r} takes no parameter {unknown}; it takes {list(OPERATIONS[name].defaults)}."
+        )
     return ImageOp(name, MappingProxyType(dict(parameters)))
 
 

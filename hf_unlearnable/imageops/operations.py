@@ -46,7 +46,9 @@ def check_range(name: str, value: float | Range | torch.Tensor, low: float, high
     values = torch.as_tensor(value, dtype=torch.float64).flatten()
     if values.numel() == 0 or bool(((values < low) | (values > high)).any()):
         shown = values.tolist() if not isinstance(value, tuple) else list(value)
-        raise ValueError(f"{name} must be in [{low:g}, {high:g}], one value, a (low, high) range or one per image; got {shown}.")
+        raise ValueError(
+            f"{name} must be in [{low:g}, {high:g}], one value, a (low, high) range or one per image; got {shown}."
+        )
 
 
 @register(
@@ -55,7 +57,11 @@ def check_range(name: str, value: float | Range | torch.Tensor, low: float, high
     source="kornia.enhance.jpeg_codec_differentiable",
 )
 def jpeg(
-    pixels: torch.Tensor, generator: torch.Generator | None, *, quality: float | Range | torch.Tensor = 75.0, quantize: bool = False
+    pixels: torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    quality: float | Range | torch.Tensor = 75.0,
+    quantize: bool = False,
 ) -> torch.Tensor:
     """JPEG round trip. `quality`: one number, a ``(low, high)`` range drawn per image, or one per image.
 
@@ -105,7 +111,11 @@ def blur_kernel_size(sigma: float) -> int:
     return 2 * math.ceil(2 * sigma) + 1
 
 
-@register("blur", summary="Gaussian blur, standard deviation `sigma` px, reflect padding", source="kornia.filters.gaussian_blur2d")
+@register(
+    "blur",
+    summary="Gaussian blur, standard deviation `sigma` px, reflect padding",
+    source="kornia.filters.gaussian_blur2d",
+)
 def blur(
     pixels: torch.Tensor,
     generator: torch.Generator | None,
@@ -149,7 +159,9 @@ def crop_flip(
         raise ValueError("crop-flip draws its boxes from a generator; pass one.")
     batch, _, height, width = pixels.shape
     area = uniform(generator, batch, *scale)
-    log_ratio = uniform(generator, batch, float(torch.log(torch.tensor(ratio[0]))), float(torch.log(torch.tensor(ratio[1]))))
+    log_ratio = uniform(
+        generator, batch, float(torch.log(torch.tensor(ratio[0]))), float(torch.log(torch.tensor(ratio[1])))
+    )
     ratio_drawn = torch.exp(log_ratio)
     crop_w = (torch.sqrt(area * ratio_drawn) * width).clamp(2, width)
     crop_h = (torch.sqrt(area / ratio_drawn) * height).clamp(2, height)
@@ -179,7 +191,9 @@ def resized_crop_flip(
 ) -> torch.Tensor:
     """CLIP's training augmentation as open_clip configures it (scale 0.9-1, bicubic), in kornia:
     whole-pixel crop boxes from kornia's sampler."""
-    crop = K.RandomResizedCrop(tuple(pixels.shape[-2:]), scale=tuple(scale), ratio=tuple(ratio), resample=resample, p=1.0)
+    crop = K.RandomResizedCrop(
+        tuple(pixels.shape[-2:]), scale=tuple(scale), ratio=tuple(ratio), resample=resample, p=1.0
+    )
     mirror = K.RandomHorizontalFlip(p=flip)
     with seeded_global_rng(generator):
         return mirror(crop(pixels))
@@ -197,7 +211,11 @@ def bit_depth(pixels: torch.Tensor, generator: torch.Generator | None, *, bits: 
     return quantize_8bit(torch.round(pixels.clamp(0, 1) * levels) / levels)
 
 
-@register("gaussian-noise", summary="add i.i.d. Gaussian noise of standard deviation `std`", source="kornia.augmentation.RandomGaussianNoise")
+@register(
+    "gaussian-noise",
+    summary="add i.i.d. Gaussian noise of standard deviation `std`",
+    source="kornia.augmentation.RandomGaussianNoise",
+)
 def gaussian_noise(pixels: torch.Tensor, generator: torch.Generator, *, std: float = 8 / 255) -> torch.Tensor:
     """Zero-mean Gaussian noise on every pixel and channel (p = 1)."""
     augment = K.RandomGaussianNoise(mean=0.0, std=float(std), p=1.0)
@@ -205,7 +223,11 @@ def gaussian_noise(pixels: torch.Tensor, generator: torch.Generator, *, std: flo
         return augment(pixels)
 
 
-@register("cutout", summary="zero one square of `area` of the image at a random place", source="kornia.augmentation.RandomErasing")
+@register(
+    "cutout",
+    summary="zero one square of `area` of the image at a random place",
+    source="kornia.augmentation.RandomErasing",
+)
 def cutout(pixels: torch.Tensor, generator: torch.Generator, *, area: float = 0.25) -> torch.Tensor:
     """Cutout (DeVries & Taylor 2017): RandomErasing with scale `area`, aspect ratio 1, value 0, p = 1."""
     augment = K.RandomErasing(scale=(float(area), float(area)), ratio=(1.0, 1.0), value=0.0, p=1.0)
@@ -226,7 +248,11 @@ def mixup_with_partners(
     return mixed, augment._params["mixup_pairs"]
 
 
-@register("mixup", summary="blend each image with another of the batch, partner weight <= `max_partner_weight`", source="kornia.augmentation.RandomMixUpV2")
+@register(
+    "mixup",
+    summary="blend each image with another of the batch, partner weight <= `max_partner_weight`",
+    source="kornia.augmentation.RandomMixUpV2",
+)
 def mixup(pixels: torch.Tensor, generator: torch.Generator, *, max_partner_weight: float = 0.5) -> torch.Tensor:
     """MixUp (Zhang et al., ICLR 2018); `mixup_with_partners` also says which image each one took."""
     return mixup_with_partners(pixels, generator, max_partner_weight)[0]
@@ -244,7 +270,11 @@ def cutmix_with_partners(pixels: torch.Tensor, generator: torch.Generator) -> tu
     return mixed, augment._params["mix_pairs"][0]
 
 
-@register("cutmix", summary="paste a box (at most half the image) of another image of the batch", source="kornia.augmentation.RandomCutMixV2")
+@register(
+    "cutmix",
+    summary="paste a box (at most half the image) of another image of the batch",
+    source="kornia.augmentation.RandomCutMixV2",
+)
 def cutmix(pixels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """CutMix (Yun et al., ICCV 2019); `cutmix_with_partners` also says which image each one took."""
     return cutmix_with_partners(pixels, generator)[0]

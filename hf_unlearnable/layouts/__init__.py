@@ -22,6 +22,10 @@ from .detect import detect_layout, merge_caption_columns
 from .grouping import group_captions, ungroup_captions
 
 __all__ = [
-    "CAPTION_COLUMN_NAMES", "IMAGE_ID_COLUMN_NAMES", "detect_layout", "group_captions", "merge_caption_columns",
+    "CAPTION_COLUMN_NAMES",
+    "IMAGE_ID_COLUMN_NAMES",
+    "detect_layout",
+    "group_captions",
+    "merge_caption_columns",
     "ungroup_captions",
 ]

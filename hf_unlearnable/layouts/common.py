@@ -10,7 +10,6 @@ from typing import Any
 
 import datasets
 
-
 # Caption column names seen on the Hub, most specific first.
 CAPTION_COLUMN_NAMES = ("caption", "captions", "sentences", "sentences_raw", "raw", "text")
 # Columns that say which per-caption rows share an image, most specific first ("id" is last: in
@@ -22,7 +21,9 @@ _CHUNK = 1024
 # One caption per column: caption_0 ... caption_4 (some Flickr8K copies), sentence1 ..., text_2 ...
 NUMBERED_CAPTION = re.compile(r"^(caption|captions|sentence|sentences|text|raw)_?\d+$")
 #: The list features of the installed datasets (List, Sequence, LargeList; older releases lack some).
-LIST_TYPES = tuple(t for t in (getattr(datasets, "List", None), datasets.Sequence, getattr(datasets, "LargeList", None)) if t)
+LIST_TYPES = tuple(
+    t for t in (getattr(datasets, "List", None), datasets.Sequence, getattr(datasets, "LargeList", None)) if t
+)
 
 
 def list_feature(inner: Any) -> Any:

@@ -144,7 +144,9 @@ def merge_caption_columns(ds: datasets.Dataset, columns: Sequence[str], into: st
     for column in columns:
         check_column(ds, column, "caption column")
         if not is_string(ds.features[column]):
-            raise ValueError(f"Column {column!r} holds {feature_name(ds.features[column])}; merging needs one string per row.")
+            raise ValueError(
+                f"Column {column!r} holds {feature_name(ds.features[column])}; merging needs one string per row."
+            )
     if into in ds.column_names and into not in columns:
         raise ValueError(f"into={into!r} is already a column of the data set; pick another name.")
     merged: list[list[str]] = []

@@ -58,20 +58,28 @@ def group_captions(
     if image_id_column in per_caption or caption_column in per_caption:
         raise ValueError("per_caption_columns must not name the image id or caption column.")
     if not is_string(ds.features[caption_column]):
-        hint = " It already holds a list per row: no grouping needed." if is_string_list(ds.features[caption_column]) else ""
+        hint = (
+            " It already holds a list per row: no grouping needed."
+            if is_string_list(ds.features[caption_column])
+            else ""
+        )
         raise ValueError(
             f"group_captions needs one caption string per row; column {caption_column!r} holds "
             f"{feature_name(ds.features[caption_column])}.{hint}"
         )
     if row_numbers_column is not None and row_numbers_column in ds.column_names:
-        raise ValueError(f"row_numbers_column={row_numbers_column!r} is already a column of the data set; pick another name.")
+        raise ValueError(
+            f"row_numbers_column={row_numbers_column!r} is already a column of the data set; pick another name."
+        )
     if max_images is not None and (isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 0):
         raise ValueError(f"max_images must be a non-negative integer or None, got {max_images!r}.")
 
     groups: dict[Any, list[int]] = {}
     for row, value in enumerate(column_values(ds, image_id_column)):
         if value is None:
-            raise ValueError(f"Image id column {image_id_column!r} is empty (null) at row {row}; fill or drop that row.")
+            raise ValueError(
+                f"Image id column {image_id_column!r} is empty (null) at row {row}; fill or drop that row."
+            )
         rows = groups.get(value)
         if rows is None:
             if max_images is not None and len(groups) >= max_images:
@@ -98,7 +106,10 @@ def group_captions(
             group = group_of[row]
             for name in collected:
                 collected[name][group].append(chunk[name][offset])
-            values = {name: (image_key(chunk[name][offset]) if name == image_column else chunk[name][offset]) for name in shared}
+            values = {
+                name: (image_key(chunk[name][offset]) if name == image_column else chunk[name][offset])
+                for name in shared
+            }
             if first_values[group] is None:
                 first_values[group] = values
                 continue
@@ -171,7 +182,9 @@ def ungroup_captions(
     if row_numbers_column is not None:
         numbers = flat.pop(row_numbers_column)
         if len(set(numbers)) != len(numbers):
-            raise ValueError(f"Column {row_numbers_column!r} repeats a row number; it is not what group_captions wrote.")
+            raise ValueError(
+                f"Column {row_numbers_column!r} repeats a row number; it is not what group_captions wrote."
+            )
         order.sort(key=numbers.__getitem__)
     columns = [name for name in grouped.column_names if name != row_numbers_column]
     result = grouped.select([source_rows[i] for i in order])

@@ -38,7 +38,13 @@ class Checkpointer:
         return None
 
     def commit(
-        self, store: SampleStore, rank: int, indices: np.ndarray, noise: torch.Tensor | None, triggers: torch.Tensor, record: dict
+        self,
+        store: SampleStore,
+        rank: int,
+        indices: np.ndarray,
+        noise: torch.Tensor | None,
+        triggers: torch.Tensor,
+        record: dict,
     ) -> None:
         """Store one sweep batch's new noise and triggers together with the progress ``record``."""
         store.write(indices, noise, triggers)
@@ -71,7 +77,10 @@ class DiskCheckpointer(Checkpointer):
         if self.accelerator.is_main_process:
             directory = self.directory
             directory.mkdir(parents=True, exist_ok=True)
-            weights, optimizer_file = f"surrogate-round{state['round']}.safetensors", f"optimizer-round{state['round']}.pt"
+            weights, optimizer_file = (
+                f"surrogate-round{state['round']}.safetensors",
+                f"optimizer-round{state['round']}.pt",
+            )
             if state["phase"] == "sweep":  # the surrogate changes only in the training phase
                 save_model(surrogate.model, str(directory / "surrogate.tmp"))
                 torch.save(optimizer.state_dict(), directory / "optimizer.tmp")
@@ -89,6 +98,12 @@ class DiskCheckpointer(Checkpointer):
         return store.recover(rank)
 
     def commit(
-        self, store: SampleStore, rank: int, indices: np.ndarray, noise: torch.Tensor | None, triggers: torch.Tensor, record: dict
+        self,
+        store: SampleStore,
+        rank: int,
+        indices: np.ndarray,
+        noise: torch.Tensor | None,
+        triggers: torch.Tensor,
+        record: dict,
     ) -> None:
         store.commit(rank, indices, noise, triggers, record)

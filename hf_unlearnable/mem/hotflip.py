@@ -62,7 +62,11 @@ class HotFlip:
 
     @torch.no_grad()
     def __call__(
-        self, image_features: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor, trigger_length: int | torch.Tensor
+        self,
+        image_features: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        trigger_length: int | torch.Tensor,
     ) -> torch.Tensor:
         batch = input_ids.shape[0]
         input_ids = input_ids.clone()
@@ -89,14 +93,18 @@ class HotFlip:
                 candidates = first_order.topk(self.candidates, dim=1, largest=False).indices  # (B, K)
 
                 trial = input_ids.unsqueeze(1).repeat(1, self.candidates, 1)  # (B, K, L)
-                trial[index.unsqueeze(1), torch.arange(self.candidates, device=trial.device), column.unsqueeze(1)] = candidates
+                trial[index.unsqueeze(1), torch.arange(self.candidates, device=trial.device), column.unsqueeze(1)] = (
+                    candidates
+                )
                 trial_mask = attention_mask.unsqueeze(1).expand_as(trial)
                 trial_text = self.surrogate.text_features(trial.flatten(0, 1), trial_mask.flatten(0, 1))
                 trial_text = trial_text.view(batch, self.candidates, -1)
 
                 trial_loss = loss_with_text_replaced(image_features, current_text, trial_text, logit_scale)  # (B, K)
                 # the current loss through the same formula, so the comparison is like for like
-                current_loss = loss_with_text_replaced(image_features, current_text, current_text[:, None], logit_scale)[:, 0]
+                current_loss = loss_with_text_replaced(
+                    image_features, current_text, current_text[:, None], logit_scale
+                )[:, 0]
                 best_loss, best = trial_loss.min(dim=1)
                 improves = best_loss < current_loss
                 if not improves.any():

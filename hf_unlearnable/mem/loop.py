@@ -34,9 +34,9 @@ from tqdm.auto import tqdm
 
 from ..captions import CaptionCodec, TriggerVocabulary
 from ..config import MEMConfig
-from ..store import SampleStore
 from ..errors import check_finite
 from ..losses import ContrastiveLoss
+from ..store import SampleStore
 from ..surrogate import Surrogate, build_optimizer, clip_training_step, pixels_from_uint8
 from .checkpoint import Checkpointer, DiskCheckpointer
 from .eot import EOT
@@ -82,13 +82,19 @@ class MEMStep:
     trigger, so the noise is a shortcut of its own that deleting the trigger cannot remove.
     """
 
-    def __init__(self, surrogate: Surrogate, codec: CaptionCodec, vocabulary: TriggerVocabulary | None, config: MEMConfig):
+    def __init__(
+        self, surrogate: Surrogate, codec: CaptionCodec, vocabulary: TriggerVocabulary | None, config: MEMConfig
+    ):
         self.surrogate = surrogate
         self.codec = codec
         self.clean_codec = CaptionCodec(codec.tokenizer, 0, codec.max_tokens)
         self.config = config
-        self.hotflip = HotFlip(surrogate, vocabulary.mask, config.hotflip_candidates) if vocabulary is not None else None
-        self.pgd = PGD(surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps, EOT(config.eot_transforms))
+        self.hotflip = (
+            HotFlip(surrogate, vocabulary.mask, config.hotflip_candidates) if vocabulary is not None else None
+        )
+        self.pgd = PGD(
+            surrogate, config.epsilon_levels, config.step_levels, config.pgd_steps, EOT(config.eot_transforms)
+        )
         self.loss = ContrastiveLoss(gather=False)
 
     def untriggered(self, bodies: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,7 +115,11 @@ class MEMStep:
         surrogate, codec, config = self.surrogate, self.codec, self.config
         device = surrogate.image_mean.device
         images, noise = batch["images"].to(device), batch["noise"].to(device)
-        triggers, bodies, lengths = batch["triggers"].to(device), batch["bodies"].to(device), batch["lengths"].to(device)
+        triggers, bodies, lengths = (
+            batch["triggers"].to(device),
+            batch["bodies"].to(device),
+            batch["lengths"].to(device),
+        )
         positions = batch["positions"].to(device) if "positions" in batch else None  # body tokens before the trigger
 
         if update_triggers and self.hotflip is not None and codec.trigger_length:
@@ -127,12 +137,18 @@ class MEMStep:
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
             clean_ids, clean_mask = self.untriggered(bodies, lengths)
-            input_ids, mask = codec.build(triggers, bodies, lengths, positions) if triggered else (clean_ids, clean_mask)
+            input_ids, mask = (
+                codec.build(triggers, bodies, lengths, positions) if triggered else (clean_ids, clean_mask)
+            )
             protected = self.loss(
-                surrogate.image_features(pixels_from_uint8(images, noise)), surrogate.text_features(input_ids, mask), logit_scale
+                surrogate.image_features(pixels_from_uint8(images, noise)),
+                surrogate.text_features(input_ids, mask),
+                logit_scale,
             )
             clean = self.loss(
-                surrogate.image_features(pixels_from_uint8(images)), surrogate.text_features(clean_ids, clean_mask), logit_scale
+                surrogate.image_features(pixels_from_uint8(images)),
+                surrogate.text_features(clean_ids, clean_mask),
+                logit_scale,
             )
         return BatchResult(noise, triggers, float(protected), float(clean))
 
@@ -157,10 +173,14 @@ class MEMStep:
             return self.surrogate.text_features(*self.untriggered(bodies, lengths))
         if not config.shuffle_captions:
             return self.surrogate.text_features(*self.codec.build(triggers, bodies, lengths, positions))
-        orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
+        orders = (
+            torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)]).flatten().to(bodies.device)
+        )
         # one no-grad text-tower pass over the S x B pairings (a feature depends on trigger and body jointly)
         shuffled_positions = None if positions is None else positions[orders]
-        input_ids, mask = self.codec.build(triggers.repeat(steps, 1), bodies[orders], lengths[orders], shuffled_positions)
+        input_ids, mask = self.codec.build(
+            triggers.repeat(steps, 1), bodies[orders], lengths[orders], shuffled_positions
+        )
         return self.surrogate.text_features(input_ids, mask).view(steps, batch, -1)
 
 
@@ -217,7 +237,9 @@ class MEMLoop:
         self.rank, self.world = accelerator.process_index, accelerator.num_processes
         self.progress = progress and accelerator.is_local_main_process
         if checkpointer is None:
-            checkpointer = DiskCheckpointer(checkpoint_dir, accelerator) if checkpoint_dir is not None else Checkpointer()
+            checkpointer = (
+                DiskCheckpointer(checkpoint_dir, accelerator) if checkpoint_dir is not None else Checkpointer()
+            )
         self.checkpointer = checkpointer
         self.step = MEMStep(surrogate, codec, vocabulary, config)
         self.loss = ContrastiveLoss(gather=self.world > 1)
@@ -226,7 +248,8 @@ class MEMLoop:
         # the trigger layer of the layered method starts from the surrogate as it was given
         self.initial_weights = (
             {name: value.detach().clone() for name, value in surrogate.model.state_dict().items()}
-            if config.method == "layered" and config.trigger_length else None
+            if config.method == "layered" and config.trigger_length
+            else None
         )
 
     def run(self) -> list[dict]:
@@ -246,11 +269,19 @@ class MEMLoop:
                 if plan.restart:
                     self.restore_initial_surrogate(round_index)
                 surrogate_loss = self.train_surrogate(round_index, plan.triggered)  # M steps on (x + d, [t +] caption)
-                self._save(round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started)
+                self._save(
+                    round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started
+                )
             protected_loss, clean_loss = self.sweep(round_index, plan)  # HotFlip and/or PGD on every batch
             history.append(
-                {"round": round_index, "stage": plan.stage, "surrogate_loss": surrogate_loss, "protected_loss": protected_loss,
-                 "clean_loss": clean_loss, "seconds": time.perf_counter() - started}
+                {
+                    "round": round_index,
+                    "stage": plan.stage,
+                    "surrogate_loss": surrogate_loss,
+                    "protected_loss": protected_loss,
+                    "clean_loss": clean_loss,
+                    "seconds": time.perf_counter() - started,
+                }
             )
             self._save(round_index, "done", history)
             logger.info("MEM round %d: %s", round_index, history[-1])
@@ -270,8 +301,12 @@ class MEMLoop:
         if config.method == "mem":
             if round_index > config.max_rounds or (history and self._should_stop(history[-1]["protected_loss"])):
                 return None
-            return RoundPlan("mem", triggered=config.trigger_length > 0, update_triggers=round_index <= config.trigger_rounds,
-                             update_noise=config.image_noise)
+            return RoundPlan(
+                "mem",
+                triggered=config.trigger_length > 0,
+                update_triggers=round_index <= config.trigger_rounds,
+                update_noise=config.image_noise,
+            )
         pixel_rounds = [record for record in history if record.get("stage") == "pixels"]
         pixels_done = len(pixel_rounds) == config.max_rounds or (
             pixel_rounds and self._should_stop(pixel_rounds[-1]["protected_loss"])
@@ -281,12 +316,16 @@ class MEMLoop:
         trigger_round = round_index - len(pixel_rounds)
         if trigger_round > config.trigger_rounds or config.trigger_length == 0:  # k = 0: the pixel layer alone (EM)
             return None
-        return RoundPlan("triggers", triggered=True, update_triggers=True, update_noise=False, restart=trigger_round == 1)
+        return RoundPlan(
+            "triggers", triggered=True, update_triggers=True, update_noise=False, restart=trigger_round == 1
+        )
 
     def planned_rounds(self) -> int:
         """Rounds of a run that no stop rule ends early (for the progress bar)."""
         config = self.config
-        return config.max_rounds + (config.trigger_rounds if config.method == "layered" and config.trigger_length else 0)
+        return config.max_rounds + (
+            config.trigger_rounds if config.method == "layered" and config.trigger_length else 0
+        )
 
     def restore_initial_surrogate(self, round_index: int) -> None:
         """The surrogate's weights as the loop received them, and an empty optimizer state."""
@@ -303,7 +342,9 @@ class MEMLoop:
         rng = self._rng(round_index, 0, self.rank)
         stream, position, losses = rng.permutation(len(store)), 0, []
         self.model.train()
-        for step in tqdm(range(config.surrogate_steps), desc=f"round {round_index} surrogate", leave=False, disable=not self.progress):
+        for step in tqdm(
+            range(config.surrogate_steps), desc=f"round {round_index} surrogate", leave=False, disable=not self.progress
+        ):
             if position + config.batch_size > len(stream):
                 stream, position = rng.permutation(len(store)), 0
             batch = store.batch(stream[position : position + config.batch_size], rng)
@@ -311,10 +352,18 @@ class MEMLoop:
             if not triggered:
                 input_ids, mask = self.step.untriggered(batch["bodies"], batch["lengths"])
             else:
-                input_ids, mask = self.codec.build(batch["triggers"], batch["bodies"], batch["lengths"], batch["positions"])
+                input_ids, mask = self.codec.build(
+                    batch["triggers"], batch["bodies"], batch["lengths"], batch["positions"]
+                )
             pixels = pixels_from_uint8(batch["images"], batch["noise"])
-            loss = clip_training_step(self.model, self.surrogate, self.loss, self.optimizer, self.accelerator, pixels, input_ids, mask)
-            losses.append(check_finite(float(loss), f"MEM round {round_index}, surrogate step {step + 1} of {config.surrogate_steps}"))
+            loss = clip_training_step(
+                self.model, self.surrogate, self.loss, self.optimizer, self.accelerator, pixels, input_ids, mask
+            )
+            losses.append(
+                check_finite(
+                    float(loss), f"MEM round {round_index}, surrogate step {step + 1} of {config.surrogate_steps}"
+                )
+            )
         total, count = self._global_sums(sum(losses), len(losses))
         return total / count
 
@@ -327,13 +376,20 @@ class MEMLoop:
         if record is None or record.get("round") != round_index:
             record = {"round": round_index, "done": 0, "protected": 0.0, "clean": 0.0, "rows": 0}
         self.surrogate.eval()
-        for position in tqdm(range(record["done"], len(shard)), desc=f"round {round_index} sweep", leave=False, disable=not self.progress):
+        for position in tqdm(
+            range(record["done"], len(shard)), desc=f"round {round_index} sweep", leave=False, disable=not self.progress
+        ):
             number, indices = shard[position]
             rng = self._rng(round_index, 2, number)
             generator = torch.Generator().manual_seed(int(rng.integers(2**62)))
             with self.accelerator.autocast():
-                result = self.step(store.batch(indices, rng), plan.update_triggers, generator,
-                                   update_noise=plan.update_noise, triggered=plan.triggered)
+                result = self.step(
+                    store.batch(indices, rng),
+                    plan.update_triggers,
+                    generator,
+                    update_noise=plan.update_noise,
+                    triggered=plan.triggered,
+                )
             where = f"MEM round {round_index}, sweep batch {position + 1} of {len(shard)} (HotFlip and PGD)"
             check_finite(result.protected_loss, where)  # before the commit: the work dir keeps only sound batches
             check_finite(result.clean_loss, where)
@@ -361,7 +417,9 @@ class MEMLoop:
         return self.config.stop_loss is not None and protected_loss < self.config.stop_loss
 
     def _save(self, round_index: int, phase: str, history: list[dict], **extra: float) -> None:
-        self.checkpointer.save({"round": round_index, "phase": phase, **extra, "history": history}, self.surrogate, self.optimizer)
+        self.checkpointer.save(
+            {"round": round_index, "phase": phase, **extra, "history": history}, self.surrogate, self.optimizer
+        )
 
     def _rng(self, *keys: int) -> np.random.Generator:
         """A generator that depends only on the seed and the keys, so any batch can be replayed."""

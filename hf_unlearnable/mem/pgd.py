@@ -43,7 +43,12 @@ class PGD:
     """
 
     def __init__(
-        self, surrogate: Surrogate, epsilon_levels: int = 8, step_levels: int = 1, steps: int = 8, eot: EOT | None = None
+        self,
+        surrogate: Surrogate,
+        epsilon_levels: int = 8,
+        step_levels: int = 1,
+        steps: int = 8,
+        eot: EOT | None = None,
     ):
         self.surrogate = surrogate
         self.epsilon_levels = epsilon_levels
@@ -53,7 +58,11 @@ class PGD:
         self.loss = ContrastiveLoss(gather=False)
 
     def __call__(
-        self, images: torch.Tensor, noise: torch.Tensor, text_features: torch.Tensor, generator: torch.Generator | None = None
+        self,
+        images: torch.Tensor,
+        noise: torch.Tensor,
+        text_features: torch.Tensor,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         if text_features.dim() == 2:
             text_features = text_features.expand(self.steps, *text_features.shape)

@@ -14,13 +14,20 @@ from .ranking import METRIC_KEYS, RECALL_KS, retrieval_metrics, retrieval_ranks
 if TYPE_CHECKING:
     import evaluate
 
-__all__ = ["METRIC_KEYS", "RECALL_KS", "RETRIEVAL_METRIC_PATH", "load_retrieval_metric", "retrieval_metrics", "retrieval_ranks"]
+__all__ = [
+    "METRIC_KEYS",
+    "RECALL_KS",
+    "RETRIEVAL_METRIC_PATH",
+    "load_retrieval_metric",
+    "retrieval_metrics",
+    "retrieval_ranks",
+]
 
 #: Folder of the `evaluate` retrieval module; ``evaluate.load(str(RETRIEVAL_METRIC_PATH))`` works offline.
 RETRIEVAL_METRIC_PATH = Path(__file__).resolve().parent / "retrieval"
 
 
-def load_retrieval_metric(**kwargs: Any) -> "evaluate.EvaluationModule":
+def load_retrieval_metric(**kwargs: Any) -> evaluate.EvaluationModule:
     """Load the retrieval metric as an `evaluate` module from this package (no network needed).
 
     Keyword arguments go to `evaluate.load` (e.g. ``experiment_id``, ``keep_in_memory``,

@@ -33,9 +33,7 @@ RECALL_KS: tuple[int, ...] = (1, 5, 10)
 
 #: The keys of the dict returned by :func:`retrieval_metrics`, in order.
 METRIC_KEYS: tuple[str, ...] = tuple(
-    f"{direction}_{name}"
-    for direction in ("i2t", "t2i")
-    for name in (*(f"r{k}" for k in RECALL_KS), "medr", "meanr")
+    f"{direction}_{name}" for direction in ("i2t", "t2i") for name in (*(f"r{k}" for k in RECALL_KS), "medr", "meanr")
 )
 
 # Default chunk: about this many similarity entries per slab (bool temporaries of this size).
@@ -85,9 +83,7 @@ def _score_tensor(similarity: Any) -> torch.Tensor:
             f"got shape {tuple(scores.shape)}."
         )
     if scores.shape[0] == 0 or scores.shape[1] == 0:
-        raise ValueError(
-            f"similarity must have at least one caption and one image, got shape {tuple(scores.shape)}."
-        )
+        raise ValueError(f"similarity must have at least one caption and one image, got shape {tuple(scores.shape)}.")
     return scores
 
 
@@ -104,9 +100,7 @@ def _index_tensor(image_index: Any, num_captions: int, num_images: int, device: 
                 f"could not convert {type(image_index).__name__}: {err}"
             ) from err
     if index.ndim != 1:
-        raise ValueError(
-            f"image_index must be 1-D (one image id per caption), got shape {index.shape}."
-        )
+        raise ValueError(f"image_index must be 1-D (one image id per caption), got shape {index.shape}.")
     if len(index) != num_captions:
         hint = ""
         if len(index) == num_images:

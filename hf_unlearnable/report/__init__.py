@@ -9,6 +9,14 @@
 
 from .grid import amplify_noise, sample_grid
 from .history import history_table
-from .verify import Violation, VerifyReport, split_trigger, verify_protected
+from .verify import VerifyReport, Violation, split_trigger, verify_protected
 
-__all__ = ["Violation", "VerifyReport", "verify_protected", "sample_grid", "history_table", "amplify_noise", "split_trigger"]
+__all__ = [
+    "Violation",
+    "VerifyReport",
+    "verify_protected",
+    "sample_grid",
+    "history_table",
+    "amplify_noise",
+    "split_trigger",
+]

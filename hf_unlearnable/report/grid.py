@@ -144,8 +144,16 @@ def read_samples(
         noise = protected.astype(np.int16) - base.astype(np.int16)
         shown, factor = amplify_noise(noise, amplify)
         samples.append(
-            GridSample(row=row, clean=base, protected=protected, noise=shown, factor=factor, largest=int(np.abs(noise).max()),
-                       protected_caption=protected_raw[row][caption_column], clean_caption=clean_raw[row][caption_column])
+            GridSample(
+                row=row,
+                clean=base,
+                protected=protected,
+                noise=shown,
+                factor=factor,
+                largest=int(np.abs(noise).max()),
+                protected_caption=protected_raw[row][caption_column],
+                clean_caption=clean_raw[row][caption_column],
+            )
         )
     return samples
 
@@ -156,7 +164,11 @@ def caption_words(sample: GridSample) -> tuple[list[tuple[str, bool]], str | Non
     protected, clean = sample.protected_caption, sample.clean_caption
     extra = None
     if isinstance(protected, (list, tuple)):
-        extra = f"(+{len(protected) - 1} more caption{'s' if len(protected) != 2 else ''}, same trigger)" if len(protected) > 1 else None
+        extra = (
+            f"(+{len(protected) - 1} more caption{'s' if len(protected) != 2 else ''}, same trigger)"
+            if len(protected) > 1
+            else None
+        )
         protected = protected[0] if protected else ""
         clean = clean[0] if isinstance(clean, (list, tuple)) and clean else clean
     protected = str(protected)
@@ -189,7 +201,10 @@ class GridLayout:
 
     def row_height(self, lines: list, extra: str | None) -> int:
         """A sample's height: its images and labels, or its caption lines and note if taller."""
-        return max(self.tile + self.small_height, len(lines) * self.line_height + (self.small_height if extra else 0) + self.small_height)
+        return max(
+            self.tile + self.small_height,
+            len(lines) * self.line_height + (self.small_height if extra else 0) + self.small_height,
+        )
 
 
 def draw_grid(samples: list[GridSample], image_size: int | None, amplify: float | None) -> Image.Image:
@@ -199,11 +214,17 @@ def draw_grid(samples: list[GridSample], image_size: int | None, amplify: float 
     laid_out = []
     for sample in samples:
         words, extra = caption_words(sample)
-        laid_out.append((_layout_words(words, layout.regular, layout.bold, layout.caption_width, layout.max_lines), extra))
+        laid_out.append(
+            (_layout_words(words, layout.regular, layout.bold, layout.caption_width, layout.max_lines), extra)
+        )
     row_heights = [layout.row_height(lines, extra) for lines, extra in laid_out]
-    scale_note = f"images enlarged x{tile / layout.source:g}, nearest" if tile != layout.source else "images at native size"
+    scale_note = (
+        f"images enlarged x{tile / layout.source:g}, nearest" if tile != layout.source else "images at native size"
+    )
     title = f"Clean vs protected ({scale_note}); trigger words in bold red"
-    width = max(margin * 2 + 3 * tile + 3 * gap + layout.caption_width, margin * 2 + int(layout.title_font.getlength(title)) + 1)
+    width = max(
+        margin * 2 + 3 * tile + 3 * gap + layout.caption_width, margin * 2 + int(layout.title_font.getlength(title)) + 1
+    )
     height = margin * 2 + layout.title_height + layout.header_height + sum(row_heights) + gap * (len(samples) - 1)
     canvas = Image.new("RGB", (width, height), _BACKGROUND)
     draw = ImageDraw.Draw(canvas)
@@ -222,7 +243,13 @@ def draw_grid(samples: list[GridSample], image_size: int | None, amplify: float 
 
 
 def _draw_sample(
-    canvas: Image.Image, draw: ImageDraw.ImageDraw, layout: GridLayout, sample: GridSample, lines: list, extra: str | None, top: int
+    canvas: Image.Image,
+    draw: ImageDraw.ImageDraw,
+    layout: GridLayout,
+    sample: GridSample,
+    lines: list,
+    extra: str | None,
+    top: int,
 ) -> None:
     """One sample at height `top`: clean, protected and noise tiles with their labels, then the caption."""
     tile, column_x, small = layout.tile, layout.column_x, layout.small

@@ -124,7 +124,9 @@ def _short(value: Any, width: int = 40) -> str:
     return textwrap.shorten(repr(value), width=width, placeholder="...")
 
 
-def split_trigger(protected: str, clean: str, trigger_length: int, position: str = "start") -> tuple[str | None, str | None]:
+def split_trigger(
+    protected: str, clean: str, trigger_length: int, position: str = "start"
+) -> tuple[str | None, str | None]:
     """(trigger words, problem): the trigger of a protected caption, or why it has none.
 
     A valid protected caption is exactly ``trigger_length`` space-separated words, one space, then
@@ -166,7 +168,10 @@ def _inserted_trigger(protected: str, clean: str, trigger_length: int) -> tuple[
             return inserted[:-1], None
         if boundary == end and inserted.startswith(" ") and _is_words(inserted[1:], trigger_length):
             return inserted[1:], None
-    return None, f"caption is not its clean caption {_short(clean)} with {trigger_length} trigger words inserted at a word boundary"
+    return (
+        None,
+        f"caption is not its clean caption {_short(clean)} with {trigger_length} trigger words inserted at a word boundary",
+    )
 
 
 def verify_protected(
@@ -199,16 +204,23 @@ def verify_protected(
     if isinstance(trigger_length, bool) or not isinstance(trigger_length, int) or trigger_length < 0:
         raise ValueError(f"trigger_length={trigger_length!r} must be an integer >= 0 (0 = EM, no trigger).")
     if trigger_position not in ("start", "random"):
-        raise ValueError(f"trigger_position={trigger_position!r} must be \"start\" or \"random\" (MEMConfig.trigger_position).")
+        raise ValueError(
+            f'trigger_position={trigger_position!r} must be "start" or "random" (MEMConfig.trigger_position).'
+        )
     if image_size is not None and (not isinstance(image_size, int) or image_size < 1):
         raise ValueError(f"image_size={image_size!r} must be a positive integer (pixels).")
     report = VerifyReport(
-        clean_rows=len(clean), protected_rows=len(protected), allowed_levels=_levels(epsilon),
-        trigger_length=trigger_length, image_size=image_size, max_violations=max_violations,
+        clean_rows=len(clean),
+        protected_rows=len(protected),
+        allowed_levels=_levels(epsilon),
+        trigger_length=trigger_length,
+        image_size=image_size,
+        max_violations=max_violations,
     )
     if len(clean) != len(protected):
         report.add(
-            None, "rows",
+            None,
+            "rows",
             f"row count differs: clean has {len(clean)} rows, protected has {len(protected)}; rows must not be "
             "removed, added or reordered (the first rows that differ are named below)",
         )
@@ -217,7 +229,11 @@ def verify_protected(
     others = [c for c in clean.column_names if c in protected.column_names and c not in (image_column, caption_column)]
     for column in others:
         if clean.features[column] != protected.features[column]:
-            report.add(None, "features", f"column {column!r} changed type: {clean.features[column]} -> {protected.features[column]}")
+            report.add(
+                None,
+                "features",
+                f"column {column!r} changed type: {clean.features[column]} -> {protected.features[column]}",
+            )
 
     clean_raw, protected_raw = raw_rows(clean, image_column), raw_rows(protected, image_column)
     total = min(len(clean), len(protected))
@@ -234,7 +250,11 @@ def verify_protected(
                     report.add(row, "column", f"column {column!r} changed: {_short(before)} -> {_short(after)}")
             _check_image(report, row, clean_batch[image_column][offset], protected_batch[image_column][offset])
             triggers = _check_captions(
-                report, row, clean_batch[caption_column][offset], protected_batch[caption_column][offset], trigger_length,
+                report,
+                row,
+                clean_batch[caption_column][offset],
+                protected_batch[caption_column][offset],
+                trigger_length,
                 trigger_position,
             )
             if tokenizer is not None and trigger_length and triggers:
@@ -256,7 +276,11 @@ def _check_image(report: VerifyReport, row: int, clean_value: Any, protected_val
         report.add(row, "image", f"protected image does not decode: {error}")
         return
     if stored is not None and stored != "PNG":
-        report.add(row, "image", f"protected image is stored as {stored}, not lossless PNG (the noise does not survive lossy codecs)")
+        report.add(
+            row,
+            "image",
+            f"protected image is stored as {stored}, not lossless PNG (the noise does not survive lossy codecs)",
+        )
     height, width = protected.shape[:2]
     if report.image_size is None:
         if height != width:
@@ -265,7 +289,9 @@ def _check_image(report: VerifyReport, row: int, clean_value: Any, protected_val
         report.image_size = width
     size = report.image_size
     if (height, width) != (size, size):
-        report.add(row, "image", f"protected image is {width}x{height} px, expected {size}x{size} (the protect resolution)")
+        report.add(
+            row, "image", f"protected image is {width}x{height} px, expected {size}x{size} (the protect resolution)"
+        )
         return
     try:
         base = prepare_image(clean_value, size, row)
@@ -281,7 +307,8 @@ def _check_image(report: VerifyReport, row: int, clean_value: Any, protected_val
         y, x, channel = np.unravel_index(int(difference.argmax()), difference.shape)
         over = int((difference.max(axis=2) > report.allowed_levels).sum())
         report.add(
-            row, "budget",
+            row,
+            "budget",
             f"image differs from its clean base by {largest} levels (allowed {report.allowed_levels}) at pixel "
             f"(x={x}, y={y}), channel {'RGB'[channel]}; {over} pixel{'s' if over != 1 else ''} over budget",
         )
@@ -291,7 +318,10 @@ def _check_captions(
     report: VerifyReport, row: int, clean_value: Any, protected_value: Any, trigger_length: int, position: str = "start"
 ) -> list[tuple[str, str]]:
     """Check one row's caption(s); return (trigger, protected caption) of the valid ones."""
-    clean_is_list, protected_is_list = isinstance(clean_value, (list, tuple)), isinstance(protected_value, (list, tuple))
+    clean_is_list, protected_is_list = (
+        isinstance(clean_value, (list, tuple)),
+        isinstance(protected_value, (list, tuple)),
+    )
     if clean_is_list != protected_is_list:
         kind = "a list" if protected_is_list else "a single caption"
         report.add(row, "caption", f"caption became {kind}; a list of captions must stay a list and a string a string")
@@ -314,7 +344,11 @@ def _check_captions(
 
 
 def _check_tokens(
-    report: VerifyReport, items: list[tuple[int, str, str]], tokenizer: Any, trigger_length: int, position: str = "start"
+    report: VerifyReport,
+    items: list[tuple[int, str, str]],
+    tokenizer: Any,
+    trigger_length: int,
+    position: str = "start",
 ) -> None:
     rows, triggers, captions = zip(*items)
     alone = tokenizer(list(triggers), add_special_tokens=False)["input_ids"]
@@ -324,6 +358,10 @@ def _check_tokens(
         if len(ids) != trigger_length:
             report.add(row, "trigger", f"trigger {trigger!r} tokenises to {len(ids)} tokens, expected {trigger_length}")
         elif position == "random" and not any(sequence[i : i + trigger_length] == ids for i in range(1, len(sequence))):
-            report.add(row, "trigger", f"trigger {trigger!r} is not a run of its own tokens when the caption is tokenised")
+            report.add(
+                row, "trigger", f"trigger {trigger!r} is not a run of its own tokens when the caption is tokenised"
+            )
         elif position == "start" and sequence[1 : 1 + trigger_length] != ids:
-            report.add(row, "trigger", f"trigger {trigger!r} does not sit at the trigger slots when the caption is tokenised")
+            report.add(
+                row, "trigger", f"trigger {trigger!r} does not sit at the trigger slots when the caption is tokenised"
+            )

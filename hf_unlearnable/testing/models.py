@@ -67,9 +67,7 @@ def _tower_configs(
             "pick a patch_size that divides image_size."
         )
     if hidden_size % num_heads:
-        raise ValueError(
-            f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}; change either."
-        )
+        raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}; change either.")
     tokenizer = tokenizer if tokenizer is not None else clip_tokenizer()
     shared = {
         "hidden_size": hidden_size,
@@ -130,8 +128,16 @@ def tiny_clip_config(
     Use it to train a surrogate or victim from scratch with ``CLIPModel(config)``.
     """
     text_config, vision_config = _tower_configs(
-        transformers.CLIPTextConfig, transformers.CLIPVisionConfig, image_size, hidden_size, num_layers, num_heads,
-        patch_size, max_text_length, tokenizer, projection_dim=projection_dim,
+        transformers.CLIPTextConfig,
+        transformers.CLIPVisionConfig,
+        image_size,
+        hidden_size,
+        num_layers,
+        num_heads,
+        patch_size,
+        max_text_length,
+        tokenizer,
+        projection_dim=projection_dim,
     )
     return transformers.CLIPConfig(text_config=text_config, vision_config=vision_config, projection_dim=projection_dim)
 
@@ -167,8 +173,15 @@ def tiny_siglip_config(
     sizes of :func:`tiny_clip_config` (SigLIP has no projection: both towers end at ``hidden_size``;
     the vision tower pools with SigLIP's attention head)."""
     text_config, vision_config = _tower_configs(
-        transformers.SiglipTextConfig, transformers.SiglipVisionConfig, image_size, hidden_size, num_layers, num_heads,
-        patch_size, max_text_length, tokenizer,
+        transformers.SiglipTextConfig,
+        transformers.SiglipVisionConfig,
+        image_size,
+        hidden_size,
+        num_layers,
+        num_heads,
+        patch_size,
+        max_text_length,
+        tokenizer,
     )
     return transformers.SiglipConfig(text_config=text_config, vision_config=vision_config)
 

@@ -16,8 +16,17 @@ import datasets
 import numpy as np
 from PIL import Image
 
-__all__ = ["BACKGROUNDS", "CAPTION_WORDS", "COLOURS", "FILLS", "POSITIONS", "SHAPES", "SIZES",
-           "TEMPLATES", "synthetic_captions"]
+__all__ = [
+    "BACKGROUNDS",
+    "CAPTION_WORDS",
+    "COLOURS",
+    "FILLS",
+    "POSITIONS",
+    "SHAPES",
+    "SIZES",
+    "TEMPLATES",
+    "synthetic_captions",
+]
 
 # The closed world the captions describe.
 
@@ -37,7 +46,15 @@ COLOURS: dict[str, tuple[int, int, int]] = {
     "gray": (128, 128, 128),
 }
 SHAPES: tuple[str, ...] = (
-    "circle", "square", "triangle", "diamond", "cross", "ring", "bar", "star", "crescent",
+    "circle",
+    "square",
+    "triangle",
+    "diamond",
+    "cross",
+    "ring",
+    "bar",
+    "star",
+    "crescent",
 )
 #: Half-width of a shape as a fraction of half a grid cell.
 SIZES: dict[str, float] = {"small": 0.45, "medium": 0.68, "large": 0.92}
@@ -45,9 +62,15 @@ FILLS: tuple[str, ...] = ("solid", "striped", "dotted", "checkered")
 BACKGROUNDS: tuple[str, ...] = ("plain", "gradient", "noisy", "checkered")
 #: The 3x3 grid, row by row, with the phrase that names each cell.
 POSITIONS: tuple[str, ...] = (
-    "at the top left", "at the top", "at the top right",
-    "on the left", "in the center", "on the right",
-    "at the bottom left", "at the bottom", "at the bottom right",
+    "at the top left",
+    "at the top",
+    "at the top right",
+    "on the left",
+    "in the center",
+    "on the right",
+    "at the bottom left",
+    "at the bottom",
+    "at the bottom right",
 )
 #: Ways to say a whole scene. ``{shapes}`` joins the shape phrases with "and"; ``{next_to}`` links
 #: the first two with "next to". The first template is the canonical caption. Every template has
@@ -71,8 +94,7 @@ CAPTION_WORDS: tuple[str, ...] = tuple(
             re.sub(
                 r"\{\w+\}",
                 " ",
-                " ".join([*COLOURS, *SHAPES, *SIZES, *FILLS, *BACKGROUNDS, *POSITIONS, *TEMPLATES,
-                          _TEMPLATE_WORDS]),
+                " ".join([*COLOURS, *SHAPES, *SIZES, *FILLS, *BACKGROUNDS, *POSITIONS, *TEMPLATES, _TEMPLATE_WORDS]),
             ).split()
         )
     )
@@ -253,9 +275,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def synthetic_captions(
-    n: int, image_size: int = 32, seed: int = 0, captions_per_image: int = 1
-) -> datasets.Dataset:
+def synthetic_captions(n: int, image_size: int = 32, seed: int = 0, captions_per_image: int = 1) -> datasets.Dataset:
     """`n` synthetic scenes (PNG ``image`` column) with English captions (``caption`` column).
 
     Each image holds 1-3 shapes (shape, colour, size, fill texture, grid cell) on a textured

@@ -126,8 +126,7 @@ def _train_bpe(words: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
         )
     # tokenizers >= 0.20 stores a merge as a pair, older releases as one "a b" string.
     merges = [
-        (merge[0], merge[1]) if isinstance(merge, list) else tuple(merge.split(" ", 1))
-        for merge in state["merges"]
+        (merge[0], merge[1]) if isinstance(merge, list) else tuple(merge.split(" ", 1)) for merge in state["merges"]
     ]
     return tokens, merges
 

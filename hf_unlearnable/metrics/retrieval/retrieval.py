@@ -24,7 +24,6 @@ import evaluate
 import numpy as np
 import torch
 
-
 _DESCRIPTION = """
 Image-text retrieval metric for CLIP-style models: Recall@1/5/10 (percent), median rank (MedR)
 and mean rank (MeanR), for image-to-text (i2t) and text-to-image (t2i) retrieval, with the
