@@ -5,11 +5,11 @@ defense (what an unauthorised trainer might do to each batch: JPEG, grayscale, c
 ...), evaluates both on a clean test split and gives a verdict per defense:
 
 - **protected**: the protected victim's R@10 (mean of image-to-text and text-to-image) stays at
-  or below the *floor*: ``PROTECTED_FACTOR`` (3) times chance, the bar issue 9 sets under
-  defenses, or, for a fine-tuned victim, what the pretrained model scored before fine-tuning if
+  or below the *floor*: ``PROTECTED_FACTOR`` (3) times chance, the bar the library aims for
+  under defenses, or, for a fine-tuned victim, what the pretrained model scored before fine-tuning if
   that is higher; and the clean victim under the same defense rose above the floor;
 - **broken**: the protected victim rose above the floor and reached at least ``BROKEN_SHARE``
-  (half) of the clean victim's R@10 under the same defense (issue 9's target 4): the copy teaches
+  (half) of the clean victim's R@10 under the same defense: the copy teaches
   nearly as much as the clean data. A defense that hurts clean data more than the protected copy
   (stripping the first words of every caption removes a trigger, but also real words) counts
   as broken whenever the protected victim learns more than half of what the clean one did;

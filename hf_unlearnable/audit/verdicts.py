@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-#: protected: mean R@10 <= PROTECTED_FACTOR x chance (issue 9's target under defenses).
+#: protected: mean R@10 <= PROTECTED_FACTOR x chance (the library's target under defenses).
 PROTECTED_FACTOR = 3.0
 #: broken: mean R@10 >= BROKEN_SHARE x the clean victim's mean R@10 under the same defense.
 BROKEN_SHARE = 0.5
