@@ -42,6 +42,12 @@ def row_digest(image: np.ndarray, captions: list[str]) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
+def published_pixels(clean: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """The uint8 pixels a protected row is written with: clean base plus noise levels, clipped. The
+    one place this is computed, so the digests `record_published` stores match the images written."""
+    return (clean.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+
+
 def image_digest(image: np.ndarray) -> int:
     """64-bit identity of a published image (uint8 pixels as written)."""
     return int.from_bytes(hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).digest(), "little")
@@ -52,7 +58,7 @@ def record_published(store: SampleStore) -> None:
     the clean copy, so it runs at the end of a fit."""
     for start in range(0, len(store), _CHUNK_ROWS):
         stop = min(start + _CHUNK_ROWS, len(store))
-        published = (store.images[start:stop].astype(np.int16) + store.noise[start:stop]).clip(0, 255).astype(np.uint8)
+        published = published_pixels(store.images[start:stop], store.noise[start:stop])
         store.published[start:stop] = np.array([image_digest(image) for image in published], dtype=np.uint64)
 
 
@@ -219,7 +225,7 @@ def protect_batch(
     if unseen:
         noise[unseen], triggers[unseen] = online(clean[unseen], [captions[i] for i in unseen])
 
-    protected = (clean.astype(np.int16) + noise).clip(0, 255).astype(np.uint8)
+    protected = published_pixels(clean, noise)
     if written is not None:
         for position in unseen:
             written[image_digest(protected[position])] = tuple(int(t) for t in triggers[position])
