@@ -30,7 +30,8 @@ WORKER = textwrap.dedent(
     ds = datasets.load_from_disk(os.path.join(out_dir, "input"))  # disk-backed: the map output is a shared cache file
     config = MEMConfig(max_rounds=2, surrogate_steps=3, batch_size=8, pgd_steps=2, trigger_rounds=1,
                        hotflip_candidates=4, learning_rate=5e-4)
-    transform = ProtectTransform(model, processor, config, work_dir=os.path.join(out_dir, "work"), progress=False)
+    work_dir = None if os.environ.get("DEFAULT_WORK_DIR") else os.path.join(out_dir, "work")
+    transform = ProtectTransform(model, processor, config, work_dir=work_dir, progress=False)
     protected = transform.protect(ds)
     accelerator = transform.accelerator
     if accelerator.is_main_process:
@@ -112,3 +113,46 @@ def test_two_processes_shard_the_work_and_agree(tmp_path):
             and len(tokenizer(text)["input_ids"]) == len(tokenizer(clean_text)["input_ids"]) + 3
         )
     assert changed == ROWS  # rows of both shards were perturbed
+
+
+def test_two_processes_with_the_default_work_dir_leave_nothing_behind_and_agree(tmp_path):
+    # The default work dir is deleted after fit while both processes still map through their open files.
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    synthetic_captions(ROWS, seed=0).add_column("row_id", list(range(ROWS))).save_to_disk(str(tmp_path / "input"))
+    cache = tmp_path / "cache"
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(cache),
+        "DEFAULT_WORK_DIR": "1",
+    }
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(free_port()),
+        str(script),
+        str(tmp_path),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-4000:]
+    reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["world"] for r in reports] == [2, 2] and all(r["distributed"] for r in reports)
+    assert reports[0]["captions_sha256"] == reports[1]["captions_sha256"]
+    assert reports[0]["weights_sha256"] == reports[1]["weights_sha256"]
+    assert not (cache / "hf_unlearnable").exists() or not any((cache / "hf_unlearnable").iterdir())  # no work dir left
+    out = datasets.load_from_disk(str(tmp_path / "protected"))
+    clean = synthetic_captions(ROWS, seed=0).cast_column("image", datasets.Image(decode=False))
+    raw = out.cast_column("image", datasets.Image(decode=False))
+    moved = [
+        np.abs(decode_png(row["image"]["bytes"]).astype(int) - prepare_image(clean_row["image"], 32)).max()
+        for row, clean_row in zip(raw, clean)
+    ]
+    assert out["row_id"][:] == list(range(ROWS)) and all(0 < value <= 8 for value in moved)
