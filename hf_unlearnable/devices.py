@@ -9,6 +9,7 @@ joins its process group (see `process_state`).
 
 from __future__ import annotations
 
+import atexit
 import os
 from typing import Any
 
@@ -81,7 +82,32 @@ def process_state() -> PartialState:
         else None
     )
     check_world_size(launcher_world_size(), state.num_processes, group)
+    if group is not None:
+        _destroy_group_at_exit()
     return state
+
+
+_EXIT_HOOK: list[bool] = []
+
+
+def _destroy_group_at_exit() -> None:
+    """Leave the process group before the interpreter shuts down (registered once per process).
+
+    A process that exits with its gloo group alive can abort at shutdown ("terminate called without
+    an active exception", exit code -6) while gloo's threads still hold tensors: the launcher then
+    reports a finished run as failed. `Accelerator.end_training` would do the same, but a user's
+    script that calls ``ds.map(transform)`` has no place for it. Destroying the group is local to
+    each process, so a process that exits early does not wait for the others.
+    """
+    if _EXIT_HOOK:
+        return
+    _EXIT_HOOK.append(True)
+
+    def destroy() -> None:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+    atexit.register(destroy)
 
 
 def build_accelerator(mixed_precision: str = "auto", **kwargs: Any) -> Accelerator:

@@ -54,9 +54,18 @@ def test_global_sums_keep_float64_where_the_device_has_it():
 
 
 SHARED_WORKER = """
+import atexit
+import os
 import sys
+
+import torch
 import hf_unlearnable.devices as devices
 
+# Registered first, so it runs last at exit: by then the library must have left the process group
+# (a live gloo group can abort the interpreter's shutdown and fail a finished run).
+atexit.register(
+    lambda: open(sys.argv[2] + f"/exit{os.environ['RANK']}.txt", "w").write(str(torch.distributed.is_initialized()))
+)
 state = devices.process_state()
 folder, report = sys.argv[1], sys.argv[2] + f"/rank{state.process_index}.txt"
 lines = []
@@ -86,4 +95,5 @@ def test_every_process_must_see_the_work_dir(tmp_path):
         assert shared == "shared: ok"
         assert blind.startswith("blind: the work dir ") and "process 1 on " in blind and "process 0 on" not in blind
         assert "--work-dir /shared/folder" in blind
+        assert (reports / f"exit{rank}.txt").read_text() == "False"  # the group was left before shutdown
     assert sorted(path.name for path in tmp_path.iterdir()) == ["reports", "worker.py"]  # no probe left, no folder made
