@@ -75,6 +75,12 @@ def add_victim_and_mem_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="MEM batch size")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--mixed-precision",
+        default="auto",
+        choices=["auto", "no", "bf16"],
+        help="of the protection and the victims alike (Accelerate keeps one setting per process)",
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: a check that the script runs (< 1 min)")
 
 
@@ -181,7 +187,7 @@ def pretrain_victim(
         batch_size=arguments.victim_batch,
         learning_rate=arguments.victim_lr,
         seed=arguments.seed + 1,
-        mixed_precision="auto",
+        mixed_precision=arguments.mixed_precision,
         progress=False,
     )
 
@@ -198,6 +204,7 @@ def benchmark_method(name: str, arguments: argparse.Namespace, **changes) -> Sur
         batch_size=arguments.batch_size,
         learning_rate=5e-4,
         seed=arguments.seed,
+        mixed_precision=arguments.mixed_precision,
     )
     pixels, words = dict(pgd_steps=arguments.pgd_steps), dict(trigger_words="dictionary")
     if name == "random":

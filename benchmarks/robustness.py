@@ -80,6 +80,7 @@ SAME_VICTIMS = (
     "victim_lr",
     "seed",
     "threads",
+    "mixed_precision",
     "pretrain",
     "pretrain_epochs",
     "finetune_lr",
@@ -205,6 +206,7 @@ def main(argv=None) -> int:
         learning_rate=arguments.victim_lr,
         fine_tune_learning_rate=arguments.finetune_lr,
         seed=arguments.seed,
+        mixed_precision=arguments.mixed_precision,
         progress=False,
     )
     reports, pretrained_scores = [], None
