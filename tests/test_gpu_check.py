@@ -1,0 +1,93 @@
+"""benchmarks/gpu_check.sh, the command for a lent GPU, runs end to end on a CPU with the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = {
+    "GPU_CHECK_DEVICE": "cpu",
+    "GPU_CHECK_MODEL": "tiny",
+    "GPU_CHECK_ROWS": "32",
+    "GPU_CHECK_SPEED_ARGS": "--repeats 1",
+    "GPU_CHECK_THROUGHPUT_ARGS": "--rounds 1 --surrogate-steps 4 --victim-epochs 1",
+}
+
+
+def gpu_check(out: Path, **settings: str) -> subprocess.CompletedProcess:
+    unset = [name for name in os.environ if name.startswith("GPU_CHECK_")]  # the caller's own settings
+    env = {name: value for name, value in os.environ.items() if name not in unset}
+    env.update(OUT=str(out), OMP_WAIT_POLICY="PASSIVE", HF_HUB_OFFLINE="1", **settings)
+    command = ["bash", str(ROOT / "benchmarks" / "gpu_check.sh")]
+    return subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+
+
+def test_gpu_check_on_a_cpu_writes_every_figure(tmp_path):
+    result = gpu_check(tmp_path, GPU_CHECK_PEAK_TFLOPS="1", **CPU)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert report["ok"] and not report["problems"] and report["peak_tflops"] == 1.0
+    assert report["device"] == "cpu" and report["model"] == "tiny" and report["rows"] == 32
+    assert set(report["stages"]) == {"protect_speed", "protect", "victim"}
+    assert all(stage["status"] == "ok" and stage["seconds"] > 0 for stage in report["stages"].values())
+    figures = report["figures"]
+    assert set(figures) >= {"hotflip_batch_s", "pgd_batch_s", "mfu_pgd", "mfu_hotflip", "pgd_tflops"}
+    assert set(figures) >= {"hotflip_flops_per_sample", "protect_rows_per_s", "victim_pairs_per_s"}
+    for name, value in figures.items():
+        assert isinstance(value, float) and math.isfinite(value) and value > 0, (name, value)
+    assert figures["mfu_pgd"] < 1 and report["mfu_pgd_meets_target"] is False  # a CPU against 1 TFLOP/s
+    assert report["protect"]["rows"] == 32 and report["protect"]["schedule"]["max_rounds"] == 1
+    assert report["protect"]["method"] == "layered" and report["victim"]["pairs_per_epoch"] == 32
+    assert report["arguments"]["GPU_CHECK_ROWS"] == "32"
+    for name in ("protect_speed.json", "protect.json", "victim.json", "protect.log", "stages.tsv"):
+        assert (tmp_path / name).is_file()
+    assert "gpu_check: OK" in result.stdout and "rows/s end to end" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("card", "message"),
+    [("", "no GPU card name"), ("Mystery Accelerator 9000", "unknown card 'Mystery Accelerator 9000'")],
+)
+def test_gpu_check_without_a_known_card_says_what_to_set(tmp_path, card, message):
+    result = gpu_check(tmp_path, GPU_CHECK_CARD=card, **CPU)
+    assert result.returncode != 0 and message in result.stderr and "GPU_CHECK_PEAK_TFLOPS=" in result.stderr
+    assert not (tmp_path / "gpu_check.json").exists() and not (tmp_path / "stages.tsv").exists()
+
+
+def test_peak_of_each_card_name(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import gpu_check_report
+
+    names = {
+        "NVIDIA H100 80GB HBM3": 989,
+        "NVIDIA H100 PCIe": 756,
+        "NVIDIA H100 NVL": 835,
+        "NVIDIA H200": 989,
+        "NVIDIA H200 NVL": 835,
+        "NVIDIA A100-SXM4-80GB": 312,
+    }
+    assert {name: gpu_check_report.peak_tflops(name) for name in names} == names
+    listed = subprocess.run(
+        [sys.executable, "benchmarks/gpu_check_report.py", "peak", "NVIDIA H200"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert listed.returncode == 0 and listed.stdout.strip() == "989"
+
+
+def test_protect_speed_figures_are_found_in_any_layout(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_check_report import speed_entry
+
+    entry = {"model": "vit-b32", "mfu_pgd": 0.5}
+    for layout in ([entry], {"models": {"vit-b32": entry}}, {"results": [entry]}, {"vit-b32": entry}):
+        assert speed_entry(layout, "vit-b32") == entry
+    assert speed_entry({"models": {"tiny": entry}}, "vit-b32") is None and speed_entry(None, "tiny") is None
