@@ -13,6 +13,8 @@ import csv
 import json
 import os
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from hf_unlearnable import EM, MEM, Layered, MEMConfig, RandomNoise, TriggerOnly
 from hf_unlearnable.audit import ProtectionReport, mean_recall_at_10, plot_report
 from hf_unlearnable.methods import SurrogateMethod
 from hf_unlearnable.testing import synthetic_captions, tiny_clip, tiny_clip_config
+from hf_unlearnable.version import ALGORITHM_VERSION, __version__
 from hf_unlearnable.victim import VictimResult, train_victim
 
 KEYS = ("i2t_r1", "i2t_r5", "i2t_r10", "i2t_medr", "t2i_r1", "t2i_r5", "t2i_r10", "t2i_medr")
@@ -246,15 +249,33 @@ def machine() -> str:
     )
 
 
+def provenance(script: str, argv: list[str] | None = None) -> dict:
+    """What a benchmark's JSON records of the run that wrote it (and `collect_results.py` requires):
+    the command as typed, ``python benchmarks/<script>.py`` and ``argv`` (default ``sys.argv[1:]``)
+    shell-quoted, the library version and the algorithm version."""
+    given = sys.argv[1:] if argv is None else list(argv)
+    return {
+        "command": shlex.join(["python", f"benchmarks/{script}.py", *given]),
+        "library_version": __version__,
+        "algorithm_version": ALGORITHM_VERSION,
+    }
+
+
 def write_outputs(
-    report: ProtectionReport, output: Path, name: str, header: list[str], extra: dict, total_seconds: float
+    report: ProtectionReport,
+    output: Path,
+    name: str,
+    header: list[str],
+    extra: dict,
+    total_seconds: float,
+    argv: list[str] | None = None,
 ) -> str:
     """``{name}.md`` (the header, then the audit's Markdown), ``{name}.csv`` (one row per verdict:
     final R@1/5/10 and MedR both directions of the protected and the clean victim, chance, verdict),
-    ``{name}.json`` (the report, ``extra`` and ``total_seconds``) and ``{name}.png`` (R@10 per
-    defense, chance and clean marked); then prints the report's summary and what was written.
-    Returns the Markdown."""
-    extra = {**extra, "total_seconds": total_seconds}
+    ``{name}.json`` (the `provenance` of ``benchmarks/{name}.py`` run with ``argv``, ``extra``, the
+    report and ``total_seconds``) and ``{name}.png`` (R@10 per defense, chance and clean marked);
+    then prints the report's summary and what was written. Returns the Markdown."""
+    extra = {**provenance(name, argv), **extra, "total_seconds": total_seconds}
     output.mkdir(parents=True, exist_ok=True)
     markdown = "\n".join(header) + "\n\n" + report.to_markdown().split("\n", 1)[1]
     (output / f"{name}.md").write_text(markdown.replace("](report.png)", f"]({name}.png)"))

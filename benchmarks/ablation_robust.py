@@ -53,6 +53,7 @@ from _common import (
     machine,
     mem_config,
     pretrain_victim,
+    provenance,
     victim_config,
 )
 
@@ -219,7 +220,7 @@ def targets(rows: dict, images_only: dict, chance: dict, k: int, em: bool) -> di
     return out
 
 
-def write_table(arguments, started: float) -> str:
+def write_table(arguments, started: float, argv: list[str] | None = None) -> str:
     output = Path(arguments.output)
     verdicts, chance, settings = [], None, {}
     for part in sorted((output / "parts").glob("*.json")):
@@ -232,10 +233,11 @@ def write_table(arguments, started: float) -> str:
     variants = list(dict.fromkeys(v["copy"] for v in verdicts if not v["copy"].endswith(IMAGES_ONLY)))
     columns = list(dict.fromkeys((v["victim"], v["defense"]) for v in verdicts))
     chance_r10 = (chance["i2t_r10"] + chance["t2i_r10"]) / 2
+    record = provenance("ablation_robust", argv)
     lines = [
         f"# Robustness ablation: {arguments.dataset}",
         "",
-        f"`python benchmarks/ablation_robust.py {' '.join(sys.argv[1:])}`",
+        f"`{record['command']}`",
         "",
         f"R@10 image->text / text->image (%) of a victim trained on each copy, {arguments.train} pairs, "
         f"{arguments.test} clean test images, {arguments.image_size} px; chance {chance['i2t_r10']:.1f} / "
@@ -314,6 +316,7 @@ def write_table(arguments, started: float) -> str:
     (output / "ablation.json").write_text(
         json.dumps(
             {
+                **record,
                 "arguments": vars(arguments),
                 "chance": chance,
                 "costs": costs,
@@ -418,7 +421,7 @@ def main(argv=None) -> int:
     if arguments.stage in ("all", "evaluate"):
         evaluate_variants(arguments, train, test, pretrain_rows, processor, variants, arguments.tag)
     if arguments.stage in ("all", "table"):
-        print(write_table(arguments, started))
+        print(write_table(arguments, started, argv))
         print(f"wrote {arguments.output}/ablation.md, .csv, .json")
     return 0
 

@@ -48,6 +48,7 @@ from _common import (
     default_output,
     load_data,
     machine,
+    provenance,
     victim_config,
     write_outputs,
 )
@@ -189,11 +190,11 @@ def main(argv=None) -> int:
         progress=False,
     )
     total = time.perf_counter() - started
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = provenance("pixel_shortcuts", argv)["command"]
     header = [
         f"# Pixel-only shortcuts (no trigger): {arguments.dataset}",
         "",
-        f"`python benchmarks/pixel_shortcuts.py {command}`",
+        f"`{command}`",
         "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px, {100 * saturated:.0f}% of "
         f"the training images' channel values at 0 or 255; victim from scratch, {arguments.epochs} epochs, batch "
@@ -210,6 +211,7 @@ def main(argv=None) -> int:
         header,
         {"arguments": vars(arguments), "levels": levels, "build_seconds": seconds, "saturated": saturated},
         total_seconds=total,
+        argv=argv,
     )
     return 0
 

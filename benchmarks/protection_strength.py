@@ -31,6 +31,7 @@ from _common import (  # one victim recipe for every
     benchmark_method,
     default_output,  # protection benchmark
     load_data,
+    provenance,
     victim_config,
 )
 
@@ -63,7 +64,7 @@ def protect(method: str, train: datasets.Dataset, arguments, processor) -> tuple
     return transform.protect(train), transform.history
 
 
-def write_outputs(results: dict, arguments, seconds: dict, output: Path) -> str:
+def write_outputs(results: dict, arguments, seconds: dict, output: Path, argv: list[str] | None) -> str:
     output.mkdir(parents=True, exist_ok=True)
     names = {
         "chance": "Chance",
@@ -87,7 +88,11 @@ def write_outputs(results: dict, arguments, seconds: dict, output: Path) -> str:
     table = "\n".join(lines)
     (output / "table.md").write_text(table + "\n")
     (output / "table.csv").write_text("\n".join(csv) + "\n")
-    (output / "results.json").write_text(json.dumps({"arguments": vars(arguments), "results": results}, indent=1))
+    (output / "results.json").write_text(
+        json.dumps(
+            {**provenance("protection_strength", argv), "arguments": vars(arguments), "results": results}, indent=1
+        )
+    )
     plot(results, names, output / "curves.png")
     return table
 
@@ -156,7 +161,7 @@ def main(argv=None) -> int:
             + "  ".join(f"{k} {final[k]:.1f}" for k in KEYS),
             flush=True,
         )
-    table = write_outputs(results, arguments, seconds, output)
+    table = write_outputs(results, arguments, seconds, output, argv)
     total = time.perf_counter() - started
     print(f"\n{table}\n")
     print(

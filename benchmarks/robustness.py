@@ -34,7 +34,9 @@ retraining them, which saves a third to a half of a run that adds methods to def
 measured. Runs from before the audit recorded what it audited cannot be matched by digest, so
 the first clean victim of each kind is retrained and must reproduce the stored history to the
 last digit (victims are deterministic for a seed and a thread count); only then are the rest
-reused, through `evaluate_protection(reuse=...)`. A mismatch stops the run.
+reused, through `evaluate_protection(reuse=...)`. A mismatch stops the run. It takes fresh output
+folders only: the committed results files (benchmarks/results/*.json, `collect_results.py`) keep no
+per-epoch histories, so their clean victims cannot be checked or reused.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from _common import (
     method_name,
     pretrain_victim,
     protect,
+    provenance,
     victim_config,
     write_outputs,
 )
@@ -127,9 +130,20 @@ def stored_clean(arguments: argparse.Namespace, victims: list[str]) -> dict[tupl
     stored: dict[tuple[str, str], list[dict]] = {}
     for folder in filter(None, (arguments.clean_from or "").split(",")):
         path = Path(folder) / "robustness.json"
+        if Path(folder).is_file():
+            raise SystemExit(
+                f"--clean-from {folder}: a file, not an output folder. A results file such as mem3_sweep.json keeps "
+                "no per-epoch histories, so its clean victims cannot be reused; pass the output folder of a fresh run, "
+                "or run without --clean-from."
+            )
         if not path.exists():
             raise SystemExit(f"--clean-from {folder}: no robustness.json there; pass folders this benchmark wrote.")
         saved = json.loads(path.read_text())
+        if not saved["report"].get("histories"):
+            raise SystemExit(
+                f"--clean-from {folder}: its robustness.json keeps no per-epoch histories (a collected run), so its "
+                "clean victims cannot be reused; pass the output folder of a fresh run, or run without --clean-from."
+            )
         for key in SAME_VICTIMS:
             if saved["arguments"].get(key) != getattr(arguments, key):
                 raise SystemExit(
@@ -267,12 +281,12 @@ def main(argv=None) -> int:
     before = (
         "" if pretrained_scores is None else f", R@10 before fine-tuning {mean_recall_at_10(pretrained_scores):.1f}"
     )
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = provenance("robustness", argv)["command"]
     seconds = ", ".join(f"{k} {v:.0f}" for k, v in protect_seconds.items())
     header = [
         f"# Robustness of the protection: {arguments.dataset}",
         "",
-        f"`python benchmarks/robustness.py {command}`",
+        f"`{command}`",
         "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px; victims "
         f"{arguments.epochs} epochs, batch {arguments.victim_batch}, lr {arguments.victim_lr:g} (fine-tuned: lr "
@@ -287,6 +301,7 @@ def main(argv=None) -> int:
         header,
         {"arguments": vars(arguments), "protect_seconds": protect_seconds, "pretrained": pretrained_scores},
         total_seconds=total,
+        argv=argv,
     )
     return 0
 

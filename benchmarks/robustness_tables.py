@@ -1,9 +1,11 @@
-"""The cross-run tables of docs/benchmarks.md, rebuilt from the `robustness.py` result folders.
+"""The cross-run tables of docs/benchmarks.md, rebuilt from the `robustness.py` runs of mem3_sweep.json.
 
-`robustness.py` writes one folder per run; the cross-run tables gather cells from many runs (one list
-of defenses per run, clean victims reused across them). This script reads every
-`robustness*/robustness.json` under ``--results`` (its arguments, and its report through
-`hf_unlearnable.audit.load_report`, as `robustness.py --clean-from` reads it) and prints, in Markdown:
+The cross-run tables gather cells from many `robustness.py` runs (one list of defenses per run,
+clean victims reused across them). This script reads every run of ``mem3_sweep.json`` under
+``--results`` (the runs `collect_results.py` folded in) and, so that a fresh run can be tabled
+before it is collected, every ``robustness*/robustness.json`` output folder there (a folder
+replaces the run of its name, as collecting it would): each run's arguments, and its report
+through `hf_unlearnable.audit.load_report`. It prints, in Markdown:
 
 1. MEM-3 at a glance: every defense x victim (from scratch, transfer, fine-tuned) x data set, each
    cell "R@10 of clean R@10 verdict";
@@ -13,7 +15,7 @@ of defenses per run, clean victims reused across them). This script reads every
 Cells are R@10 on the clean test split, the mean of both directions, with the audit's verdict.
 Fine-tuned rows count only from runs at the data set's chosen fine-tuning rate (``--finetune-lr``):
 the icons' first victims run fine-tuned at 3e-5, where the victim barely learns even from the clean
-copy. A cell measured twice with different figures stops the script, naming both folders. ISS rows
+copy. A cell measured twice with different figures stops the script, naming both runs. ISS rows
 of a copy that was not run under them show "= grayscale" / "= jpeg-10" when that twin was run: the
 same operations under another name.
 
@@ -37,6 +39,7 @@ DATASETS = ("synthetic", "icons")
 VICTIMS = ("from scratch", "transfer", "fine-tuned")
 COPIES = ("MEM-3", "EM", "Trigger only")
 TWINS = {"iss-grayscale": "grayscale", "iss-jpeg-10": "jpeg-10"}
+SWEEP = "mem3_sweep.json"  # the results file of the runs tabled
 
 
 def _lr_map(text: str) -> dict[str, float]:
@@ -49,23 +52,34 @@ def _lr_map(text: str) -> dict[str, float]:
         ) from None
 
 
+def load_runs(results: Path) -> dict[str, dict]:
+    """Run name -> the run: those of ``results/mem3_sweep.json``, then the ``robustness*/`` output
+    folders under ``results`` (named by the folder; one replaces a run of its name)."""
+    runs: dict[str, dict] = {}
+    sweep = results / SWEEP
+    if sweep.is_file():
+        runs.update((run["name"], run) for run in json.loads(sweep.read_text())["runs"])
+    for summary in sorted(results.glob("robustness*/robustness.json")):
+        runs[summary.parent.name] = json.loads(summary.read_text())
+    return dict(sorted(runs.items()))
+
+
 def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict]:
-    """(cells, clean): cells[(data set, copy, victim, defense)] = (R@10, verdict, folder);
-    clean[(data set, victim, defense)] = (R@10, folder)."""
+    """(cells, clean): cells[(data set, copy, victim, defense)] = (R@10, verdict, run);
+    clean[(data set, victim, defense)] = (R@10, run)."""
     cells: dict = {}
     clean: dict = {}
 
-    def put(table: dict, key: tuple, value: float, rest: tuple, folder: str) -> None:
+    def put(table: dict, key: tuple, value: float, rest: tuple, run: str) -> None:
         if key in table and not math.isclose(table[key][0], value, abs_tol=1e-9):
             raise SystemExit(
-                f"{key}: {table[key][0]} in {table[key][-1]} but {value} in {folder}; "
+                f"{key}: {table[key][0]} in {table[key][-1]} but {value} in {run}; "
                 "the runs differ (another split, recipe or algorithm version), so the table would mix them"
             )
-        table.setdefault(key, (value, *rest, folder))
+        table.setdefault(key, (value, *rest, run))
 
-    for summary in sorted(results.glob("robustness*/robustness.json")):
-        saved = json.loads(summary.read_text())
-        arguments, folder = saved["arguments"], summary.parent.name
+    for name, saved in load_runs(results).items():
+        arguments = saved["arguments"]
         data = arguments["dataset"]
         for v in load_report(saved["report"]).verdicts:
             if (
@@ -74,8 +88,8 @@ def load_cells(results: Path, finetune_lr: dict[str, float]) -> tuple[dict, dict
                 and not math.isclose(arguments["finetune_lr"], finetune_lr[data], rel_tol=1e-9)
             ):
                 continue
-            put(cells, (data, v.copy, v.victim, v.defense), v.protected_r10, (v.verdict,), folder)
-            put(clean, (data, v.victim, v.defense), v.clean_r10, (), folder)
+            put(cells, (data, v.copy, v.victim, v.defense), v.protected_r10, (v.verdict,), name)
+            put(clean, (data, v.victim, v.defense), v.clean_r10, (), name)
     return cells, clean
 
 
@@ -128,7 +142,12 @@ def victims_table(cells: dict, clean: dict, data: str, victims: tuple[str, ...] 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--results", type=Path, default=HERE / "results", help="folder of the robustness.py outputs")
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=HERE / "results",
+        help="folder of mem3_sweep.json (and of fresh robustness.py output folders)",
+    )
     parser.add_argument(
         "--finetune-lr",
         type=_lr_map,
@@ -140,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     cells, clean = load_cells(arguments.results, arguments.finetune_lr)
     if not cells:
         raise SystemExit(
-            f"no robustness*/robustness.json under {arguments.results}: run benchmarks/robustness.py first"
+            f"no {SWEEP} and no robustness*/robustness.json under {arguments.results}: run benchmarks/robustness.py first"
         )
     parts = []
     if arguments.table in ("all", "glance"):

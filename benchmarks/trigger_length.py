@@ -28,6 +28,7 @@ from _common import (
     load_data,
     machine,
     protect,
+    provenance,
     victim_config,
     write_outputs,
 )
@@ -77,12 +78,12 @@ def main(argv=None) -> int:
         progress=False,
     )
     total = time.perf_counter() - started
-    command = " ".join(argv if argv is not None else sys.argv[1:])
+    command = provenance("trigger_length", argv)["command"]
     seconds = ", ".join(f"{k} {v:.0f}" for k, v in protect_seconds.items())
     header = [
         f"# Trigger length (Table 1 of the MEM paper): {arguments.dataset}",
         "",
-        f"`python benchmarks/trigger_length.py {command}`",
+        f"`{command}`",
         "",
         f"{len(train)} training pairs, {len(test)} clean test images, {arguments.image_size} px; victim from scratch, "
         f"{arguments.epochs} epochs, batch {arguments.victim_batch}, lr {arguments.victim_lr:g}; MEM {arguments.rounds} "
@@ -96,6 +97,7 @@ def main(argv=None) -> int:
         header,
         {"arguments": vars(arguments), "protect_seconds": protect_seconds},
         total_seconds=total,
+        argv=argv,
     )
     return 0
 
