@@ -124,14 +124,15 @@ def begin(arguments: argparse.Namespace) -> float:
 
 
 def default_output(arguments: argparse.Namespace, name: str) -> None:
-    """``--output`` when not given: benchmarks/results/<name>_<data set> (a path's folder name)."""
+    """``--output`` when not given: benchmarks/results/tmp/<name>_<data set> (git-ignored; a path's folder
+    name); `collect_results.py` folds a finished run into the committed results."""
     if arguments.output is None:
         label = (
             arguments.dataset
             if arguments.dataset == "synthetic" or arguments.dataset in REAL_DATASETS
             else Path(arguments.dataset).name
         )
-        arguments.output = f"benchmarks/results/{name}_{label}"
+        arguments.output = f"benchmarks/results/tmp/{name}_{label}"
 
 
 def load_data(

@@ -390,7 +390,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--tag", default="all", help="name of this --stage evaluate share (its file under OUTPUT/parts)"
     )
-    parser.add_argument("--output", help="folder (default: benchmarks/results/ablation_<dataset>)")
+    parser.add_argument("--output", help="folder (default: benchmarks/results/tmp/ablation_<dataset>, git-ignored)")
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)

@@ -7,7 +7,7 @@
 #      default method, bf16, a short schedule stated in the output);
 #   3. gpu_throughput.py --stages victim: pairs per second of train_victim on the same model.
 # Each stage runs under `timeout`, within GPU_CHECK_BUDGET_S in all (default 450 s: an 8-minute
-# slot less start-up). Writes $OUT (else benchmarks/results/gpu_check/): gpu_check.json, one log
+# slot less start-up). Writes $OUT (else benchmarks/results/tmp/gpu_check/): gpu_check.json, one log
 # and one JSON per stage, nvidia-smi's view; prints a summary. Exit 0 when every figure is there.
 #
 #   bash benchmarks/gpu_check.sh                                   # on the GPU machine
@@ -34,7 +34,7 @@ DEVICE=${GPU_CHECK_DEVICE:-cuda}
 MODEL=${GPU_CHECK_MODEL:-vit-b32}
 ROWS=${GPU_CHECK_ROWS:-2000}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}
-OUT_DIR=${OUT:-benchmarks/results/gpu_check}
+OUT_DIR=${OUT:-benchmarks/results/tmp/gpu_check}
 RESERVE=15 # seconds kept for the report
 case "$DEVICE" in
     cuda) PRECISION=${GPU_CHECK_PRECISION:-bf16} INSTALL=${GPU_CHECK_INSTALL:-1} ;;

@@ -153,7 +153,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--variants", default="em,em-headroom=4:4,em-headroom=8:8,cluster-sign=50,cluster-block4=50")
     parser.add_argument("--defenses", default="none", help="comma list of defense names")
-    parser.add_argument("--output", help="folder (default: benchmarks/results/pixel_shortcuts_<dataset>)")
+    parser.add_argument(
+        "--output", help="folder (default: benchmarks/results/tmp/pixel_shortcuts_<dataset>, git-ignored)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)

@@ -44,7 +44,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--methods", default="clean,random,em,trigger,mem3,mem5,transfer")
-    parser.add_argument("--output", help="folder (default: benchmarks/results/protection_strength_<dataset>)")
+    parser.add_argument(
+        "--output", help="folder (default: benchmarks/results/tmp/protection_strength_<dataset>, git-ignored)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)

@@ -26,7 +26,7 @@ barely moves (11.3 before, 12.1 after on the clean copy); use ``--finetune-lr 1e
     python benchmarks/robustness.py --defenses none,jpeg-75,strip-3 --victims scratch
     python benchmarks/robustness.py --methods layered,mem3 --defenses none --victims siglip --threads 1
     python benchmarks/robustness.py --smoke                          # tiny sizes, < 1 min
-    python benchmarks/robustness.py --methods em --clean-from benchmarks/results/robustness_synthetic
+    python benchmarks/robustness.py --methods em --clean-from benchmarks/results/tmp/robustness_synthetic
 
 ``--clean-from`` takes the clean victims from earlier runs' robustness.json (same data, victims,
 recipe and --threads: every argument but the methods, defenses and output must match) instead of
@@ -101,7 +101,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--victims", default="scratch,transfer,finetuned", help="comma list of scratch, transfer, finetuned, siglip"
     )
     add_finetune_arguments(parser)
-    parser.add_argument("--output", help="folder (default: benchmarks/results/robustness_<dataset>)")
+    parser.add_argument("--output", help="folder (default: benchmarks/results/tmp/robustness_<dataset>, git-ignored)")
     parser.add_argument(
         "--clean-from", help="comma list of earlier output folders whose clean victims to reuse (see above)"
     )

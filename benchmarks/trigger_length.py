@@ -41,7 +41,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     add_victim_and_mem_arguments(parser)
     parser.add_argument("--lengths", default="0,1,3,5,7", help="trigger lengths k (0 = EM)")
     parser.add_argument("--defenses", default="none", help="comma list of defense names (default: none, as in Table 1)")
-    parser.add_argument("--output", help="folder (default: benchmarks/results/trigger_length_<dataset>)")
+    parser.add_argument(
+        "--output", help="folder (default: benchmarks/results/tmp/trigger_length_<dataset>, git-ignored)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.smoke:
         apply_smoke(arguments)
