@@ -26,7 +26,11 @@ from .config import MEMConfig
 from .errors import NonFiniteLossError, NoProtectionError
 
 if typing.TYPE_CHECKING:
-    from transformers import CLIPConfig, CLIPProcessor
+    from collections.abc import Sequence
+
+    from transformers import CLIPConfig, PreTrainedConfig, ProcessorMixin
+
+    from .imagetext import ModelFamily
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -197,16 +201,19 @@ _MODEL_FIX = (
 _PROCESSOR_FIX = (
     f"pass --processor LOCAL_FOLDER (a saved CLIPProcessor; with --from-scratch it defaults to {DEFAULT_MODEL}'s)"
 )
+_SURROGATE_IS_CLIP = (
+    "the surrogate must be CLIP; other families are audited as victims: hf-unlearnable evaluate --victim"
+)
 
 
-def _load_error(flag: str, name: str, error: Exception, what: str, fix: str) -> ValueError:
+def _load_error(flag: str, name: str, error: Exception, what: str, fix: str, kind: str = "CLIP") -> ValueError:
     """One line saying why ``name`` did not load and ``fix``, what to pass instead; never a traceback."""
     from huggingface_hub import constants
 
     if os.path.isdir(os.path.expanduser(name)):
         cause = " ".join(str(error).split())[:300]
         return ValueError(
-            f"{flag} {name!r}: the folder does not hold a loadable CLIP {what} ({type(error).__name__}: {cause})."
+            f"{flag} {name!r}: the folder does not hold a loadable {kind} {what} ({type(error).__name__}: {cause})."
         )
     why = "HF_HUB_OFFLINE=1 is set" if constants.HF_HUB_OFFLINE else "the Hub cannot be reached or has no such repo"
     return ValueError(
@@ -234,42 +241,86 @@ def _existing_or_hub_id(flag: str, name: str) -> str:
     return name
 
 
-def load_processor(flag: str, name: str, fix: str = _PROCESSOR_FIX) -> CLIPProcessor:
-    """The CLIPProcessor in folder or Hub repo ``name`` (given as ``flag``), or one line with ``fix``."""
-    from transformers import CLIPProcessor
+def _families(families: Sequence[ModelFamily] | None) -> tuple[ModelFamily, ...]:
+    """``families``, or CLIP alone (the surrogate's family) when None."""
+    from .surrogate import CLIP
 
+    return tuple(families) if families else (CLIP,)
+
+
+def _kinds(families: Sequence[ModelFamily], name: Callable[[ModelFamily], str] = lambda f: f.name) -> str:
+    """What ``families`` accept, for messages: ``"CLIP or SigLIP"``, or ``name`` of each joined so."""
+    return " or ".join(name(f) for f in families)
+
+
+def load_processor(
+    flag: str, name: str, fix: str = _PROCESSOR_FIX, family: ModelFamily | None = None
+) -> ProcessorMixin:
+    """The processor of ``family`` (default CLIP: a CLIPProcessor) in folder or Hub repo ``name``
+    (given as ``flag``), or one line with ``fix``."""
+    (family,) = _families([family] if family else None)
     name = _existing_or_hub_id(flag, name)
     try:
-        return CLIPProcessor.from_pretrained(name)
+        return family.processor_class.from_pretrained(name)
     except _load_failures() as error:
-        raise _load_error(flag, name, error, "processor", fix) from None
+        raise _load_error(flag, name, error, "processor", fix, family.name) from None
 
 
-def read_clip_config(flag: str, path: str) -> CLIPConfig:
-    """The CLIPConfig in JSON file ``path`` (given as ``flag``); one line naming the problem otherwise."""
-    from transformers import CLIPConfig
+def read_config(
+    flag: str, path: str, families: Sequence[ModelFamily] | None = None, refused: str = ""
+) -> PreTrainedConfig:
+    """The config in JSON file ``path`` (given as ``flag``) of one of ``families`` (default: CLIP
+    alone); its ``model_type`` says which (`hf_unlearnable.families.family_of`, as the audit reads the
+    same file). One line naming the problem otherwise; ``refused``: why a family known to the library
+    but not in ``families`` is refused here."""
+    from .families import family_of
 
+    families = _families(families)
+    kinds, names = _kinds(families, lambda f: f.config_class.__name__), _kinds(families)
+    write = _kinds(families, lambda f: f"{f.config_class.__name__}(...).to_json_file(path)")
     if not os.path.isfile(path):
-        raise ValueError(f"{flag} {path!r}: no such file (a CLIPConfig JSON, e.g. CLIPConfig(...).to_json_file(path)).")
+        raise ValueError(f"{flag} {path!r}: no such file (a {kinds} JSON, e.g. {write}).")
     try:
         with open(path, encoding="utf-8") as file:
             fields = json.load(file)
     except (OSError, ValueError) as error:
         fields = f"{type(error).__name__}: {error}"
-    # CLIPConfig takes any JSON (unknown keys become attributes); a wrong file would build a default-size CLIP.
+    family = family_of(path)  # CLIP without a model_type
+    model_type = fields.get("model_type") if isinstance(fields, dict) else None
+    # A config class takes any JSON (unknown keys become attributes); a wrong file would build a default-size model.
     if not isinstance(fields, dict) or not (
-        fields.get("model_type") == "clip" or {"text_config", "vision_config"} <= set(fields)
+        model_type == family.config_class.model_type
+        or (model_type is None and {"text_config", "vision_config"} <= set(fields))
     ):
-        why = fields if isinstance(fields, str) else "no model_type 'clip', no text_config and vision_config"
-        raise ValueError(
-            f"{flag} {path!r} is not a CLIPConfig JSON file ({why}); write one with "
-            "CLIPConfig(...).to_json_file(path), or pass a CLIP checkpoint's config.json."
+        accepted = _kinds(families, lambda f: repr(f.config_class.model_type))
+        why = (
+            fields
+            if isinstance(fields, str)
+            else f"model_type {model_type!r}"
+            if model_type
+            else f"no model_type {accepted}, no text_config and vision_config"
         )
-    return CLIPConfig.from_dict(fields)
+        raise ValueError(
+            f"{flag} {path!r} is not a {kinds} JSON file ({why}); write one with {write}, "
+            f"or pass a {names} checkpoint's config.json."
+        )
+    if family not in families:
+        raise ValueError(
+            f"{flag} {path!r} is a {family.config_class.__name__} JSON file, but {flag} takes a {kinds}"
+            f"{' (' + refused + ')' if refused else ''}; write one with {write}."
+        )
+    return family.config_class.from_dict(fields)
 
 
-def check_vocabulary(flag: str, path: str, config: CLIPConfig, processor: CLIPProcessor) -> None:
-    """Stop when the processor's tokenizer has more tokens than the config's text model can embed."""
+def read_clip_config(flag: str, path: str) -> CLIPConfig:
+    """The surrogate's CLIPConfig in JSON file ``path`` (given as ``flag``); one line naming the
+    problem otherwise (a SigLIP or other family's JSON too)."""
+    return read_config(flag, path, refused=_SURROGATE_IS_CLIP)
+
+
+def check_vocabulary(flag: str, path: str, config: PreTrainedConfig, processor: ProcessorMixin) -> None:
+    """Stop when the processor's tokenizer has more tokens than the config's text model can embed
+    (``text_config.vocab_size``, in every family's config)."""
     vocabulary = len(processor.tokenizer)
     if vocabulary > config.text_config.vocab_size:
         raise ValueError(
@@ -278,16 +329,31 @@ def check_vocabulary(flag: str, path: str, config: CLIPConfig, processor: CLIPPr
         )
 
 
-def check_model(flag: str, name: str, fix: str = _MODEL_FIX, *, weights: bool = True) -> str:
-    """``name`` (a folder or Hub id, given as ``flag``) once its CLIPConfig loads and, with ``weights``,
-    a local folder holds safetensors weights; one line with ``fix`` otherwise. Loads no weights."""
-    from transformers import CLIPConfig
+def check_model(
+    flag: str,
+    name: str,
+    fix: str = _MODEL_FIX,
+    *,
+    weights: bool = True,
+    families: Sequence[ModelFamily] | None = None,
+) -> str:
+    """``name`` (a folder or Hub id, given as ``flag``) once its config loads as one of ``families``
+    (default: CLIP alone; `hf_unlearnable.families.family_of` says which) and, with ``weights``, a
+    local folder holds safetensors weights; one line with ``fix`` otherwise. Loads no weights."""
+    from .families import family_of
 
+    families = _families(families)
     name = _existing_or_hub_id(flag, name)
+    family = family_of(name)  # CLIP when its config cannot be read: loading it then says why
     try:
-        CLIPConfig.from_pretrained(name)
+        fields, _ = family.config_class.get_config_dict(name)
+        family.config_class.from_dict(fields)
     except _load_failures() as error:
-        raise _load_error(flag, name, error, "model", fix) from None
+        raise _load_error(flag, name, error, "model", fix, _kinds(families)) from None
+    model_type = fields.get("model_type")
+    if family not in families or model_type not in (None, family.config_class.model_type):
+        held = family.name if model_type == family.config_class.model_type else f"model_type {model_type!r}"
+        raise ValueError(f"{flag} {name!r} holds a {held} model, not {_kinds(families)}; {fix}.")
     if (
         weights
         and os.path.isdir(name)
@@ -297,14 +363,14 @@ def check_model(flag: str, name: str, fix: str = _MODEL_FIX, *, weights: bool = 
     ):
         raise ValueError(
             f"{flag} {name!r} holds no safetensors weights; only safetensors are loaded. Convert once: "
-            "CLIPModel.from_pretrained(FOLDER).save_pretrained(FOLDER) (writes model.safetensors)."
+            f"{family.model_class.__name__}.from_pretrained(FOLDER).save_pretrained(FOLDER) (writes model.safetensors)."
         )
     return name
 
 
 def surrogate_from_arguments(
     model: str | None, from_scratch: str | None = None, processor: str | None = None
-) -> tuple[str | CLIPConfig, CLIPProcessor]:
+) -> tuple[str | CLIPConfig, ProcessorMixin]:
     """The surrogate a command line names: ``(model, CLIPProcessor)`` for `ProtectTransform`.
 
     ``model``: a Hub id or folder (returned as is, after its processor and config loaded) or, with

@@ -18,15 +18,15 @@ from ..commands import (
     load_processor,
     parse_number,
     parse_pixel_value,
-    read_clip_config,
+    read_config,
 )
 
 _VICTIM_FIX = (
-    "pass --victim LOCAL_FOLDER (a CLIP model or its config.json saved with its processor), or --victim "
-    "CLIPConfig.json with --processor LOCAL_FOLDER"
+    "pass --victim LOCAL_FOLDER (a CLIP or SigLIP model or its config.json saved with its processor), or --victim "
+    "CLIPConfig.json or SiglipConfig.json with --processor LOCAL_FOLDER"
 )
-_PRETRAINED_FIX = "pass --pretrained LOCAL_FOLDER (a CLIPModel saved with its processor)"
-_PROCESSOR_FIX = "pass --processor LOCAL_FOLDER (a saved CLIPProcessor)"
+_PRETRAINED_FIX = "pass --pretrained LOCAL_FOLDER (a CLIPModel or SiglipModel saved with its processor)"
+_PROCESSOR_FIX = "pass --processor LOCAL_FOLDER (a saved CLIPProcessor or SiglipProcessor)"
 
 
 def add_evaluate_parser(commands: Any) -> None:
@@ -36,9 +36,9 @@ def add_evaluate_parser(commands: Any) -> None:
     parser = commands.add_parser(
         "evaluate",
         help="audit a protected copy: train victims under each defense, a verdict per defense",
-        description="Train a victim CLIP on the clean and on the protected copy under each defense, evaluate both on "
-        "a clean test split, and say per defense whether the protection holds (protected / weakened / broken). "
-        + VERDICT_RULE,
+        description="Train a victim CLIP or SigLIP on the clean and on the protected copy under each defense, "
+        "evaluate both on a clean test split, and say per defense whether the protection holds "
+        "(protected / weakened / broken). " + VERDICT_RULE,
         epilog=exit_codes("a defense breaks the protection", done="no defense breaks the protection"),
     )
     parser.add_argument("--clean-train", required=True, help="the clean training data: save_to_disk folder or Hub id")
@@ -49,15 +49,15 @@ def add_evaluate_parser(commands: Any) -> None:
     parser.add_argument("--defenses", default="none", help="comma-separated defense names (default: none)")
     parser.add_argument(
         "--victim",
-        help="architecture trained from scratch: Hub id, model folder or CLIPConfig JSON file "
-        f"(default: {DEFAULT_MODEL} unless --pretrained is given)",
+        help="CLIP or SigLIP architecture trained from scratch: Hub id, model folder, or CLIPConfig or "
+        f"SiglipConfig JSON file (default: {DEFAULT_MODEL} unless --pretrained is given)",
     )
-    parser.add_argument("--pretrained", help="a pretrained CLIP (Hub id or folder) fine-tuned on each copy")
+    parser.add_argument("--pretrained", help="a pretrained CLIP or SigLIP (Hub id or folder) fine-tuned on each copy")
     parser.add_argument(
         "--processor",
-        help="CLIPProcessor (Hub id or local folder): tokenizer and image normalisation "
-        "of every victim (default: each model's own; with a CLIPConfig JSON --victim, the --pretrained "
-        f"model's, else {DEFAULT_MODEL}'s)",
+        help="CLIPProcessor or SiglipProcessor (Hub id or local folder; loaded as the --victim's family's, "
+        "else the --pretrained's): tokenizer and image normalisation of every victim (default: each model's "
+        f"own; with a config JSON --victim, the --pretrained model's, else {DEFAULT_MODEL}'s)",
     )
     parser.add_argument("--epochs", type=int, default=10, help="training epochs of every victim (default: 10)")
     parser.add_argument("--batch-size", type=int, default=64, help="victim training batch size (default: 64)")
@@ -100,27 +100,34 @@ def victims_from_arguments(
 ) -> tuple[str | None, str | None, Any]:
     """``(victim, pretrained, processor)`` for `evaluate_protection`, after checking that each loads.
 
-    Loads only the small files (configs, processors), so a victim that cannot be loaded (offline and
-    not cached, no such folder, no safetensors weights for --pretrained) fails here in one line with
-    the fix, before any data is checked or any victim trains. A CLIPConfig JSON ``victim`` takes
-    ``processor``, else the ``pretrained`` model's, else ``DEFAULT_MODEL``'s (the one the audit then
-    uses for every victim)."""
+    Either may be of any family of `hf_unlearnable.families.FAMILIES` (CLIP, SigLIP; `family_of`
+    says which, as the audit then does). Loads only the small files (configs, processors), so a
+    victim that cannot be loaded (offline and not cached, no such folder, a config of no family, no
+    safetensors weights for --pretrained) fails here in one line with the fix, before any data is
+    checked or any victim trains. A config JSON ``victim`` takes ``processor``, else the
+    ``pretrained`` model's, else ``DEFAULT_MODEL``'s (the one the audit then uses for every victim);
+    a processor loads with the processor class of the ``victim``'s family, else the ``pretrained``'s."""
+    from ..families import FAMILIES, family_of
+
     victim = victim or (None if pretrained else DEFAULT_MODEL)
-    loaded = load_processor("--processor", processor, _PROCESSOR_FIX) if processor else None
-    if victim is not None and victim.endswith(".json"):
-        config = read_clip_config("--victim", victim)
-        if loaded is None:
-            flag, name = ("--pretrained", pretrained) if pretrained else ("--processor", DEFAULT_MODEL)
-            loaded = load_processor(flag, name, _PRETRAINED_FIX if pretrained else _PROCESSOR_FIX)
-        check_vocabulary("--victim", victim, config, loaded)
-    elif victim is not None:
-        victim = check_model("--victim", victim, _VICTIM_FIX, weights=False)  # trained from scratch: its config only
-        if loaded is None:
-            load_processor("--victim", victim, _VICTIM_FIX)
+    config = read_config("--victim", victim, FAMILIES) if victim is not None and victim.endswith(".json") else None
+    if victim is not None and config is None:
+        victim = check_model("--victim", victim, _VICTIM_FIX, weights=False, families=FAMILIES)  # its config only
     if pretrained is not None:
-        pretrained = check_model("--pretrained", pretrained, _PRETRAINED_FIX)
-        if loaded is None:
-            load_processor("--pretrained", pretrained, _PRETRAINED_FIX)
+        pretrained = check_model("--pretrained", pretrained, _PRETRAINED_FIX, families=FAMILIES)
+    family = family_of(config if config is not None else victim or pretrained)
+    if processor:
+        loaded = load_processor("--processor", processor, _PROCESSOR_FIX, family)
+    elif config is not None:
+        flag, name = ("--pretrained", pretrained) if pretrained else ("--processor", DEFAULT_MODEL)
+        loaded = load_processor(flag, name, _PRETRAINED_FIX if pretrained else _PROCESSOR_FIX, family)
+    else:  # each model's own, loaded again by the audit
+        loaded = None
+        for flag, name, fix in (("--victim", victim, _VICTIM_FIX), ("--pretrained", pretrained, _PRETRAINED_FIX)):
+            if name is not None:
+                load_processor(flag, name, fix, family_of(name))
+    if config is not None:
+        check_vocabulary("--victim", victim, config, loaded)
     return victim, pretrained, loaded
 
 

@@ -324,7 +324,8 @@ def evaluate_protection(
             retrain gives on the machine that wrote the report. The report records what it
             audited (``settings["identity"]``: digests of the rows in order and of each victim's
             config, weights, processor and learning rate); anything that differs is refused.
-            ``settings["reused_clean"]`` lists what was reused.
+            ``settings["reused_clean"]`` lists what was reused; ``settings["models"]`` the model
+            class each victim trains (``SiglipModel``: a SigLIP victim).
 
     Returns:
         `ProtectionReport`: ``verdicts`` (one per copy, victim and defense), ``broken``, ``summary()``.
@@ -358,6 +359,7 @@ def evaluate_protection(
     settings = {
         "defenses": [label for label, _ in resolved],
         "victims": {v.label: v.source for v in victims},
+        "models": {v.label: family_of(v.model).model_class.__name__ for v in victims},
         "copies": list(copies),
         "epochs": epochs,
         "batch_size": batch_size,
