@@ -264,6 +264,7 @@ def main(argv=None) -> int:
         settings={
             **reports[0].settings,
             "victims": [VICTIMS[v] for v in victims],
+            "models": {VICTIMS[v]: next(iter(r.settings["models"].values())) for v, r in zip(victims, reports)},
             "identity": {
                 **reports[0].settings["identity"],
                 "victims": {
