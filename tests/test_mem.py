@@ -233,6 +233,76 @@ def test_em_pgd_uses_each_images_own_caption():
     assert (targets == torch.arange(targets.shape[1])).all(), targets
 
 
+# MEMStep reuses features it has already computed (PGD's untriggered text, HotFlip's image
+# features while no PGD moves d); the losses it reports must still be those of a fresh computation.
+STEP_CASES = {  # name: (config changes, update_triggers, update_noise, triggered)
+    "mem": (dict(method="mem"), True, True, True),
+    "layered pixel layer": (dict(method="layered"), False, True, False),
+    "layered trigger layer": (dict(method="layered"), True, False, True),
+    "em": (dict(method="mem", trigger_length=0, shuffle_captions=False), False, True, False),
+}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("case", list(STEP_CASES))
+def test_memstep_losses_equal_a_fresh_computation_bit_for_bit(case, autocast):
+    changes, update_triggers, update_noise, triggered = STEP_CASES[case]
+    model, processor = tiny_clip(seed=3)
+    surrogate = Surrogate(model).eval()
+    config = MEMConfig(eot_transforms=(), pgd_steps=2, hotflip_candidates=4, batch_size=8).replace(**changes)
+    ds = synthetic_captions(8, seed=4)
+    codec = CaptionCodec(processor.tokenizer, config.trigger_length, 77)
+    vocabulary = TriggerVocabulary(processor.tokenizer) if config.trigger_length else None
+    bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
+    triggers = torch.from_numpy(np.random.default_rng(5).integers(300, 400, (8, config.trigger_length))).long()
+    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in ds]))
+    noise = torch.from_numpy(np.random.default_rng(6).integers(-3, 4, images.shape)).to(torch.int8)
+    batch = {"images": images, "noise": noise, "triggers": triggers, "bodies": bodies, "lengths": lengths}
+    step = MEMStep(surrogate, codec, vocabulary, config)
+    calls = {"image_features": 0, "text_features": 0}
+
+    def counting(name, tower):  # count the tower's passes, then call through
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return tower(*args, **kwargs)
+
+        return counted
+
+    for name in calls:
+        setattr(surrogate, name, counting(name, getattr(surrogate, name)))
+    precision = torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast)
+    with precision:
+        result = step(
+            batch, update_triggers, torch.Generator().manual_seed(7), update_noise=update_noise, triggered=triggered
+        )
+    if update_noise:
+        assert not torch.equal(result.noise, noise)
+    else:
+        assert torch.equal(result.noise, noise)
+    # the losses as MEMStep computed them before it reused features: every tower pass afresh
+    del surrogate.image_features, surrogate.text_features
+    loss = ContrastiveLoss(gather=False)
+    with precision, torch.no_grad():
+        clean_ids, clean_mask = step.untriggered(bodies, lengths)
+        ids, mask = codec.build(result.triggers, bodies, lengths) if triggered else (clean_ids, clean_mask)
+        logit_scale = surrogate.logit_scale()
+        protected = loss(
+            surrogate.image_features(pixels_from_uint8(images, result.noise)),
+            surrogate.text_features(ids, mask),
+            logit_scale,
+        )
+        clean = loss(
+            surrogate.image_features(pixels_from_uint8(images)),
+            surrogate.text_features(clean_ids, clean_mask),
+            logit_scale,
+        )
+    assert result.protected_loss == float(protected) and result.clean_loss == float(clean)
+    if case in ("layered pixel layer", "em"):  # one text pass: PGD's target is the clean caption's features
+        assert calls["text_features"] == 1
+    if case == "layered trigger layer":  # d unchanged: HotFlip's image features serve the protected loss
+        assert calls["image_features"] == 2
+
+
 # ----------------------------------------------------------------------------------------------
 # Algorithm 1: triggers freeze after trigger_rounds; stop_loss stops
 # ----------------------------------------------------------------------------------------------

@@ -122,6 +122,10 @@ class MEMStep:
         )
         positions = batch["positions"].to(device) if "positions" in batch else None  # body tokens before the trigger
 
+        # Features computed once and read again below: the same calls on the same inputs give the same
+        # numbers, so the losses are those of a fresh computation, bit for bit.
+        image_features = None  # of x + d while d is unchanged (HotFlip's, reused when no PGD follows)
+        clean_text = None  # of each caption alone (PGD's, when that is what PGD pulls toward)
         if update_triggers and self.hotflip is not None and codec.trigger_length:
             with torch.no_grad():
                 image_features = surrogate.image_features(pixels_from_uint8(images, noise))
@@ -132,25 +136,31 @@ class MEMStep:
 
         if update_noise and config.image_noise and config.pgd_steps:
             text_features = self.pgd_text_features(triggers, bodies, lengths, generator, positions)
+            if self.pgd_pulls_toward_own_captions:
+                clean_text = text_features
             noise = self.pgd(images, noise, text_features, generator)
+            image_features = None  # d moved
 
         with torch.no_grad():
             logit_scale = surrogate.logit_scale()
-            clean_ids, clean_mask = self.untriggered(bodies, lengths)
-            input_ids, mask = (
-                codec.build(triggers, bodies, lengths, positions) if triggered else (clean_ids, clean_mask)
+            if clean_text is None:
+                clean_text = surrogate.text_features(*self.untriggered(bodies, lengths))
+            # untriggered rounds (the pixel layer, EM) measure the protected loss on the captions alone
+            protected_text = (
+                surrogate.text_features(*codec.build(triggers, bodies, lengths, positions)) if triggered else clean_text
             )
-            protected = self.loss(
-                surrogate.image_features(pixels_from_uint8(images, noise)),
-                surrogate.text_features(input_ids, mask),
-                logit_scale,
-            )
-            clean = self.loss(
-                surrogate.image_features(pixels_from_uint8(images)),
-                surrogate.text_features(clean_ids, clean_mask),
-                logit_scale,
-            )
+            if image_features is None:
+                image_features = surrogate.image_features(pixels_from_uint8(images, noise))
+            protected = self.loss(image_features, protected_text, logit_scale)
+            clean = self.loss(surrogate.image_features(pixels_from_uint8(images)), clean_text, logit_scale)
         return BatchResult(noise, triggers, float(protected), float(clean))
+
+    @property
+    def pgd_pulls_toward_own_captions(self) -> bool:
+        """`pgd_text_features` is each caption alone, exactly as `untriggered` builds it: the layered
+        method's pixel layer, and EM (no trigger, no shuffling: the codec builds the same ids)."""
+        config = self.config
+        return config.method == "layered" or (not config.shuffle_captions and self.codec.trigger_length == 0)
 
     @torch.no_grad()
     def pgd_text_features(
