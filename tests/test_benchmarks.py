@@ -28,10 +28,158 @@ def test_protection_strength_smoke_run(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 10_000 and (tmp_path / "results.json").exists()
 
 
-def test_protect_speed_tiny():
-    result = run("benchmarks/protect_speed.py", "--sizes", "tiny", "--repeats", "1")
+def test_protect_speed_tiny_writes_every_figure_and_no_ratio_without_a_reference(tmp_path):
+    out = tmp_path / "speed.json"
+    result = run(
+        "benchmarks/protect_speed.py", "--sizes", "tiny", "--repeats", "1", "--json", str(out), "--peak-tflops", "2"
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "| tiny | 32 | 16 |" in result.stdout and "peak RSS" in result.stdout
+    assert "| tiny | 32 | 16 |" in result.stdout and "peak RSS" in result.stdout and "MFU" in result.stdout
+    assert "ratio" not in result.stdout.lower() and "reference" not in result.stdout  # measured, never remembered
+    figures = json.loads(out.read_text())
+    assert figures["command"].startswith("python benchmarks/protect_speed.py --sizes tiny")
+    assert figures["torch"] and figures["device"] and figures["reference"] is None
+    tiny = figures["models"]["tiny"]
+    for work in ("hotflip", "pgd", "surrogate_step"):
+        assert tiny[f"{work}_flops_per_sample"] > 0 and tiny[f"{work}_tflops"] > 0
+    assert tiny["hotflip_batch_s"] > 0 and tiny["pgd_batch_s"] > 0 and tiny["surrogate_step_s"] > 0
+    assert tiny["matmul_tflops"] == figures["matmul_tflops"]["fp32"] > 0
+    assert tiny["mfu_pgd"] == pytest.approx(tiny["pgd_tflops"] / 2)
+    assert tiny["mfu_hotflip"] == pytest.approx(tiny["hotflip_tflops"] / 2)
+    assert "ratios" not in tiny and "reference" not in tiny
+
+
+def test_protect_speed_names_a_wrong_reference_and_what_it_expected(tmp_path):
+    result = run("benchmarks/protect_speed.py", "--sizes", "tiny", "--reference", str(tmp_path / "nowhere"))
+    assert result.returncode != 0
+    assert str(tmp_path / "nowhere") in result.stderr and "no such directory" in result.stderr
+    assert "thinwayliu/Multimodal-Unlearnable-Examples" in result.stderr and "src/poison_train.py" in result.stderr
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "poison_train.py").write_text("")
+    result = run("benchmarks/protect_speed.py", "--sizes", "tiny", "--reference", str(tmp_path))
+    assert result.returncode != 0 and f"--reference {tmp_path}: not a checkout" in result.stderr
+    assert "missing src/attacks.py, src/utils.py, pkgs/openai/model.py" in result.stderr
+
+
+# A stand-in for the MEM authors' checkout: their modules' names and the signatures the benchmark
+# calls, around a linear CLIP, so the --reference plumbing (import, alternation, ratios) runs in seconds.
+FAKE_REFERENCE = {
+    "src/__init__.py": "",
+    "pkgs/__init__.py": "",
+    "pkgs/openai/__init__.py": "",
+    "pkgs/openai/bpe_simple_vocab_16e6.txt.gz": "",
+    "pkgs/openai/tokenizer.py": """
+class SimpleTokenizer:
+    def __init__(self):
+        self.encoder = {"<start_of_text>": 49406, "<end_of_text>": 49407}
+
+    def encode(self, text):
+        return [1 + len(word) for word in text.split()]
+""",
+    "pkgs/openai/model.py": """
+import torch
+from torch import nn
+
+
+class CLIPOutput:
+    def __init__(self, image_embeds, text_embeds):
+        self.image_embeds, self.text_embeds = image_embeds, text_embeds
+
+
+class CLIP(nn.Module):
+    def __init__(self, embed_dim, image_resolution, vision_layers, vision_width, vision_patch_size,
+                 context_length, vocab_size, transformer_width, transformer_heads, transformer_layers):
+        super().__init__()
+        self.visual = nn.Linear(3 * image_resolution**2, embed_dim)
+        self.token_embedding = nn.Embedding(vocab_size, transformer_width)
+        self.text_projection = nn.Linear(transformer_width, embed_dim)
+        self.logit_scale = nn.Parameter(torch.tensor(2.0))
+
+    def forward(self, input_ids, attention_mask, pixel_values):
+        image = self.visual(pixel_values.flatten(1))
+        text = self.text_projection(self.token_embedding(input_ids).mean(1))
+        return CLIPOutput(image / image.norm(dim=-1, keepdim=True), text / text.norm(dim=-1, keepdim=True))
+""",
+    "src/poison_train.py": """
+import torch
+import wandb  # as theirs: the benchmark stands one in where it is not installed
+
+
+def get_loss(umodel, outputs, criterion, options, gather_backdoor_indices):
+    logits = umodel.logit_scale.exp() * outputs.image_embeds @ outputs.text_embeds.t()
+    target = torch.arange(len(logits))
+    loss = (criterion(logits, target) + criterion(logits.t(), target)) / 2
+    return loss, loss, torch.tensor(0)
+
+
+class PerturbationTool:
+    def __init__(self, seed, epsilon, num_steps, step_size, lower_limit=None, upper_limit=None,
+                 num_trigger_tokens=1, options=None):
+        self.epsilon, self.num_steps, self.step_size, self.k = epsilon, num_steps, step_size, num_trigger_tokens
+        self.lower_limit, self.upper_limit = lower_limit, upper_limit
+
+    def min_min_attack(self, batch, model, criterion, batch_token, random_noise=None, options=None):
+        images = batch["pixel_values"] + random_noise
+        for _ in range(self.num_steps):
+            images = images.detach().requires_grad_(True)
+            ids = batch["input_ids"][torch.randperm(len(images))]
+            ids[:, 1:1 + self.k] = batch_token
+            loss, _, _ = get_loss(model, model(ids, batch["attention_mask"], images), criterion, options, None)
+            loss.backward()
+            images = torch.max(torch.min(images - self.step_size * images.grad.sign(), self.upper_limit), self.lower_limit)
+        return images, images - batch["pixel_values"]
+""",
+    "src/attacks.py": """
+from sklearn.cluster import KMeans  # as theirs: the benchmark stands one in where it is not installed
+
+
+def hotflip_attack(averaged_grad, embedding_matrix, increase_loss=False, num_candidates=1, num_trigger_tokens=1):
+    scores = averaged_grad.cpu()[:, 1:1 + num_trigger_tokens] @ embedding_matrix.cpu().T
+    return (-scores).topk(num_candidates, dim=2).indices.numpy()
+""",
+    "src/utils.py": """
+import torch
+
+from .poison_train import get_loss
+
+
+def get_best_candidates(model, input_ids, attention_mask, pixel_values, trigger_token_ids, cand_trigger_token_ids,
+                        num_trigger_tokens, snli=False, criterion=None, beam_size=1, increase_loss=False, options=None):
+    candidates, best = torch.as_tensor(cand_trigger_token_ids), trigger_token_ids.clone()
+    for index in range(num_trigger_tokens):
+        losses = []
+        for column in range(candidates.shape[-1]):
+            ids = input_ids.clone()
+            ids[:, 1 + index] = candidates[:, index, column]
+            with torch.no_grad():
+                losses.append(float(get_loss(model, model(ids, attention_mask, pixel_values), criterion, options, None)[0]))
+        best[:, index] = candidates[:, index, losses.index(min(losses))]
+    return best
+""",
+}
+
+
+def test_protect_speed_times_a_reference_checkout_in_alternating_pairs(tmp_path):
+    checkout = tmp_path / "Multimodal-Unlearnable-Examples"
+    for name, text in FAKE_REFERENCE.items():
+        (checkout / name).parent.mkdir(parents=True, exist_ok=True)
+        (checkout / name).write_text(text)
+    out = tmp_path / "speed.json"
+    args = ("--sizes", "tiny", "--repeats", "1", "--reference", str(checkout), "--pairs", "3", "--json", str(out))
+    result = run("benchmarks/protect_speed.py", *args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "tiny, pair 3 of 3: HotFlip" in result.stdout
+    for row in ("| 1 |", "| 2 |", "| 3 |", "| median |", "| tiny | reference | fp32 | HotFlip |"):
+        assert row in result.stdout
+    tiny = json.loads(out.read_text())["models"]["tiny"]
+    reference = tiny["reference"]
+    assert len(reference["runs"]["hotflip_batch_s"]) == len(tiny["runs"]["pgd_batch_s"]) == 3
+    assert reference["hotflip_flops_per_sample"] > 0 and reference["pgd_tflops"] > 0
+    for work in ("hotflip", "pgd", "full_schedule"):
+        assert len(tiny["ratios"][work]) == 3 and tiny["ratios"][f"{work}_median"] > 0
+    assert tiny["ratios"]["pgd"][0] == pytest.approx(
+        reference["runs"]["pgd_batch_s"][0] / tiny["runs"]["pgd_batch_s"][0]
+    )
 
 
 def test_memory_scaling_small():
