@@ -105,7 +105,8 @@ class MEMConfig:
             "grayscale", "blur"; see `mem.eot`), so the noise survives what a victim's pipeline
             does to images (default: "jpeg", differentiable JPEG at a random quality in [30, 95];
             empty: none, as in the paper).
-        mixed_precision: "auto" (bf16 autocast on a GPU that supports it, else none), "no", "bf16"
+        mixed_precision: "auto" (bf16 autocast on a GPU that supports it, else none: on a CPU
+            bf16 protected line art less, docs/benchmarks.md "Precision"), "no", "bf16"
             or "fp16"; handed to Accelerate.
         seed: seeds every random choice (trigger init, batch order, caption sampling).
     """

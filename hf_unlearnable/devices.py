@@ -22,7 +22,12 @@ _WORLD_SIZE_VARIABLES = ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_
 
 
 def resolve_mixed_precision(mixed_precision: str) -> str:
-    """ "auto" becomes bf16 on a bf16-capable GPU and "no" elsewhere; other values pass through."""
+    """ "auto" becomes bf16 on a bf16-capable GPU and "no" elsewhere; other values pass through.
+
+    A CPU stays in fp32 even where it runs bf16 natively (AVX512-BF16, AMX): measured on such a CPU,
+    bf16 autocast protected the icon set 4 points of R@10 less than fp32, beyond the seed spread
+    (docs/benchmarks.md, "Precision"). Pass "bf16" to choose it anyway.
+    """
     if mixed_precision != "auto":
         return mixed_precision
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
