@@ -545,7 +545,12 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="tiny,vit-b32", help="comma list of tiny, vit-b32")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each of ours (median)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=2,
+        help="timed runs of each of ours (median); with --reference, HotFlip and PGD run --pairs times",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours; the reference runs fp32")
