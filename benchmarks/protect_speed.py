@@ -59,6 +59,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, CLIPModel
 
+import hf_unlearnable
 from hf_unlearnable.captions import CaptionCodec, trigger_vocabulary
 from hf_unlearnable.config import MEMConfig
 from hf_unlearnable.images import prepare_image
@@ -585,6 +586,8 @@ def main(argv=None) -> int:
     }
     figures = {
         "command": " ".join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
+        "library_version": hf_unlearnable.__version__,
+        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()},
         "torch": torch.__version__,
         "device": device_name(device),
         "device_type": device.type,

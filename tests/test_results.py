@@ -16,7 +16,15 @@ from hf_unlearnable import ALGORITHM_VERSION, __version__
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-FILES = ("layered.json", "mem3_sweep.json", "strength.json", "tried_and_dropped.json", "trigger_length.json")
+FILES = (
+    "layered.json",
+    "mem3_sweep.json",
+    "precision.json",
+    "speed.json",
+    "strength.json",
+    "tried_and_dropped.json",
+    "trigger_length.json",
+)
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 collect = importlib.import_module("benchmarks.collect_results")
 tables = importlib.import_module("benchmarks.robustness_tables")
