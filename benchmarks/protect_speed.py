@@ -9,9 +9,12 @@ is measured by this run.
     python benchmarks/protect_speed.py --device cuda --mixed-precision bf16 --peak-tflops 989 --json speed.json
 
 Models are randomly initialised from configs (speed does not depend on the weights). Batch 16,
-k = 3 trigger tokens, 16 HotFlip candidates, 8 PGD steps (MEMConfig(method="mem"): PGD pulls each
-image toward its trigger with caption bodies shuffled afresh at every step), synthetic captions.
-"Full schedule" is HotFlip in 5 of 20 rounds and PGD in every round, per sample per round.
+k = 3 trigger tokens, 16 HotFlip candidates, 8 PGD steps (``--method mem``, the default:
+MEMConfig(method="mem"), PGD pulls each image toward its trigger with caption bodies shuffled afresh
+at every step; ``--method layered``: the library's default method, PGD through differentiable JPEG
+toward each caption alone), synthetic captions. "Full schedule" is HotFlip in 5 of 20 rounds and PGD
+in every round, per sample per round (the layered default's schedule too: 20 pixel rounds of PGD,
+then 5 trigger rounds of HotFlip).
 
 --reference PATH: a checkout of github.com/thinwayliu/Multimodal-Unlearnable-Examples (the MEM
 paper's code; nothing of it is copied into this repository). Its modules are imported from PATH
@@ -66,7 +69,6 @@ from hf_unlearnable.images import prepare_image
 from hf_unlearnable.losses import ContrastiveLoss
 from hf_unlearnable.mem.hotflip import HotFlip
 from hf_unlearnable.mem.loop import MEMStep
-from hf_unlearnable.mem.pgd import PGD
 from hf_unlearnable.surrogate import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
@@ -162,8 +164,8 @@ def our_workload(config: CLIPConfig, rows, images: torch.Tensor, arguments, devi
     surrogate = Surrogate(CLIPModel(config)).to(device)
     batch = len(images)
     mem = MEMConfig(
-        method="mem",
-        eot_transforms=(),
+        method=arguments.method,
+        eot_transforms=() if arguments.method == "mem" else MEMConfig().eot_transforms,
         batch_size=batch,
         trigger_length=TRIGGER_LENGTH,
         hotflip_candidates=CANDIDATES,
@@ -177,7 +179,6 @@ def our_workload(config: CLIPConfig, rows, images: torch.Tensor, arguments, devi
     input_ids, mask = input_ids.to(device), mask.to(device)
     noise = torch.zeros_like(images, dtype=torch.int8)
     hotflip = HotFlip(surrogate, vocabulary.mask, mem.hotflip_candidates)
-    pgd = PGD(surrogate, mem.epsilon_levels, mem.step_levels, mem.pgd_steps)
     loss = ContrastiveLoss()
     optimizer = torch.optim.AdamW(parameter_groups(surrogate, 0.1), lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=arguments.mixed_precision == "bf16")
@@ -200,13 +201,13 @@ def our_workload(config: CLIPConfig, rows, images: torch.Tensor, arguments, devi
     bodies, lengths = torch.from_numpy(bodies).long().to(device), torch.from_numpy(lengths).long().to(device)
     triggers = triggers.to(device)
 
-    def pgd_text():  # as in MEMStep: features of each trigger with a fresh body permutation per step
-        with autocast:
+    def pgd_text():  # as in MEMStep: "mem", each trigger with a fresh body permutation per step;
+        with autocast:  # "layered", each caption alone
             return step.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(0))
 
-    def pgd_step():
+    def pgd_step():  # MEMStep's PGD: through the method's EOT operations (the layered default: JPEG)
         with autocast:
-            pgd(images, noise, pgd_text())
+            step.pgd(images, noise, pgd_text(), torch.Generator().manual_seed(0))
 
     functions = {"surrogate_step": surrogate_step, "hotflip": hotflip_step, "pgd": pgd_step, "pgd_text": pgd_text}
     return functions, float(mask.sum(1).float().mean())
@@ -555,6 +556,13 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "bf16"], help="ours; the reference runs fp32")
+    parser.add_argument(
+        "--method",
+        default="mem",
+        choices=["mem", "layered"],
+        help="ours: mem (the work the reference does) or layered (the default: PGD through differentiable "
+        "JPEG toward each caption alone; 20 PGD rounds and 5 HotFlip rounds, the same full-schedule formula)",
+    )
     parser.add_argument("--reference", type=Path, default=None, help=f"a checkout of {REFERENCE_REPOSITORY}")
     parser.add_argument(
         "--pairs", type=int, default=3, help="with --reference: alternating runs of HotFlip and PGD (at least 3)"
@@ -593,6 +601,7 @@ def main(argv=None) -> int:
         "device_type": device.type,
         "threads": arguments.threads,
         "mixed_precision": arguments.mixed_precision,
+        "method": arguments.method,
         "peak_tflops": arguments.peak_tflops,
         "reference": str(arguments.reference) if arguments.reference is not None else None,
         "pairs": arguments.pairs if arguments.reference is not None else None,
@@ -623,7 +632,7 @@ def main(argv=None) -> int:
     print_tables(results, arguments, matmul)
     print(
         f"peak RSS {peak_rss_mib():.0f} MiB; device {device} ({device_name(device)}, {arguments.threads} threads), "
-        f"torch {torch.__version__}, mixed precision {arguments.mixed_precision}"
+        f"torch {torch.__version__}, mixed precision {arguments.mixed_precision}, method {arguments.method}"
     )
     return 0
 

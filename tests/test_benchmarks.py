@@ -452,3 +452,28 @@ def test_robustness_tables_gather_cells_across_runs_at_one_finetune_rate(tmp_pat
     _robustness_run(results, "robustness_icons_c", 3e-4, [("MEM-3", "transfer", "none", "broken", 25.0, 41.8)])
     with pytest.raises(SystemExit, match="robustness_icons_a but 25.0 in robustness_icons_c"):
         tables.main(["--results", str(results)])
+
+
+@pytest.mark.parametrize("method", ["mem", "layered"])
+def test_protect_speed_times_the_pgd_of_the_method_it_names(method):
+    # MEM's PGD pulls toward each trigger with a fresh body permutation per step (S x B text features);
+    # the layered default's toward each caption alone (B), through differentiable JPEG.
+    import argparse
+
+    import numpy as np
+    import torch
+
+    from hf_unlearnable.images import prepare_image
+    from hf_unlearnable.testing import synthetic_captions, tiny_clip_config
+
+    speed = importlib.import_module("benchmarks.protect_speed")
+    rows = synthetic_captions(4, image_size=32, seed=0)
+    images = torch.from_numpy(np.stack([prepare_image(row["image"], 32) for row in rows]))
+    arguments = argparse.Namespace(method=method, mixed_precision="no")
+    functions, _ = speed.our_workload(tiny_clip_config(32), rows, images, arguments, torch.device("cpu"))
+    text = functions["pgd_text"]()
+    assert text.shape[:-1] == ((speed.PGD_STEPS, 4) if method == "mem" else (4,))
+    step_config = functions["pgd"].__closure__  # the MEMStep whose PGD it times
+    (step,) = [cell.cell_contents for cell in step_config if type(cell.cell_contents).__name__ == "MEMStep"]
+    assert step.config.method == method and bool(step.config.eot_transforms) == (method == "layered")
+    functions["pgd"]()  # runs
