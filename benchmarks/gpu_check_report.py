@@ -70,19 +70,10 @@ def read_json(path: Path) -> dict | list | None:
 
 
 def speed_entry(data, model: str) -> dict | None:
-    """protect_speed.py --json's figures for ``model``: from a list of per-model dicts, a dict of
-    them under "results"/"models", or a dict keyed by model name."""
-    if isinstance(data, dict):
-        if isinstance(data.get(model), dict):
-            return data[model]
-        data = data.get("results", data.get("models"))
-        if isinstance(data, dict):
-            return data.get(model) if isinstance(data.get(model), dict) else None
-    if isinstance(data, list):
-        for entry in data:
-            if isinstance(entry, dict) and entry.get("model") == model:
-                return entry
-    return None
+    """protect_speed.py --json's figures for ``model`` (its ``models`` dict; None when absent)."""
+    models = data.get("models") if isinstance(data, dict) else None
+    entry = models.get(model) if isinstance(models, dict) else None
+    return entry if isinstance(entry, dict) else None
 
 
 def read_stages(path: Path) -> dict:

@@ -24,7 +24,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -176,7 +175,9 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     mixed_precision = resolve_mixed_precision(arguments.mixed_precision)  # one value per process (Accelerate)
     _, processor = tiny_clip(arguments.image_size)  # the offline tokenizer, CLIP's normalisation at this size
-    device = torch.cuda.get_device_name() if arguments.device == "cuda" else platform.processor() or "cpu"
+    from protect_speed import device_name  # benchmarks/ is on sys.path when run as a script
+
+    device = device_name(torch.device(arguments.device))
     figures = {
         "model": arguments.model,
         "image_size": arguments.image_size,
