@@ -10,6 +10,7 @@ joins its process group (see `process_state`).
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 from typing import Any
 
@@ -92,9 +93,7 @@ def process_state() -> PartialState:
     return state
 
 
-_EXIT_HOOK: list[bool] = []
-
-
+@functools.cache
 def _destroy_group_at_exit() -> None:
     """Leave the process group before the interpreter shuts down (registered once per process).
 
@@ -102,11 +101,9 @@ def _destroy_group_at_exit() -> None:
     an active exception", exit code -6) while gloo's threads still hold tensors: the launcher then
     reports a finished run as failed. `Accelerator.end_training` would do the same, but a user's
     script that calls ``ds.map(transform)`` has no place for it. Destroying the group is local to
-    each process, so a process that exits early does not wait for the others.
+    each process, so a process that exits early does not wait for the others. Cached: one hook per
+    process, however many times the state is asked for.
     """
-    if _EXIT_HOOK:
-        return
-    _EXIT_HOOK.append(True)
 
     def destroy() -> None:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
