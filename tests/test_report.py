@@ -330,7 +330,7 @@ def test_history_table_markdown_and_csv(fitted):
     history = transform.history
     markdown = history_table(history)
     lines = markdown.strip().splitlines()
-    assert lines[0] == "| round | stage | surrogate_loss | protected_loss | clean_loss | seconds |"
+    assert lines[0] == "| round | stage | surrogate_loss | protected_loss | clean_loss | seconds | surrogate_seconds |"
     assert len(lines) == len(history) + 2
     assert f"| {history[-1]['round']} | {history[-1]['stage']} | {history[-1]['surrogate_loss']:.4f} |" in lines[-1]
     parsed = list(csv.DictReader(io.StringIO(history_table(history, format="csv"))))

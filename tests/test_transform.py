@@ -81,8 +81,10 @@ def test_surrogate_loss_on_protected_data_far_below_clean(fitted):
     transform, _ = fitted
     history = transform.history
     assert [record["round"] for record in history] == list(range(1, len(history) + 1))
-    for key in ("round", "surrogate_loss", "protected_loss", "clean_loss", "seconds"):
+    for key in ("round", "surrogate_loss", "protected_loss", "clean_loss", "seconds", "surrogate_seconds"):
         assert key in history[-1]
+    # the surrogate's training is a part of each round's time, never all of it (the sweep follows)
+    assert all(0 < record["surrogate_seconds"] < record["seconds"] for record in history)
     last = history[-1]
     assert last["protected_loss"] < 0.5 * last["clean_loss"], history
     assert history[-1]["protected_loss"] < history[0]["protected_loss"]

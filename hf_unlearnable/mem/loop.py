@@ -266,7 +266,11 @@ class MEMLoop:
         """Algorithm 1: rounds of surrogate training then a HotFlip + PGD sweep, until the stop rule
         (for the layered method: the pixel layer's rounds, then the trigger layer's; `plan`).
 
-        Returns the history (one dict per round). A saved state (``checkpointer``) is resumed."""
+        Returns the history, one dict per round: ``round``, ``stage`` ("mem", "pixels" or "triggers"),
+        ``surrogate_loss`` (mean over the M training steps), ``protected_loss`` and ``clean_loss``
+        (after the sweep, over all rows), ``seconds`` (wall time of the round) and
+        ``surrogate_seconds`` (the part of it spent training the surrogate; the rest is the sweep).
+        A saved state (``checkpointer``) is resumed."""
         state = self.checkpointer.load(self.surrogate, self.optimizer)
         history: list[dict] = state["history"] if state else []
         round_index = 1 if state is None else state["round"] + (1 if state["phase"] == "done" else 0)
@@ -275,13 +279,13 @@ class MEMLoop:
             started = time.perf_counter()
             if state is not None and (state["round"], state["phase"]) == (round_index, "sweep"):
                 surrogate_loss, started = state["surrogate_loss"], started - state["seconds"]  # trained before the kill
+                surrogate_seconds = state["seconds"]
             else:
                 if plan.restart:
                     self.restore_initial_surrogate(round_index)
                 surrogate_loss = self.train_surrogate(round_index, plan.triggered)  # M steps on (x + d, [t +] caption)
-                self._save(
-                    round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=time.perf_counter() - started
-                )
+                surrogate_seconds = time.perf_counter() - started
+                self._save(round_index, "sweep", history, surrogate_loss=surrogate_loss, seconds=surrogate_seconds)
             protected_loss, clean_loss = self.sweep(round_index, plan)  # HotFlip and/or PGD on every batch
             history.append(
                 {
@@ -291,6 +295,7 @@ class MEMLoop:
                     "protected_loss": protected_loss,
                     "clean_loss": clean_loss,
                     "seconds": time.perf_counter() - started,
+                    "surrogate_seconds": surrogate_seconds,  # of "seconds": the M training steps; the rest is the sweep
                 }
             )
             self._save(round_index, "done", history)

@@ -11,15 +11,16 @@ from typing import Any
 # history table
 # ---------------------------------------------------------------------------------------------------
 
-_PREFERRED = ("round", "stage", "surrogate_loss", "protected_loss", "clean_loss", "seconds")
+_PREFERRED = ("round", "stage", "surrogate_loss", "protected_loss", "clean_loss", "seconds", "surrogate_seconds")
+_SECONDS = ("seconds", "surrogate_seconds")
 
 
 def history_table(history: Sequence[dict[str, Any]], format: str = "markdown") -> str:
     """``transform.history`` (one dict per MEM round) as a Markdown table or CSV text.
 
-    Columns: round, stage, surrogate_loss, protected_loss, clean_loss, seconds, then any other keys in the
-    order they first appear. Markdown rounds losses to 4 decimals and seconds to 1; CSV keeps full
-    precision.
+    Columns: round, stage, surrogate_loss, protected_loss, clean_loss, seconds, surrogate_seconds (the
+    part of ``seconds`` spent training the surrogate), then any other keys in the order they first
+    appear. Markdown rounds losses to 4 decimals and seconds to 1; CSV keeps full precision.
     """
     if format not in ("markdown", "csv"):
         raise ValueError(f"format={format!r} must be 'markdown' or 'csv'.")
@@ -43,7 +44,7 @@ def history_table(history: Sequence[dict[str, Any]], format: str = "markdown") -
         if value is None:
             return ""
         if isinstance(value, float):
-            return f"{value:.1f}" if key == "seconds" else f"{value:.4f}"
+            return f"{value:.1f}" if key in _SECONDS else f"{value:.4f}"
         return str(value).replace("|", "\\|")
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" for _ in columns) + "|"]
