@@ -3,8 +3,8 @@
 A results file under benchmarks/results (strength.json, layered.json, mem3_sweep.json, ...) is
 ``{"experiment": "<title>", "runs": [{"name": ..., ...}, ...]}``: one run per benchmark invocation,
 named by its output folder, sorted by name, in compact JSON. A run is the benchmark's own JSON
-(robustness.json, ablation.json, pixel_shortcuts.json, trigger_length.json or protection_strength's
-results.json: the command that wrote it, the library and algorithm versions, its arguments, its
+(robustness.json, ablation.json, pixel_shortcuts.json, trigger_length.json, protection_strength's
+results.json or gpu_throughput's throughput.json: the command that wrote it, the library and algorithm versions, its arguments, its
 verdicts or scores) without the per-epoch histories: a report's ``histories`` become ``{}``, a
 ``history`` list ``[]``. The Markdown, CSV and figures stay in the folder, which is not committed.
 
@@ -25,7 +25,14 @@ import sys
 from pathlib import Path
 
 #: The JSON each benchmark writes into its output folder.
-OUTPUTS = ("robustness.json", "ablation.json", "pixel_shortcuts.json", "trigger_length.json", "results.json")
+OUTPUTS = (
+    "robustness.json",
+    "ablation.json",
+    "pixel_shortcuts.json",
+    "trigger_length.json",
+    "results.json",
+    "throughput.json",
+)
 #: What every run records (`_common.provenance` writes the first two).
 REQUIRED = ("command", "library_version", "arguments")
 #: What collecting empties: the per-epoch histories (key -> the type of the value emptied).

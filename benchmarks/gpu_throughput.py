@@ -16,6 +16,20 @@ pairs per second of the last epoch (the first pays the warm-up) and of the first
 
 bf16 (autocast through Accelerate) is the default where the GPU supports it, else no mixed precision.
 Each stage can run alone (``--stages victim``), in its own process, as benchmarks/gpu_check.sh does.
+
+Projection: the protect stage splits its run into unit costs (one surrogate training step; PGD and
+HotFlip sweeps per row, from each round's ``seconds`` and ``surrogate_seconds``; ingest and PNG
+writing per row) and multiplies them out for a full schedule: ``--project-rows`` rows with
+``--project-rounds``, ``--project-trigger-rounds`` and ``--project-surrogate-steps`` (default:
+2,000 rows and MEMConfig's defaults), printing the arithmetic:
+
+    T = (R + R_t) * M * t_step + N * (R * t_pixel_row + R_t * t_trigger_row + t_io_row)
+
+Surrogate training does not grow with the rows (M steps of one batch per round); the sweeps and
+the I/O grow linearly with them; everything grows linearly with the rounds.
+
+    python benchmarks/gpu_throughput.py --device cpu --model vit-b32 --rows 64 --stages protect --rounds 1 \
+        --trigger-rounds 1 --surrogate-steps 4 --json benchmarks/results/tmp/walltime_vit_b32_cpu/throughput.json
 """
 
 from __future__ import annotations
@@ -49,6 +63,15 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-rows", type=int, default=64, help="victim's clean evaluation split")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    defaults = DefaultSchedule()
+    parser.add_argument("--project-rows", type=int, default=2000, help="projection: N rows")
+    parser.add_argument("--project-rounds", type=int, default=defaults.rounds, help="projection: R pixel rounds")
+    parser.add_argument(
+        "--project-trigger-rounds", type=int, default=defaults.trigger_rounds, help="projection: R_t trigger rounds"
+    )
+    parser.add_argument(
+        "--project-surrogate-steps", type=int, default=defaults.surrogate_steps, help="projection: M steps per round"
+    )
     arguments = parser.parse_args(argv)
     arguments.stages = [stage.strip() for stage in arguments.stages.split(",") if stage.strip()]
     unknown = sorted(set(arguments.stages) - set(STAGES))
@@ -59,6 +82,57 @@ def parse(argv=None) -> argparse.Namespace:
     if arguments.rows < 2:
         parser.error("--rows must be at least 2 (a contrastive batch needs a negative)")
     return arguments
+
+
+class DefaultSchedule:
+    """MEMConfig's default schedule (read from the library, not restated)."""
+
+    def __init__(self):
+        from hf_unlearnable import MEMConfig
+
+        config = MEMConfig()
+        self.rounds, self.trigger_rounds, self.surrogate_steps = (
+            config.max_rounds,
+            config.trigger_rounds,
+            config.surrogate_steps,
+        )
+
+
+def unit_costs(history: list[dict], rows: int, surrogate_steps: int, protect_s: float) -> dict:
+    """Seconds per surrogate step, per row of a pixel-layer sweep (PGD) and of a trigger-layer sweep
+    (HotFlip), and per row of everything outside the rounds (ingest, PNG writing, set-up)."""
+    steps = len(history) * surrogate_steps
+    costs = {"step_s": sum(record["surrogate_seconds"] for record in history) / steps if steps else 0.0}
+    for stage, name in (("pixels", "pixel_row_s"), ("triggers", "trigger_row_s")):
+        sweeps = [record["seconds"] - record["surrogate_seconds"] for record in history if record["stage"] == stage]
+        costs[name] = sum(sweeps) / (len(sweeps) * rows) if sweeps else math.nan
+    costs["io_row_s"] = max(protect_s - sum(record["seconds"] for record in history), 0.0) / rows
+    return costs
+
+
+def projection(costs: dict, rows: int, rounds: int, trigger_rounds: int, surrogate_steps: int) -> dict:
+    """Wall time of a protect run of ``rows`` rows on this schedule, from the unit costs, with its arithmetic."""
+    training = (rounds + trigger_rounds) * surrogate_steps * costs["step_s"]
+    sweeps = rows * (rounds * costs["pixel_row_s"] + trigger_rounds * costs["trigger_row_s"])
+    io = rows * costs["io_row_s"]
+    total = training + sweeps + io
+    arithmetic = (
+        f"({rounds} + {trigger_rounds}) rounds x {surrogate_steps} steps x {costs['step_s']:.3g} s"
+        f" + {rows:,} rows x ({rounds} x {costs['pixel_row_s']:.3g} s + {trigger_rounds} x "
+        f"{costs['trigger_row_s']:.3g} s + {costs['io_row_s']:.3g} s)"
+        f" = {training:,.0f} + {sweeps:,.0f} + {io:,.0f} s = {total:,.0f} s ({total / 3600:.1f} h)"
+    )
+    return {
+        "rows": rows,
+        "rounds": rounds,
+        "trigger_rounds": trigger_rounds,
+        "surrogate_steps": surrogate_steps,
+        "training_s": training,
+        "sweeps_s": sweeps,
+        "io_s": io,
+        "total_s": total,
+        "arithmetic": arithmetic,
+    }
 
 
 def model_config(name: str, image_size: int, tokenizer):
@@ -104,6 +178,14 @@ def protect_stage(arguments, processor, mixed_precision: str) -> dict:
         history = transform.history
         del transform
     assert isinstance(protected, datasets.Dataset) and len(protected) == arguments.rows
+    costs = unit_costs(history, len(protected), config.surrogate_steps, protect_s)
+    projected = projection(
+        costs,
+        arguments.project_rows,
+        arguments.project_rounds,
+        arguments.project_trigger_rounds,
+        arguments.project_surrogate_steps,
+    )
     return {
         "rows": len(protected),
         "method": config.method_name,
@@ -121,6 +203,9 @@ def protect_stage(arguments, processor, mixed_precision: str) -> dict:
         "protect_s": protect_s,
         "mem_rounds_s": sum(record["seconds"] for record in history),
         "rows_per_s": len(protected) / protect_s,
+        "rounds": [{key: record[key] for key in ("stage", "seconds", "surrogate_seconds")} for record in history],
+        "unit_costs": costs,
+        "projection": projected,
     }
 
 
@@ -178,7 +263,11 @@ def main(argv=None) -> int:
     from protect_speed import device_name  # benchmarks/ is on sys.path when run as a script
 
     device = device_name(torch.device(arguments.device))
+    from _common import provenance
+
     figures = {
+        **provenance("gpu_throughput", argv),
+        "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()},
         "model": arguments.model,
         "image_size": arguments.image_size,
         "rows": arguments.rows,
@@ -213,6 +302,12 @@ def summary(figures: dict) -> str:
             f"({p['protect_s']:.1f} s end to end, {p['mem_rounds_s']:.1f} s in {p['rounds_run']} rounds; "
             f"scenes generated in {p['generate_s']:.1f} s)"
         )
+        c, j = p["unit_costs"], p["projection"]
+        lines.append(
+            f"unit costs: {c['step_s']:.3f} s per surrogate step, per row {c['pixel_row_s']:.4f} s of a pixel "
+            f"sweep, {c['trigger_row_s']:.4f} s of a trigger sweep, {c['io_row_s']:.4f} s outside the rounds"
+        )
+        lines.append(f"projected, {j['rows']:,} rows: {j['arithmetic']}")
     if "victim" in figures:
         v = figures["victim"]
         epochs = ", ".join(f"{seconds:.2f}" for seconds in v["epoch_s"])

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_unlearnable import MEMConfig
+
 ROOT = Path(__file__).resolve().parents[1]
 CPU = {
     "GPU_CHECK_DEVICE": "cpu",
@@ -46,6 +48,9 @@ def test_gpu_check_on_a_cpu_writes_every_figure(tmp_path):
     assert report["protect"]["rows"] == 32 and report["protect"]["schedule"]["max_rounds"] == 1
     assert report["protect"]["method"] == "layered" and report["victim"]["pairs_per_epoch"] == 32
     assert report["arguments"]["GPU_CHECK_ROWS"] == "32"
+    projected = report["protect"]["projection"]  # the default schedule on 2,000 rows, from this run's unit costs
+    assert projected["rows"] == 2000 and projected["surrogate_steps"] == MEMConfig().surrogate_steps
+    assert projected["total_s"] > report["protect"]["protect_s"] and "= " in projected["arithmetic"]
     for name in ("protect_speed.json", "protect.json", "victim.json", "protect.log", "stages.tsv"):
         assert (tmp_path / name).is_file()
     assert "gpu_check: OK" in result.stdout and "rows/s end to end" in result.stdout
@@ -90,3 +95,26 @@ def test_protect_speed_figures_are_found_under_their_model(monkeypatch):
     entry = {"model": "vit-b32", "mfu_pgd": 0.5}
     assert speed_entry({"models": {"vit-b32": entry}}, "vit-b32") == entry  # what protect_speed.py --json writes
     assert speed_entry({"models": {"tiny": entry}}, "vit-b32") is None and speed_entry(None, "tiny") is None
+
+
+def test_projection_of_the_measured_schedule_gives_back_the_measured_time(monkeypatch):
+    """Unit costs split a run without losing or double-counting a second, and the projection scales
+    each part by what it grows with: training by rounds and steps, sweeps and I/O by rows and rounds."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from gpu_throughput import projection, unit_costs
+
+    history = [
+        {"stage": "pixels", "seconds": 10.0, "surrogate_seconds": 4.0},
+        {"stage": "pixels", "seconds": 12.0, "surrogate_seconds": 4.4},
+        {"stage": "triggers", "seconds": 20.0, "surrogate_seconds": 3.6},
+    ]
+    costs = unit_costs(history, rows=64, surrogate_steps=4, protect_s=45.2)
+    assert costs["step_s"] == pytest.approx(12.0 / 12)
+    assert costs["pixel_row_s"] == pytest.approx(13.6 / (2 * 64))
+    assert costs["trigger_row_s"] == pytest.approx(16.4 / 64) and costs["io_row_s"] == pytest.approx(3.2 / 64)
+    same = projection(costs, rows=64, rounds=2, trigger_rounds=1, surrogate_steps=4)
+    assert same["total_s"] == pytest.approx(45.2)
+    bigger = projection(costs, rows=640, rounds=4, trigger_rounds=2, surrogate_steps=8)
+    assert bigger["training_s"] == pytest.approx(4 * same["training_s"])  # 2x rounds, 2x steps, rows do not count
+    assert bigger["sweeps_s"] == pytest.approx(20 * same["sweeps_s"]) and bigger["io_s"] == pytest.approx(10 * 3.2)
+    assert f"{bigger['total_s']:,.0f} s" in bigger["arithmetic"]

@@ -23,6 +23,7 @@ FILES = (
     "speed.json",
     "strength.json",
     "tried_and_dropped.json",
+    "walltime.json",
     "trigger_length.json",
 )
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_WAIT_POLICY": "PASSIVE"}
