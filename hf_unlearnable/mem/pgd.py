@@ -73,7 +73,7 @@ class PGD:
             )
         clean = images.permute(0, 3, 1, 2).to(torch.int16)
         delta = noise.permute(0, 3, 1, 2).to(torch.int16)
-        with frozen(self.surrogate):
+        with frozen(self.surrogate), self.surrogate.patch_gradients_by_matmul():
             logit_scale = self.surrogate.logit_scale().detach()
             for step in range(self.steps):
                 pixels = (clean + delta).float().div_(255.0).requires_grad_(True)
