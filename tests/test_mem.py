@@ -228,6 +228,34 @@ def test_pgd_shuffles_bodies_per_step_and_keeps_triggers_with_their_images():
     assert len({tuple(order.tolist()) for order in targets}) == len(targets)  # a new permutation every step
 
 
+def test_pgd_text_computes_each_distinct_pairing_once():
+    """8 steps of permutations of 6 bodies repeat pairings; the text tower reads each once, and
+    every step's features are those of one pass over all S x B pairings."""
+    steps, batch = 8, 6
+    model, processor = tiny_clip(seed=3)
+    surrogate = Surrogate(model).eval()
+    ds = synthetic_captions(batch, seed=4)
+    codec = CaptionCodec(processor.tokenizer, 3, 77)
+    vocabulary = TriggerVocabulary(processor.tokenizer)
+    bodies, lengths = (torch.from_numpy(a).long() for a in codec.encode_bodies(ds["caption"][:]))
+    triggers = torch.from_numpy(vocabulary.sample((batch, 3), np.random.default_rng(5))).long()
+    step = MEMStep(surrogate, codec, vocabulary, MEMConfig(method="mem", pgd_steps=steps, batch_size=batch))
+    rows_read = []
+    text_features = surrogate.text_features
+    surrogate.text_features = lambda ids, mask=None: rows_read.append(len(ids)) or text_features(ids, mask)
+    given = step.pgd_text_features(triggers, bodies, lengths, torch.Generator().manual_seed(6))
+    del surrogate.text_features
+    generator = torch.Generator().manual_seed(6)
+    orders = torch.stack([torch.randperm(batch, generator=generator) for _ in range(steps)])
+    distinct = len({(i, int(j)) for order in orders for i, j in enumerate(order)})
+    assert rows_read == [distinct] and distinct < steps * batch
+    with torch.no_grad():
+        every = surrogate.text_features(
+            *codec.build(triggers.repeat(steps, 1), bodies[orders.flatten()], lengths[orders.flatten()])
+        )
+    assert given.shape == (steps, batch, every.shape[-1]) and torch.equal(given, every.view(steps, batch, -1))
+
+
 def test_em_pgd_uses_each_images_own_caption():
     targets = pgd_text_targets(trigger_length=0, shuffle_captions=False)
     assert (targets == torch.arange(targets.shape[1])).all(), targets
