@@ -29,6 +29,11 @@ __all__ = ["MAX_LOGIT_SCALE", "ImageTextModel", "ModelFamily", "load_model"]
 
 MAX_LOGIT_SCALE = 100.0
 
+#: Tokens per text-tower call when `ImageTextModel.many_text_features` runs on a CPU: the 4x-wide
+#: MLP activations of about 1,300 tokens stay in cache. ViT-B/32's text tower on 256 captions of 40
+#: tokens: 5.57 s in one call, 4.60 s in calls of 32 captions (the same features there, bit for bit).
+CPU_TEXT_TOKENS_PER_CALL = 1280
+
 logger = logging.getLogger(__name__)
 
 
@@ -126,6 +131,18 @@ class ImageTextModel(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         """Token ids (N, L), right-padded, with their attention mask -> unit-norm text features (N, D)."""
+
+    @torch.no_grad()
+    def many_text_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """`text_features` of many captions without gradients (HotFlip's candidates): on a CPU in
+        calls of `CPU_TEXT_TOKENS_PER_CALL` tokens, elsewhere in one call.
+        A row's features do not depend on the rows beside it; where the matmuls block the rows
+        differently they can differ from one call's in the last bit."""
+        if input_ids.device.type != "cpu":
+            return self.text_features(input_ids, attention_mask)
+        rows = max(1, CPU_TEXT_TOKENS_PER_CALL // max(1, input_ids.shape[1]))
+        masks = attention_mask.split(rows) if attention_mask is not None else [None] * len(input_ids.split(rows))
+        return torch.cat([self.text_features(ids, mask) for ids, mask in zip(input_ids.split(rows), masks)])
 
     @contextlib.contextmanager
     def patch_gradients_by_matmul(self) -> Iterator[None]:

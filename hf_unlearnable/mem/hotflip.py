@@ -97,7 +97,7 @@ class HotFlip:
                     candidates
                 )
                 trial_mask = attention_mask.unsqueeze(1).expand_as(trial)
-                trial_text = self.surrogate.text_features(trial.flatten(0, 1), trial_mask.flatten(0, 1))
+                trial_text = self.surrogate.many_text_features(trial.flatten(0, 1), trial_mask.flatten(0, 1))
                 trial_text = trial_text.view(batch, self.candidates, -1)
 
                 trial_loss = loss_with_text_replaced(image_features, current_text, trial_text, logit_scale)  # (B, K)
