@@ -63,9 +63,11 @@ def parse(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-rows", type=int, default=64, help="victim's clean evaluation split")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--json", type=Path, default=None, help="write the figures here")
-    defaults = DefaultSchedule()
+    from hf_unlearnable import MEMConfig
+
+    defaults = MEMConfig()  # the projection's default schedule is the library's, not restated here
     parser.add_argument("--project-rows", type=int, default=2000, help="projection: N rows")
-    parser.add_argument("--project-rounds", type=int, default=defaults.rounds, help="projection: R pixel rounds")
+    parser.add_argument("--project-rounds", type=int, default=defaults.max_rounds, help="projection: R pixel rounds")
     parser.add_argument(
         "--project-trigger-rounds", type=int, default=defaults.trigger_rounds, help="projection: R_t trigger rounds"
     )
@@ -84,20 +86,6 @@ def parse(argv=None) -> argparse.Namespace:
     return arguments
 
 
-class DefaultSchedule:
-    """MEMConfig's default schedule (read from the library, not restated)."""
-
-    def __init__(self):
-        from hf_unlearnable import MEMConfig
-
-        config = MEMConfig()
-        self.rounds, self.trigger_rounds, self.surrogate_steps = (
-            config.max_rounds,
-            config.trigger_rounds,
-            config.surrogate_steps,
-        )
-
-
 def unit_costs(history: list[dict], rows: int, surrogate_steps: int, protect_s: float) -> dict:
     """Seconds per surrogate step, per row of a pixel-layer sweep (PGD) and of a trigger-layer sweep
     (HotFlip), and per row of everything outside the rounds (ingest, PNG writing, set-up)."""
@@ -113,7 +101,10 @@ def unit_costs(history: list[dict], rows: int, surrogate_steps: int, protect_s: 
 def projection(costs: dict, rows: int, rounds: int, trigger_rounds: int, surrogate_steps: int) -> dict:
     """Wall time of a protect run of ``rows`` rows on this schedule, from the unit costs, with its arithmetic."""
     training = (rounds + trigger_rounds) * surrogate_steps * costs["step_s"]
-    sweeps = rows * (rounds * costs["pixel_row_s"] + trigger_rounds * costs["trigger_row_s"])
+    # a layer the schedule does not run costs nothing, even where the short run did not measure it (NaN)
+    sweeps = rows * sum(
+        count * costs[name] for count, name in ((rounds, "pixel_row_s"), (trigger_rounds, "trigger_row_s")) if count
+    )
     io = rows * costs["io_row_s"]
     total = training + sweeps + io
     arithmetic = (

@@ -118,3 +118,7 @@ def test_projection_of_the_measured_schedule_gives_back_the_measured_time(monkey
     assert bigger["training_s"] == pytest.approx(4 * same["training_s"])  # 2x rounds, 2x steps, rows do not count
     assert bigger["sweeps_s"] == pytest.approx(20 * same["sweeps_s"]) and bigger["io_s"] == pytest.approx(10 * 3.2)
     assert f"{bigger['total_s']:,.0f} s" in bigger["arithmetic"]
+    # EM (no trigger layer) measured without trigger rounds: the unmeasured layer costs nothing
+    em = unit_costs(history[:2], rows=64, surrogate_steps=4, protect_s=25.0)
+    assert math.isnan(em["trigger_row_s"])
+    assert projection(em, rows=64, rounds=2, trigger_rounds=0, surrogate_steps=4)["total_s"] == pytest.approx(25.0)
