@@ -273,7 +273,7 @@ def read_config(
     alone); its ``model_type`` says which (`hf_unlearnable.families.family_of`, as the audit reads the
     same file). One line naming the problem otherwise; ``refused``: why a family known to the library
     but not in ``families`` is refused here."""
-    from .families import family_of
+    from .families import family_of_model_type
 
     families = _families(families)
     kinds, names = _kinds(families, lambda f: f.config_class.__name__), _kinds(families)
@@ -285,8 +285,8 @@ def read_config(
             fields = json.load(file)
     except (OSError, ValueError) as error:
         fields = f"{type(error).__name__}: {error}"
-    family = family_of(path)  # CLIP without a model_type
     model_type = fields.get("model_type") if isinstance(fields, dict) else None
+    family = family_of_model_type(model_type)  # CLIP without a model_type
     # A config class takes any JSON (unknown keys become attributes); a wrong file would build a default-size model.
     if not isinstance(fields, dict) or not (
         model_type == family.config_class.model_type
@@ -340,17 +340,19 @@ def check_model(
     """``name`` (a folder or Hub id, given as ``flag``) once its config loads as one of ``families``
     (default: CLIP alone; `hf_unlearnable.families.family_of` says which) and, with ``weights``, a
     local folder holds safetensors weights; one line with ``fix`` otherwise. Loads no weights."""
-    from .families import family_of
+    from transformers import PreTrainedConfig
+
+    from .families import family_of_model_type
 
     families = _families(families)
     name = _existing_or_hub_id(flag, name)
-    family = family_of(name)  # CLIP when its config cannot be read: loading it then says why
     try:
-        fields, _ = family.config_class.get_config_dict(name)
+        fields, _ = PreTrainedConfig.get_config_dict(name)  # read once; its model_type names the family
+        model_type = fields.get("model_type")
+        family = family_of_model_type(model_type)  # CLIP for an unknown one, refused below
         family.config_class.from_dict(fields)
     except _load_failures() as error:
         raise _load_error(flag, name, error, "model", fix, _kinds(families)) from None
-    model_type = fields.get("model_type")
     if family not in families or model_type not in (None, family.config_class.model_type):
         held = family.name if model_type == family.config_class.model_type else f"model_type {model_type!r}"
         raise ValueError(f"{flag} {name!r} holds a {held} model, not {_kinds(families)}; {fix}.")

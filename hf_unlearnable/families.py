@@ -17,7 +17,7 @@ from .imagetext import ImageTextModel, ModelFamily, load_model
 from .siglip import SIGLIP
 from .surrogate import CLIP
 
-__all__ = ["FAMILIES", "family_of", "image_text_model", "load_image_text_model"]
+__all__ = ["FAMILIES", "family_of", "family_of_model_type", "image_text_model", "load_image_text_model"]
 
 FAMILIES: tuple[ModelFamily, ...] = (CLIP, SIGLIP)
 
@@ -46,13 +46,18 @@ def family_of(model: Any) -> ModelFamily:
         if isinstance(model, (family.model_class, family.config_class)):
             return family
     if isinstance(model, (str, os.PathLike)):
-        model_type = _model_type(model)
-        for family in FAMILIES:
-            if family.config_class.model_type == model_type:
-                return family
-        return CLIP
+        return family_of_model_type(_model_type(model))
     accepted = ", ".join(f"{f.model_class.__name__}, {f.config_class.__name__}" for f in FAMILIES)
     raise TypeError(f"model must be a transformers {accepted}, or a Hub id / local path; got {type(model).__name__}.")
+
+
+def family_of_model_type(model_type: str | None) -> ModelFamily:
+    """The family whose config has this ``model_type`` (a config.json's field); CLIP for None or an
+    unknown one, whose loader then says why."""
+    for family in FAMILIES:
+        if family.config_class.model_type == model_type:
+            return family
+    return CLIP
 
 
 def load_image_text_model(model: Any, processor: Any, seed: int) -> tuple[nn.Module, Any]:
