@@ -4,7 +4,7 @@ A results file under benchmarks/results (strength.json, layered.json, mem3_sweep
 ``{"experiment": "<title>", "runs": [{"name": ..., ...}, ...]}``: one run per benchmark invocation,
 named by its output folder, sorted by name, in compact JSON. A run is the benchmark's own JSON
 (robustness.json, ablation.json, pixel_shortcuts.json, trigger_length.json, protection_strength's
-results.json or gpu_throughput's throughput.json: the command that wrote it, the library and algorithm versions, its arguments, its
+results.json, gpu_throughput's throughput.json or protect_speed's protect_speed.json: the command that wrote it, the library and algorithm versions, its arguments, its
 verdicts or scores) without the per-epoch histories: a report's ``histories`` become ``{}``, a
 ``history`` list ``[]``. The Markdown, CSV and figures stay in the folder, which is not committed.
 
@@ -32,6 +32,7 @@ OUTPUTS = (
     "trigger_length.json",
     "results.json",
     "throughput.json",
+    "protect_speed.json",
 )
 #: What every run records (`_common.provenance` writes the first two).
 REQUIRED = ("command", "library_version", "arguments")

@@ -62,7 +62,6 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import CLIPConfig, CLIPModel
 
-import hf_unlearnable
 from hf_unlearnable.captions import CaptionCodec, trigger_vocabulary
 from hf_unlearnable.config import MEMConfig
 from hf_unlearnable.images import prepare_image
@@ -592,9 +591,10 @@ def main(argv=None) -> int:
         key: matmul_tflops(dtypes[key], device)
         for key in dict.fromkeys(["fp32", "bf16" if arguments.mixed_precision == "bf16" else "fp32"])
     }
+    from _common import provenance  # benchmarks/ is on sys.path when run as a script
+
     figures = {
-        "command": " ".join(["python", sys.argv[0], *(sys.argv[1:] if argv is None else argv)]),
-        "library_version": hf_unlearnable.__version__,
+        **provenance("protect_speed", argv),
         "arguments": {key: str(value) if isinstance(value, Path) else value for key, value in vars(arguments).items()},
         "torch": torch.__version__,
         "device": device_name(device),

@@ -54,6 +54,24 @@ def test_gpu_check_on_a_cpu_writes_every_figure(tmp_path):
     for name in ("protect_speed.json", "protect.json", "victim.json", "protect.log", "stages.tsv"):
         assert (tmp_path / name).is_file()
     assert "gpu_check: OK" in result.stdout and "rows/s end to end" in result.stdout
+    # protect_speed.json carries what collect_results.py requires, so the card's figures can be committed
+    collected = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/collect_results.py",
+            str(tmp_path / "speed.json"),
+            str(tmp_path),
+            "--experiment",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    (run,) = json.loads((tmp_path / "speed.json").read_text())["runs"]
+    assert run["command"].startswith("python benchmarks/protect_speed.py ") and run["algorithm_version"] >= 1
+    assert run["models"]["tiny"]["pgd_batch_s"] > 0
 
 
 @pytest.mark.parametrize(
