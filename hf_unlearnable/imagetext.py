@@ -141,8 +141,9 @@ class ImageTextModel(nn.Module, metaclass=abc.ABCMeta):
         if input_ids.device.type != "cpu":
             return self.text_features(input_ids, attention_mask)
         rows = max(1, CPU_TEXT_TOKENS_PER_CALL // max(1, input_ids.shape[1]))
-        masks = attention_mask.split(rows) if attention_mask is not None else [None] * len(input_ids.split(rows))
-        return torch.cat([self.text_features(ids, mask) for ids, mask in zip(input_ids.split(rows), masks)])
+        chunks = input_ids.split(rows)
+        masks = attention_mask.split(rows) if attention_mask is not None else [None] * len(chunks)
+        return torch.cat([self.text_features(ids, mask) for ids, mask in zip(chunks, masks)])
 
     @contextlib.contextmanager
     def patch_gradients_by_matmul(self) -> Iterator[None]:
